@@ -1,0 +1,35 @@
+# Cadenza: everything a new machine needs is made by these targets.
+#   make run    set up, then run the pipeline on the built-in corpus (Bach chorales)
+#   make test   set up, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed on its own, first: on a machine without a GPU this pin resolves to the
+# local/CPU wheel, so no CUDA packages are pulled. Point TORCH_INDEX at
+# https://download.pytorch.org/whl/cpu on a GPU-less machine that only sees PyPI.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: setup run test lint clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/cadenza pipeline
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests flows benchmarks
+	$(BIN)/ruff format --check src tests flows benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

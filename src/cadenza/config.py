@@ -1,0 +1,138 @@
+"""params.yaml -> typed, validated settings, one section per stage.
+
+Settings are read once, at the edge (the CLI), and handed to stage functions. Bad values stop
+the run before any work starts, with an error naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+# Sources the `import` stage understands; see cadenza.data.sources.
+SourceName = Literal["music21", "folder", "maestro", "lakh", "nesmdb", "pop909"]
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or holds a value that is not allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ImportSettings(_Section):
+    """`import` stage: which corpus to bring into data/raw/<corpus>/."""
+
+    corpus: str = Field("bach", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Name of the imported corpus; its files land in data/raw/<corpus>/."""
+    source: SourceName = "music21"
+    """music21: a corpus shipped inside the music21 package; folder: a user's MIDI folder;
+    maestro / lakh / nesmdb / pop909: that data set's layout, unpacked under `path`."""
+    music21_corpus: str = "bach"
+    """With source=music21: the corpus directory inside music21 (bach, ryansMammoth, ...)."""
+    path: str = "data/external"
+    """With any other source: the folder to read, relative to the project root or absolute."""
+    limit: int = Field(0, ge=0)
+    """Import at most this many files (in sorted order); 0 imports all."""
+    num_workers: int = Field(0, ge=0)
+    """Processes for conversion; 0 uses every core."""
+
+
+class ValidateSettings(_Section):
+    """`validate` stage: per-file checks, quarantine, and the Great Expectations gate."""
+
+    max_file_bytes: int = Field(20_000_000, gt=0)
+    """Files larger than this are quarantined unread."""
+    min_notes: int = Field(8, ge=1)
+    max_notes: int = Field(200_000, ge=1)
+    min_duration_seconds: float = Field(1.0, ge=0)
+    max_duration_seconds: float = Field(3600.0, gt=0)
+    """Longer files (e.g. absurd delta times) are quarantined."""
+    max_bad_fraction: float = Field(0.05, ge=0, le=1)
+    """The stage fails when more than this fraction of files is quarantined."""
+    min_files: int = Field(1, ge=1)
+    """The stage fails when fewer usable files remain."""
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateSettings:
+        if self.min_notes > self.max_notes:
+            raise ValueError(
+                f"min_notes ({self.min_notes}) must be <= max_notes ({self.max_notes})"
+            )
+        if self.min_duration_seconds >= self.max_duration_seconds:
+            raise ValueError(
+                f"min_duration_seconds ({self.min_duration_seconds}) must be < "
+                f"max_duration_seconds ({self.max_duration_seconds})"
+            )
+        return self
+
+
+class SplitSettings(_Section):
+    """`split` stage: deterministic, grouped train/valid/test assignment."""
+
+    train: float = Field(0.8, ge=0, le=1)
+    valid: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+    seed: int = 0
+    """Changing the seed reshuffles every group; adding files never moves existing ones."""
+    group_by: Literal["piece", "composer"] = "piece"
+    """Files of one group always share a split."""
+    use_official: bool = True
+    """Keep a data set's own split (MAESTRO, NES-MDB) where its metadata gives one."""
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitSettings:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"train + valid + test must sum to 1, got {self.train} + {self.valid} + "
+                f"{self.test} = {total:g}"
+            )
+        return self
+
+
+class Settings(_Section):
+    import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
+    validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
+    split: SplitSettings = Field(default_factory=SplitSettings)
+
+
+def _format_error(error: dict[str, Any], source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}' (check the spelling; allowed keys are in docs)"
+    if error["type"] == "missing":
+        return f"{source}: missing key '{key}'"
+    return f"{source}: {key} = {error.get('input')!r} is not allowed: {message}"
+
+
+def parse_settings(raw: dict[str, Any], source: str = "params.yaml") -> Settings:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(error, source) for error in exc.errors()]
+        raise ParamsError("\n".join(lines)) from None
+
+
+def load_settings(path: Path | str = DEFAULT_PARAMS_PATH) -> Settings:
+    """Read params.yaml into validated Settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(
+            f"{path}: no such params file (run from the project root or pass --params)"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_settings(raw, source=str(path))

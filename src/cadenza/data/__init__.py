@@ -1,0 +1,1 @@
+"""Corpus import and layout adapters, the per-file manifest, and splits."""

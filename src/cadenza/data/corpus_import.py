@@ -1,0 +1,160 @@
+"""`import` stage: bring a corpus into data/raw/<corpus>/ as MIDI files plus metadata.csv.
+
+The corpus is written to a staging folder and swapped into place only when complete, so an
+interrupted import never leaves a half-written corpus behind. Files that fail to convert are
+listed in import_errors.csv beside metadata.csv; `validate` quarantines them with that reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cadenza.config import ImportSettings
+from cadenza.data.archive import extract_archive, is_archive
+from cadenza.data.convert import convert_one, default_cache_dir
+from cadenza.data.sources import FOLDER_LISTERS, SourceFile, list_music21_corpus
+from cadenza.paths import Paths
+from cadenza.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+METADATA_COLUMNS = [
+    "path", "source", "piece", "composer", "title", "license", "official_split",
+]
+IMPORT_ERRORS_NAME = "import_errors.csv"
+
+
+@dataclass
+class ImportResult:
+    corpus: str
+    num_files: int
+    num_failed: int
+    seconds: float
+    num_workers: int
+
+    @property
+    def files_per_second(self) -> float:
+        return self.num_files / self.seconds if self.seconds > 0 else 0.0
+
+
+def list_sources(settings: ImportSettings, source_dir: Path) -> list[SourceFile]:
+    if settings.source == "music21":
+        files = list_music21_corpus(settings.music21_corpus)
+    else:
+        files = FOLDER_LISTERS[settings.source](source_dir)
+    return files[: settings.limit] if settings.limit else files
+
+
+def resolve_workers(num_workers: int) -> int:
+    return num_workers or os.cpu_count() or 1
+
+
+def convert_all(
+    files: list[SourceFile], dest_root: Path, num_workers: int, cache_dir: Path | None
+) -> dict[str, str]:
+    """Convert every file (in parallel when num_workers > 1); return {rel_path: error}."""
+    errors: dict[str, str] = {}
+    with progress_bar("import", total=len(files)) as advance:
+        if num_workers <= 1:
+            for item in files:
+                if (error := convert_one(item, dest_root, cache_dir)) is not None:
+                    errors[item.rel_path] = error
+                advance()
+        else:
+            with ProcessPoolExecutor(max_workers=num_workers) as pool:
+                results = pool.map(
+                    convert_one,
+                    files,
+                    [dest_root] * len(files),
+                    [cache_dir] * len(files),
+                    chunksize=max(1, len(files) // (num_workers * 8)),
+                )
+                for item, error in zip(files, results, strict=True):
+                    if error is not None:
+                        errors[item.rel_path] = error
+                    advance()
+    return errors
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _swap_into_place(staging: Path, final: Path) -> None:
+    """Replace final with staging as close to atomically as a directory allows."""
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        final.rename(trash)
+        staging.rename(final)
+        shutil.rmtree(trash)
+    else:
+        staging.rename(final)
+
+
+def run(settings: ImportSettings, paths: Paths, use_cache: bool = True) -> ImportResult:
+    """Import the corpus; a downloaded archive (zip, tar.gz) at import.path is unpacked first."""
+    source_path = paths.resolve(settings.path)
+    if settings.source != "music21" and is_archive(source_path):
+        paths.raw_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=paths.raw_dir.parent, prefix=".unpack-") as tmp:
+            log.info("unpacking %s", source_path)
+            return _import(settings, paths, extract_archive(source_path, Path(tmp)), use_cache)
+    return _import(settings, paths, source_path, use_cache)
+
+
+def _import(
+    settings: ImportSettings, paths: Paths, source_dir: Path, use_cache: bool
+) -> ImportResult:
+    started = time.perf_counter()
+    files = list_sources(settings, source_dir)
+    if not files:
+        raise ValueError(f"import: the source {settings.source!r} has no files to import")
+    duplicates = [path for path, n in Counter(f.rel_path for f in files).items() if n > 1]
+    if duplicates:
+        raise AssertionError(f"two sources map to one destination: {sorted(duplicates)[:5]}")
+
+    num_workers = resolve_workers(settings.num_workers)
+    paths.raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = paths.raw_dir.with_name(f".{paths.raw_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    log.info("importing %d files from %s with %d workers", len(files), settings.source, num_workers)
+    errors = convert_all(files, staging, num_workers, default_cache_dir() if use_cache else None)
+
+    rows = [{"path": f.rel_path, **asdict(f)} for f in files if f.rel_path not in errors]
+    _write_csv(staging / "metadata.csv", METADATA_COLUMNS, rows)
+    _write_csv(
+        staging / IMPORT_ERRORS_NAME,
+        ["path", "source", "error"],
+        [{"path": f.rel_path, "source": f.source, "error": errors[f.rel_path]}
+         for f in files if f.rel_path in errors],
+    )
+    _swap_into_place(staging, paths.raw_dir)
+
+    result = ImportResult(
+        corpus=settings.corpus,
+        num_files=len(rows),
+        num_failed=len(errors),
+        seconds=time.perf_counter() - started,
+        num_workers=num_workers,
+    )
+    paths.metrics_dir.mkdir(parents=True, exist_ok=True)
+    paths.metrics_path("import").write_text(
+        json.dumps({**asdict(result), "files_per_second": result.files_per_second}, indent=2)
+        + "\n"
+    )
+    return result

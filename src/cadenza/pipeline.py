@@ -1,0 +1,84 @@
+"""Run the DVC pipeline from Python (the main job) and summarise its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cadenza.paths import Paths
+
+
+class PipelineError(RuntimeError):
+    """A DVC command failed; the message says which and how to look closer."""
+
+
+def dvc_env() -> dict[str, str]:
+    """Environment for DVC subprocesses: this interpreter's bin first, so stage commands
+    (`cadenza ...`) resolve to this installation even when the venv is not activated."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def dvc(root: Path, *args: str) -> None:
+    command = [sys.executable, "-m", "dvc", *args]
+    completed = subprocess.run(command, cwd=root, env=dvc_env())
+    if completed.returncode != 0:
+        raise PipelineError(
+            f"`dvc {' '.join(args)}` failed (exit {completed.returncode}) in {root}; "
+            "the stage's own error is printed above"
+        )
+
+
+def run(paths: Paths, push: bool = True) -> None:
+    if not (paths.root / ".dvc").is_dir():
+        raise PipelineError(
+            f"{paths.root} is not a DVC project (no .dvc/); run from the project root"
+        )
+    dvc(paths.root, "repro")
+    if push:
+        dvc(paths.root, "push")
+
+
+def _metrics(paths: Paths, stage: str) -> dict:
+    path = paths.metrics_path(stage)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def print_summary(paths: Paths) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    imported, validated, split = (_metrics(paths, s) for s in ("import", "validate", "split"))
+    table = Table(title=f"Cadenza pipeline: corpus '{paths.corpus}'")
+    table.add_column("stage")
+    table.add_column("result")
+    if imported:
+        table.add_row(
+            "import",
+            f"{imported['num_files']} files ({imported['num_failed']} failed) in "
+            f"{imported['seconds']:.1f} s, {imported['files_per_second']:.1f} files/s",
+        )
+    if validated:
+        reasons = ", ".join(f"{k}: {v}" for k, v in validated["quarantine_reasons"].items())
+        table.add_row(
+            "validate",
+            f"{validated['num_ok']} usable, {validated['num_quarantined']} quarantined"
+            f"{f' ({reasons})' if reasons else ''}, {validated['num_duplicates']} duplicates; "
+            f"suite {'passed' if validated['suite_success'] else 'FAILED'}",
+        )
+    if split:
+        table.add_row(
+            "split",
+            ", ".join(f"{name}: {n} files" for name, n in split["num_files"].items()),
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"corpus:     {paths.raw_dir}")
+    console.print(f"manifest:   {paths.manifest_path}")
+    console.print(f"quarantine: {paths.quarantine_path}")
+    console.print(f"splits:     {paths.splits_path}")
+    console.print(f"Data Docs:  {paths.validation_report_dir / 'index.html'}")

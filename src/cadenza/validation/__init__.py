@@ -1,0 +1,1 @@
+"""The validation gate: per-file checks, quarantine, and the Great Expectations suite."""

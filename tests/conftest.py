@@ -1,0 +1,76 @@
+"""Shared fixtures: real MIDI files (converted chorales and synthesised ones) and bad files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cadenza.config import ImportSettings
+from cadenza.data import corpus_import
+from cadenza.paths import Paths
+
+NUM_CHORALES = 4
+
+
+def make_midi(
+    path: Path, num_notes: int = 32, tpq: int = 480, pitch: int = 60, gap_ticks: int = 480
+) -> Path:
+    """Write a small real MIDI file with symusic: a rising line of quarter notes."""
+    from symusic import Note, Score, Tempo, TimeSignature, Track
+
+    score = Score(tpq)
+    score.tempos.append(Tempo(0, 120.0))
+    score.time_signatures.append(TimeSignature(0, 4, 4))
+    track = Track("piano", 0, False)
+    for i in range(num_notes):
+        track.notes.append(Note(i * gap_ticks, tpq, pitch + i % 12, 80))
+    score.tracks.append(track)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    score.dump_midi(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def chorale_dir(tmp_path_factory) -> Path:
+    """A few Bach chorales converted from music21's corpus by the real import stage."""
+    root = tmp_path_factory.mktemp("chorales")
+    settings = ImportSettings(corpus="bach", limit=NUM_CHORALES, num_workers=2)
+    corpus_import.run(settings, Paths(root=root, corpus="bach"))
+    return root / "data" / "raw" / "bach"
+
+
+def write_bad_files(folder: Path) -> dict[str, str]:
+    """One file per kind of bad input; returns {relative path: expected reason_code}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = make_midi(folder / "_good_tmp.mid").read_bytes()
+    (folder / "_good_tmp.mid").unlink()
+    (folder / "truncated.mid").write_bytes(good[: len(good) // 2])
+    (folder / "random_bytes.mid").write_bytes(bytes(range(256)) * 3)
+    (folder / "empty.mid").write_bytes(b"")
+    (folder / "tpq_zero.mid").write_bytes(good[:12] + b"\x00\x00" + good[14:])
+    make_midi(folder / "no_notes.mid", num_notes=0)
+    # Notes hours apart, three days in all: absurd delta times.
+    make_midi(folder / "absurd_delta.mid", num_notes=9, gap_ticks=480 * 2 * 60 * 60 * 24 * 3 // 8)
+    (folder / "notes.txt").write_text("not music\n")
+    make_midi(folder / "huge.mid", num_notes=4000)  # over the size limit the tests set
+    return {
+        "truncated.mid": "truncated",
+        "random_bytes.mid": "not_midi",
+        "empty.mid": "empty",
+        "tpq_zero.mid": "bad_header",
+        "no_notes.mid": "no_notes",
+        "absurd_delta.mid": "too_long",
+        "notes.txt": "extension",
+        "huge.mid": "too_large",
+    }
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, chorale_dir) -> tuple[Path, dict[str, str]]:
+    """A user folder: real chorales in a subfolder, plus every kind of bad file."""
+    folder = tmp_path / "user_midi"
+    shutil.copytree(chorale_dir, folder / "chorales", ignore=shutil.ignore_patterns("*.csv"))
+    expected = write_bad_files(folder / "bad")
+    return folder, {f"bad/{name}": code for name, code in expected.items()}

@@ -1,0 +1,66 @@
+"""Settings: params.yaml is validated once; bad values name the key, the value and the rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cadenza.config import ParamsError, load_settings, parse_settings
+
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def test_project_params_are_valid_and_match_defaults():
+    settings = load_settings(PROJECT_PARAMS)
+    assert settings.import_.corpus == "bach" and settings.import_.source == "music21"
+    assert settings.split.train + settings.split.valid + settings.split.test == pytest.approx(1)
+    assert settings == parse_settings({})  # params.yaml spells out the defaults
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"validate": {"min_notse": 3}}, "unknown key 'validate.min_notse'"),
+        ({"tokenise": {}}, "unknown key 'tokenise'"),
+        ({"validate": {"max_file_bytes": "big"}}, "validate.max_file_bytes = 'big' is not allowed"),
+        (
+            {"validate": {"max_bad_fraction": 1.5}},
+            "validate.max_bad_fraction = 1.5 is not allowed: "
+            "Input should be less than or equal to 1",
+        ),
+        (
+            {"import": {"source": "napster"}},
+            "import.source = 'napster' is not allowed: Input should be 'music21', 'folder'",
+        ),
+        ({"import": {"corpus": "../etc"}}, "import.corpus = '../etc' is not allowed"),
+        ({"split": {"train": 0.5}}, "train + valid + test must sum to 1"),
+        (
+            {"validate": {"min_notes": 10, "max_notes": 5}},
+            "min_notes (10) must be <= max_notes (5)",
+        ),
+    ],
+)
+def test_bad_values_are_named(raw, expected):
+    with pytest.raises(ParamsError) as error:
+        parse_settings(raw)
+    assert expected in str(error.value)
+
+
+def test_every_bad_key_is_reported_at_once():
+    with pytest.raises(ParamsError) as error:
+        parse_settings({"import": {"limit": -1}, "split": {"seed": "x"}})
+    assert "import.limit = -1" in str(error.value) and "split.seed = 'x'" in str(error.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("import: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_settings(bad)
+    bad.write_text(yaml.safe_dump(["a", "list"]))
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_settings(bad)
