@@ -8,6 +8,7 @@ great_expectations takes seconds to import, so it is imported only inside run_su
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +94,12 @@ def _observed(result) -> str:
 def run_suites(manifest: pd.DataFrame, settings: ValidateSettings, docs_dir: Path) -> SuiteOutcome:
     """Validate the manifest, write Data Docs HTML under docs_dir, return the outcome."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # GX draws a bar per expectation
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # INFO floods the log
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     context.add_data_docs_site(
         site_name="cadenza",
         site_config={
