@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,19 @@ from cadenza.data import corpus_import
 from cadenza.paths import Paths
 
 NUM_CHORALES = 4
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_conversion_cache(tmp_path_factory):
+    """Tests never read or fill the user's ~/.cache/cadenza (stage subprocesses inherit this)."""
+
+    saved = os.environ.get("CADENZA_CACHE_DIR")
+    os.environ["CADENZA_CACHE_DIR"] = str(tmp_path_factory.mktemp("conversion-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("CADENZA_CACHE_DIR", None)
+    else:
+        os.environ["CADENZA_CACHE_DIR"] = saved
 
 
 def make_midi(

@@ -78,6 +78,9 @@ def _run_stage(stage, *args):
         return stage(*args)
     except (SourceError, ValidationFailed, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # full disk, permissions: say which file, keep what is stored
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise _fail(f"{where}{exc.strerror or exc}; nothing already stored was removed") from None
 
 
 @app.command("import")

@@ -42,7 +42,9 @@ def extract_archive(archive: Path, dest: Path) -> Path:
             for member in tarred.getmembers():
                 _check_member_name(archive, member.name)
                 if member.isdev() or member.isfifo():
-                    raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device or FIFO")
+                    raise UnsafeArchiveError(
+                        f"{archive}: member {member.name!r} is a device or FIFO"
+                    )
             try:
                 tarred.extractall(dest, filter="data")  # also refuses links that point outside
             except tarfile.FilterError as exc:

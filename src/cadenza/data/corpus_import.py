@@ -8,7 +8,6 @@ listed in import_errors.csv beside metadata.csv; `validate` quarantines them wit
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import shutil
@@ -23,13 +22,20 @@ from cadenza.config import ImportSettings
 from cadenza.data.archive import extract_archive, is_archive
 from cadenza.data.convert import convert_one, default_cache_dir
 from cadenza.data.sources import FOLDER_LISTERS, SourceFile, list_music21_corpus
+from cadenza.io import write_json
 from cadenza.paths import Paths
 from cadenza.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 METADATA_COLUMNS = [
-    "path", "source", "piece", "composer", "title", "license", "official_split",
+    "path",
+    "source",
+    "piece",
+    "composer",
+    "title",
+    "license",
+    "official_split",
 ]
 IMPORT_ERRORS_NAME = "import_errors.csv"
 
@@ -133,16 +139,20 @@ def _import(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     log.info("importing %d files from %s with %d workers", len(files), settings.source, num_workers)
-    errors = convert_all(files, staging, num_workers, default_cache_dir() if use_cache else None)
-
-    rows = [{"path": f.rel_path, **asdict(f)} for f in files if f.rel_path not in errors]
-    _write_csv(staging / "metadata.csv", METADATA_COLUMNS, rows)
-    _write_csv(
-        staging / IMPORT_ERRORS_NAME,
-        ["path", "source", "error"],
-        [{"path": f.rel_path, "source": f.source, "error": errors[f.rel_path]}
-         for f in files if f.rel_path in errors],
-    )
+    try:
+        cache_dir = default_cache_dir() if use_cache else None
+        errors = convert_all(files, staging, num_workers, cache_dir)
+        rows = [{"path": f.rel_path, **asdict(f)} for f in files if f.rel_path not in errors]
+        _write_csv(staging / "metadata.csv", METADATA_COLUMNS, rows)
+        failures = [
+            {"path": f.rel_path, "source": f.source, "error": errors[f.rel_path]}
+            for f in files
+            if f.rel_path in errors
+        ]
+        _write_csv(staging / IMPORT_ERRORS_NAME, ["path", "source", "error"], failures)
+    except BaseException:  # interrupted or disk full: the previous corpus stays as it was
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     _swap_into_place(staging, paths.raw_dir)
 
     result = ImportResult(
@@ -152,9 +162,8 @@ def _import(
         seconds=time.perf_counter() - started,
         num_workers=num_workers,
     )
-    paths.metrics_dir.mkdir(parents=True, exist_ok=True)
-    paths.metrics_path("import").write_text(
-        json.dumps({**asdict(result), "files_per_second": result.files_per_second}, indent=2)
-        + "\n"
+    write_json(
+        paths.metrics_path("import"),
+        {**asdict(result), "files_per_second": result.files_per_second},
     )
     return result

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cadenza.data.sources import MIDI_SUFFIXES
 
+
 @dataclass
 class FileReport:
     """One manifest row. `error` is the quarantine reason ('' for a good file), `reason_code`
@@ -137,7 +138,8 @@ def inspect_file(root: Path, rel_path: str, limits: Limits) -> FileReport:
         if report.bytes > limits.max_file_bytes:
             return report.fail(
                 "too_large",
-                f"file is {report.bytes} bytes, over validate.max_file_bytes={limits.max_file_bytes}",
+                f"file is {report.bytes} bytes, "
+                f"over validate.max_file_bytes={limits.max_file_bytes}",
             )
         data = path.read_bytes()
     except OSError as exc:

@@ -69,8 +69,10 @@ def list_bach_chorales() -> list[SourceFile]:
     bach_dir = music21_corpus_root() / "bach"
     preference = (".mxl", ".xml", ".krn")  # bwv277 etc. exist as .krn and .mxl: keep one
     by_stem: dict[str, Path] = {}
-    for path in sorted(bach_dir.iterdir(), key=lambda p: (p.stem, preference.index(p.suffix)
-                                                           if p.suffix in preference else 9)):
+    for path in sorted(
+        bach_dir.iterdir(),
+        key=lambda p: (p.stem, preference.index(p.suffix) if p.suffix in preference else 9),
+    ):
         if path.is_file() and path.suffix in preference:
             by_stem.setdefault(path.stem, path)
     files = sorted(by_stem.values())
@@ -230,7 +232,9 @@ def list_maestro(folder: Path) -> list[SourceFile]:
     _require_dir(folder, "MAESTRO")
     csvs = sorted(folder.glob("maestro-v*.csv"))
     if not csvs:
-        raise SourceError(f"{folder}: no maestro-v*.csv found; point import.path at the unpacked MAESTRO folder")
+        raise SourceError(
+            f"{folder}: no maestro-v*.csv found; point import.path at the unpacked MAESTRO folder"
+        )
     split_names = {"train": "train", "validation": "valid", "test": "test"}
     files = []
     with csvs[-1].open(newline="", encoding="utf-8") as handle:
@@ -279,7 +283,9 @@ def list_lakh(folder: Path) -> list[SourceFile]:
             )
         )
     if not files:
-        raise SourceError(f"{folder}: no <md5>.mid files found; is this an lmd_full or lmd_matched folder?")
+        raise SourceError(
+            f"{folder}: no <md5>.mid files found; is this an lmd_full or lmd_matched folder?"
+        )
     return files
 
 
@@ -304,7 +310,9 @@ def list_nesmdb(folder: Path) -> list[SourceFile]:
                 )
             )
     if not files:
-        raise SourceError(f"{folder}: expected train/, valid/ and test/ folders of .mid files (nesmdb_midi)")
+        raise SourceError(
+            f"{folder}: expected train/, valid/ and test/ folders of .mid files (nesmdb_midi)"
+        )
     return files
 
 

@@ -10,13 +10,13 @@ corpus and params always give the same split. Official splits (MAESTRO, NES-MDB)
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 
 import pandas as pd
 
 from cadenza.config import SplitSettings
+from cadenza.io import atomic_path, write_json
 from cadenza.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def run(settings: SplitSettings, paths: Paths) -> SplitResult:
     leaks = splits.groupby("group")["split"].nunique()
     if (leaks > 1).any() and not settings.use_official:
         raise AssertionError(f"groups straddle splits: {list(leaks[leaks > 1].index[:5])}")
-    paths.splits_path.parent.mkdir(parents=True, exist_ok=True)
-    splits.to_csv(paths.splits_path, index=False)
+    with atomic_path(paths.splits_path) as tmp:
+        splits.to_csv(tmp, index=False)
 
     result = SplitResult(
         num_files={s: int((splits["split"] == s).sum()) for s in SPLITS},
@@ -81,9 +81,11 @@ def run(settings: SplitSettings, paths: Paths) -> SplitResult:
     )
     for name, count in result.num_files.items():
         if count == 0:
-            log.warning("split %r is empty (%d files in all); a larger corpus fills it", name, len(splits))
-    paths.metrics_dir.mkdir(parents=True, exist_ok=True)
-    paths.metrics_path("split").write_text(
-        json.dumps({"num_files": result.num_files, "num_groups": result.num_groups}, indent=2) + "\n"
+            log.warning(
+                "split %r is empty (%d files in all); a larger corpus fills it", name, len(splits)
+            )
+    write_json(
+        paths.metrics_path("split"),
+        {"num_files": result.num_files, "num_groups": result.num_groups},
     )
     return result

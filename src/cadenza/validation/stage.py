@@ -9,7 +9,6 @@ those, when the Great Expectations suite fails.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections import Counter
@@ -24,6 +23,7 @@ from cadenza.config import ValidateSettings
 from cadenza.data.corpus_import import IMPORT_ERRORS_NAME
 from cadenza.data.manifest import FileReport, Limits, inspect_file
 from cadenza.data.sources import MIDI_SUFFIXES, piece_from_path
+from cadenza.io import atomic_path, write_json
 from cadenza.paths import Paths
 from cadenza.progress import progress_bar
 from cadenza.validation.suite import SuiteOutcome, run_suites
@@ -153,13 +153,12 @@ def build_manifest(raw_dir: Path, reports: list[FileReport]) -> pd.DataFrame:
 
 
 def _write_outputs(frame: pd.DataFrame, paths: Paths) -> None:
-    paths.interim_dir.mkdir(parents=True, exist_ok=True)
-    tmp = paths.manifest_path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, paths.manifest_path)
+    with atomic_path(paths.manifest_path) as tmp:
+        frame.to_parquet(tmp, index=False)
     quarantined = frame[frame["status"] == "quarantined"]
     quarantine = quarantined.rename(columns={"error": "reason"})[QUARANTINE_COLUMNS]
-    quarantine.to_csv(paths.quarantine_path, index=False)
+    with atomic_path(paths.quarantine_path) as tmp:
+        quarantine.to_csv(tmp, index=False)
 
 
 def summarize(result: ValidationResult) -> str:
@@ -210,8 +209,7 @@ def run(settings: ValidateSettings, paths: Paths) -> ValidationResult:
         "num_expectations": len(suite.outcomes),
         "failed_expectations": [asdict(f) for f in suite.failures],
     }
-    paths.metrics_dir.mkdir(parents=True, exist_ok=True)
-    paths.metrics_path("validate").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(paths.metrics_path("validate"), metrics)
     log.info("validation: %s", summarize(result))
     if not suite.success:
         raise ValidationFailed(
