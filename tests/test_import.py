@@ -103,3 +103,23 @@ def test_missing_source_folder_is_a_clear_error(tmp_path):
     settings = ImportSettings(corpus="x", source="maestro", path=str(tmp_path / "nope"))
     with pytest.raises(SourceError, match="MAESTRO folder not found"):
         corpus_import.run(settings, Paths(root=tmp_path, corpus="x"))
+
+
+def test_interrupted_import_keeps_the_previous_corpus(tmp_path, monkeypatch):
+    source = tmp_path / "mine"
+    make_midi(source / "a.mid")
+    paths = Paths(root=tmp_path / "project", corpus="mine")
+    settings = ImportSettings(corpus="mine", source="folder", path=str(source), num_workers=1)
+    corpus_import.run(settings, paths)
+    before = {p.name: p.read_bytes() for p in paths.raw_dir.iterdir()}
+
+    make_midi(source / "b.mid")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus_import, "convert_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        corpus_import.run(settings, paths)
+    assert {p.name: p.read_bytes() for p in paths.raw_dir.iterdir()} == before
+    assert not list(paths.raw_dir.parent.glob(".*"))  # staging cleaned up
