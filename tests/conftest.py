@@ -88,3 +88,77 @@ def mixed_folder(tmp_path, chorale_dir) -> tuple[Path, dict[str, str]]:
     shutil.copytree(chorale_dir, folder / "chorales", ignore=shutil.ignore_patterns("*.csv"))
     expected = write_bad_files(folder / "bad")
     return folder, {f"bad/{name}": code for name, code in expected.items()}
+
+
+TINY_PRESET = {
+    "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "seg_len": 32, "mem_len": 32,
+    "dropout": 0.0, "batch_size": 2, "max_steps": 24, "lr": 0.003, "warmup_steps": 4,
+    "eval_interval": 12, "checkpoint_interval": 6, "log_interval": 4,
+}  # fmt: skip
+
+
+def project_params(corpus_path: Path, **sections) -> dict:
+    """params.yaml content for a small test project built from a MIDI folder."""
+    params = {
+        "import": {
+            "corpus": "mine",
+            "source": "folder",
+            "path": str(corpus_path),
+            "num_workers": 1,
+        },
+        "split": {"train": 0.5, "valid": 0.25, "test": 0.25, "seed": 1},
+        "tokenize": {"transpositions": [-1, 1], "time_stretches": [], "num_workers": 1},
+        "pretrain": {"preset": "tiny", "presets": {"tiny": TINY_PRESET}},
+    }
+    for name, values in sections.items():
+        params.setdefault(name, {}).update(values)
+    return params
+
+
+@pytest.fixture(scope="session")
+def token_project(tmp_path_factory, chorale_dir) -> Path:
+    """A project folder taken by the real stages through tokenize: 4 chorales plus 4 small
+    synthesized pieces, every split non-empty."""
+    import yaml
+
+    from cadenza.config import parse_settings
+    from cadenza.data import split as split_stage
+    from cadenza.tokens import stage as tokenize_stage
+    from cadenza.validation import stage as validate_stage
+
+    root = tmp_path_factory.mktemp("token-project")
+    corpus = root / "corpus"
+    shutil.copytree(chorale_dir, corpus, ignore=shutil.ignore_patterns("*.csv"))
+    for i in range(4):
+        make_midi(corpus / f"synth{i}.mid", num_notes=64, pitch=48 + 3 * i)
+    raw = project_params(corpus)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    settings = parse_settings(raw)
+    paths = Paths(root=root, corpus="mine")
+    corpus_import.run(settings.import_, paths)
+    validate_stage.run(settings.validate_, paths)
+    split = split_stage.run(settings.split, paths)
+    assert all(split.num_files.values()), split.num_files
+    tokenize_stage.run(settings.tokenize, paths)
+    return root
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """One migrated MLflow SQLite store; tests get copies (migration costs seconds)."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments()
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, _mlflow_template, monkeypatch) -> str:
+    """A fresh MLflow store for this test, set as MLFLOW_TRACKING_URI."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_mlflow_template, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

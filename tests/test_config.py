@@ -16,7 +16,11 @@ def test_project_params_are_valid_and_match_defaults():
     settings = load_settings(PROJECT_PARAMS)
     assert settings.import_.corpus == "bach" and settings.import_.source == "music21"
     assert settings.split.train + settings.split.valid + settings.split.test == pytest.approx(1)
-    assert settings == parse_settings({})  # params.yaml spells out the defaults
+    defaults = parse_settings({})
+    for section in ("import_", "validate_", "split", "tokenize"):  # spelled out in params.yaml
+        assert getattr(settings, section) == getattr(defaults, section)
+    assert set(settings.pretrain.presets) == {"tiny", "cpu", "gpu"}
+    assert settings.pretrain.selected == settings.pretrain.presets["cpu"]
 
 
 @pytest.mark.parametrize(
@@ -46,6 +50,17 @@ def test_bad_values_are_named(raw, expected):
     with pytest.raises(ParamsError) as error:
         parse_settings(raw)
     assert expected in str(error.value)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    raw = yaml.safe_load(PROJECT_PARAMS.read_text())
+    raw["pretrain"]["preset"] = "huge"
+    with pytest.raises(ParamsError, match=r"preset 'huge' is not one of \['cpu', 'gpu', 'tiny'\]"):
+        parse_settings(raw)
+    raw["pretrain"]["preset"] = "tiny"
+    raw["pretrain"]["presets"]["tiny"]["n_heads"] = 3
+    with pytest.raises(ParamsError, match="pretrain.presets.tiny"):
+        parse_settings(raw)
 
 
 def test_every_bad_key_is_reported_at_once():

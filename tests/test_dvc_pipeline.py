@@ -1,4 +1,5 @@
-"""Integration: a real git + DVC repo runs import -> validate -> split, then skips it all."""
+"""Integration: a real git + DVC repo runs import -> validate -> split (`dvc repro split`),
+then skips it all."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def repo(tmp_path, mixed_folder) -> Path:
 
 def test_repro_runs_the_stages_then_skips_them(repo, mixed_folder):
     _, expected_bad = mixed_folder
-    first = sh(repo, "dvc", "repro")
+    first = sh(repo, "dvc", "repro", "split")
     for stage in ("import", "validate", "split"):
         assert f"Running stage '{stage}'" in first
 
@@ -76,7 +77,7 @@ def test_repro_runs_the_stages_then_skips_them(repo, mixed_folder):
     assert lock["stages"]["validate"]["deps"][0]["md5"] == raw_out["md5"]
     assert lock["stages"]["split"]["params"]["params.yaml"]["split"]["seed"] == 0
 
-    second = sh(repo, "dvc", "repro")
+    second = sh(repo, "dvc", "repro", "split")
     assert "Running stage" not in second
     for stage in ("import", "validate", "split"):
         assert f"Stage '{stage}' didn't change, skipping" in second
@@ -90,7 +91,7 @@ def test_repro_runs_the_stages_then_skips_them(repo, mixed_folder):
     for i in range(3):
         make_midi(repo / "data" / "external" / "mine" / "new" / f"tune{i}.mid", pitch=50 + i)
     sh(repo, "dvc", "add", "-q", "data/external/mine")
-    rerun = sh(repo, "dvc", "repro")
+    rerun = sh(repo, "dvc", "repro", "split")
     assert "Running stage 'import'" in rerun
 
     after = pd.read_csv(repo / "data" / "interim" / "splits.csv").set_index("path")["split"]

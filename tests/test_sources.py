@@ -62,6 +62,8 @@ def test_piece_from_path_strips_variant_suffixes():
     assert piece_from_path(Path("set/Minuet (1).mid")) == "set/minuet"
     assert piece_from_path(Path("Gigue-alt.midi")) == "gigue"
     assert piece_from_path(Path("42.mid")) == "42"
+    assert piece_from_path(Path("Prelude_2.mid")) == "prelude_2"  # a number is not a variant
+    assert piece_from_path(Path("bwv10.7.mid")) == "bwv10.7"
 
 
 def test_folder_listing_keeps_relative_paths_and_user_metadata(tmp_path):

@@ -130,6 +130,66 @@ def split(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".
 
 
 @app.command()
+def tokenize(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Build the miditok tokenizer and encode every split into flat token arrays."""
+    from cadenza.tokens import stage as tokenize_stage
+
+    settings, paths = _load(params, root)
+    result = _run_stage(tokenize_stage.run, settings.tokenize, paths)
+    counts = ", ".join(
+        f"{s} {n} tokens / {result.num_documents[s]} docs" for s, n in result.num_tokens.items()
+    )
+    typer.echo(f"vocabulary {result.vocab_size}; {counts} -> {paths.tokens_dir}")
+
+
+@app.command()
+def pretrain(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Train the Transformer-XL generator by NLL (resumes from models/generator-mle/last).
+
+    Under `torchrun --nproc_per_node N` the same command trains with DDP.
+    """
+    from cadenza.stages import pretrain as pretrain_stage
+
+    settings, paths = _load(params, root)
+    result = _run_stage(pretrain_stage.run, settings.pretrain, paths)
+    if result is not None:
+        typer.echo(
+            f"test NLL {result.test_nll:.4f} nats/token (unigram {result.unigram_nll:.4f}, "
+            f"{settings.pretrain.ngram_order}-gram {result.ngram_nll:.4f}); "
+            f"{result.num_parameters:,} parameters, {result.seconds:.0f} s, "
+            f"{result.tokens_per_second:,.0f} tokens/s -> {paths.generator_mle_dir}"
+        )
+
+
+@app.command()
+def generate(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="checkpoint folder, or models:/... / runs:/... URI")
+    ] = "models/generator-mle",
+    tokens: Annotated[int, typer.Option("--tokens", "-n", min=1, help="tokens to generate")] = 512,
+    out: Annotated[Path, typer.Option("--out", "-o", help="MIDI file to write")] = Path(
+        "sample.mid"
+    ),
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, help="keep the k likeliest tokens (0 = all)")] = 0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus mass to keep")] = 0.95,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    primer: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="MIDI file whose opening primes the model"),
+    ] = None,
+    primer_tokens: Annotated[int, typer.Option(min=1, help="tokens of the primer to use")] = 64,
+) -> None:
+    """Sample a MIDI file from a trained generator."""
+    from cadenza.generate import generate_midi
+
+    result = _run_stage(
+        generate_midi, model, tokens, out, temperature, top_k, top_p, seed, primer, primer_tokens
+    )
+    typer.echo(f"wrote {result.out_path}: {len(result.token_ids)} tokens, {result.num_notes} notes")
+
+
+@app.command()
 def pipeline(
     params: ParamsOption = Path("params.yaml"),
     root: RootOption = Path("."),

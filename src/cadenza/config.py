@@ -97,10 +97,110 @@ class SplitSettings(_Section):
         return self
 
 
+class TokenizeSettings(_Section):
+    """`tokenize` stage: the miditok tokenizer and train-only augmentation."""
+
+    tokenizer: Literal["REMI", "TSD", "MIDILike", "Structured"] = "REMI"
+    num_velocities: int = Field(8, ge=1, le=127)
+    pitch_range: tuple[int, int] = (21, 109)
+    """Lowest pitch and one past the highest (miditok convention)."""
+    beat_resolution: int = Field(8, ge=1, le=64)
+    """Positions per beat for the first 4 beats of durations/time shifts (half beyond)."""
+    bpe_vocab_size: int = Field(0, ge=0)
+    """0: no BPE; otherwise train BPE on the train split up to this vocabulary size."""
+    transpositions: list[int] = [-3, -2, -1, 1, 2, 3]
+    """Semitone shifts added for the train split (a shift that takes a note out of
+    pitch_range is skipped for that file)."""
+    time_stretches: list[float] = [0.95, 1.05]
+    """Tempo-stretch factors added for the train split."""
+    num_workers: int = Field(0, ge=0)
+    """Processes for encoding; 0 uses every core."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizeSettings:
+        low, high = self.pitch_range
+        if not 0 <= low < high <= 128:
+            raise ValueError(
+                f"pitch_range {list(self.pitch_range)} must satisfy 0 <= low < high <= 128"
+            )
+        if any(not -24 <= t <= 24 for t in self.transpositions):
+            raise ValueError(f"transpositions {self.transpositions} must lie within -24..24")
+        if any(not 0.5 <= f <= 2.0 for f in self.time_stretches):
+            raise ValueError(f"time_stretches {self.time_stretches} must lie within 0.5..2.0")
+        if self.bpe_vocab_size and self.bpe_vocab_size < 600:
+            raise ValueError(
+                f"bpe_vocab_size {self.bpe_vocab_size} must be 0 or at least 600 "
+                "(above the base vocabulary)"
+            )
+        return self
+
+
+class TrainPreset(_Section):
+    """A model size with the training budget that suits it."""
+
+    d_model: int = Field(ge=8)
+    n_layers: int = Field(ge=1)
+    n_heads: int = Field(ge=1)
+    d_ff: int = Field(ge=8)
+    seg_len: int = Field(ge=2)
+    mem_len: int = Field(ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    rezero: bool = False
+    batch_size: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    lr: float = Field(gt=0, le=1)
+    warmup_steps: int = Field(0, ge=0)
+    eval_interval: int = Field(ge=1)
+    checkpoint_interval: int = Field(ge=1)
+    log_interval: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TrainPreset:
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"d_model {self.d_model} must split into n_heads {self.n_heads} heads of even width"
+            )
+        return self
+
+
+class PretrainSettings(_Section):
+    """`pretrain` stage: NLL training of the Transformer-XL generator."""
+
+    preset: str = "cpu"
+    """Which entry of `presets` to train: tiny (tests), cpu (default), gpu (H100)."""
+    presets: dict[str, TrainPreset] = {}
+    schedule: Literal["cosine", "inverse_sqrt"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = True
+    """torch.compile on CUDA (ignored on CPU)."""
+    ngram_order: int = Field(4, ge=2, le=6)
+    """Order of the n-gram baseline written next to the model's test NLL."""
+
+    @model_validator(mode="after")
+    def _preset_exists(self) -> PretrainSettings:
+        if self.presets and self.preset not in self.presets:
+            raise ValueError(f"preset {self.preset!r} is not one of {sorted(self.presets)}")
+        return self
+
+    @property
+    def selected(self) -> TrainPreset:
+        if self.preset not in self.presets:
+            raise ValueError(
+                f"pretrain.preset = {self.preset!r}: no such preset in pretrain.presets"
+            )
+        return self.presets[self.preset]
+
+
 class Settings(_Section):
     import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
     validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
     split: SplitSettings = Field(default_factory=SplitSettings)
+    tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
+    pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
 
 
 def _format_error(error: dict[str, Any], source: str) -> str:

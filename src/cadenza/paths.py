@@ -41,6 +41,20 @@ class Paths:
         return self.root / "reports" / "validation"
 
     @property
+    def tokens_dir(self) -> Path:
+        """tokenizer.json plus per-split token arrays and document offsets."""
+        return self.root / "data" / "tokens"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def generator_mle_dir(self) -> Path:
+        """Pretrained generator: best weights, config.json, last/ resumable state."""
+        return self.models_dir / "generator-mle"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
 

@@ -160,8 +160,9 @@ def list_music21_corpus(name: str) -> list[SourceFile]:
     return files
 
 
+# Explicit variant markers only: 'Prelude_2' is another prelude, 'Prelude_v2' a variant.
 _VARIANT_SUFFIX = re.compile(
-    r"([ _-]*(\(\d+\)|copy|v\d+|version\s*\d+|var\w*\s*\d*|alt\w*\s*\d*|take\s*\d+|\d+))+$",
+    r"([ _-]*(\(\d+\)|copy|v\d+|version\s*\d+|var\w*\s*\d*|alt\w*\s*\d*|take\s*\d+))+$",
     re.IGNORECASE,
 )
 

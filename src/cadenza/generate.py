@@ -1,0 +1,83 @@
+"""Generate MIDI from a trained generator: a checkpoint folder or an MLflow model URI."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Generated:
+    token_ids: list[int]
+    num_notes: int
+    out_path: Path
+
+
+def resolve_model_dir(model: str, workdir: Path) -> Path:
+    """A local checkpoint folder, or download `models:/...` / `runs:/...` artifacts."""
+    if model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(workdir)))
+        configs = sorted(local.rglob("config.json"))
+        if not configs:
+            raise FileNotFoundError(f"{model}: no config.json among its artifacts")
+        return configs[0].parent
+    folder = Path(model)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a checkpoint folder (no config.json)")
+    return folder
+
+
+def load_generator(folder: Path):
+    """(model in eval mode, tokenizer) from a self-contained checkpoint folder."""
+    from cadenza.models.generator import GeneratorConfig, TransformerXL
+    from cadenza.tokens.tokenizer import load_tokenizer
+    from cadenza.training import checkpoint
+
+    config = checkpoint.read_config(folder)
+    model = TransformerXL(GeneratorConfig(**config["model"]))
+    checkpoint.load_weights(model, folder)
+    return model.eval(), load_tokenizer(folder / "tokenizer.json")
+
+
+def primer_ids(tokenizer, primer: Path, num_tokens: int) -> list[int]:
+    """The opening num_tokens tokens of a MIDI file."""
+    from symusic import Score
+
+    from cadenza.tokens.encode import score_ids
+
+    return score_ids(tokenizer, Score(str(primer)))[:num_tokens]
+
+
+def generate_midi(
+    model: str,
+    num_tokens: int,
+    out_path: Path,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    primer: Path | None = None,
+    primer_tokens: int = 64,
+) -> Generated:
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        net, tokenizer = load_generator(resolve_model_dir(model, Path(tmp)))
+    bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
+    prompt = [bos] + (primer_ids(tokenizer, primer, primer_tokens) if primer else [])
+    generator = torch.Generator().manual_seed(seed)
+    sequence = net.generate(
+        torch.tensor([prompt]), num_tokens, temperature, top_k, top_p, generator
+    )
+    ids = sequence[0, 1:].tolist()
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    specials = {tokenizer[f"{name}_None"] for name in ("PAD", "BOS", "EOS", "MASK")}
+    ids = [i for i in ids if i not in specials]
+    score = tokenizer.decode(ids)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    score.dump_midi(str(out_path))
+    return Generated(ids, int(score.note_num()), out_path)

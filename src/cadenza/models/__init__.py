@@ -1,0 +1,1 @@
+"""Pure torch modules: the Transformer-XL generator and sampling. No I/O, no tracking."""

@@ -1,0 +1,287 @@
+"""Transformer-XL generator over MIDI tokens, readable top to bottom.
+
+- Segment-level recurrence (Dai et al., 2019): each layer sees, besides the current segment,
+  a memory of the hidden states that entered it on the previous segment (detached).
+- Relative positions through rotary embeddings applied to queries and keys with positions
+  relative to the current segment, so memory keys sit at negative positions: only
+  differences matter, as in Transformer-XL's relative attention.
+- Every query attends to itself and at most `mem_len` earlier tokens (a sliding window the
+  memory serves). Training with memory, cached generation and a naive full forward pass
+  therefore compute the same function; the tests check cached == naive token for token.
+- Pre-norm blocks, or ReZero (no norm, residual weight initialised at 0; Bachlechner et al.).
+- Tied input/output embeddings; attention through F.scaled_dot_product_attention.
+
+Shapes: B batch, T new tokens, M memory length, C model width, H heads, D = C / H.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cadenza.models.sampling import sample_next
+
+
+@dataclass
+class GeneratorConfig:
+    vocab_size: int
+    d_model: int = 256
+    """Model width C."""
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 1024
+    """Hidden width of the feed-forward block."""
+    seg_len: int = 256
+    """Tokens per training segment."""
+    mem_len: int = 256
+    """Hidden states kept from earlier segments; also the attention window."""
+    dropout: float = 0.1
+    rezero: bool = False
+    """ReZero residuals (alpha = 0 at init, no LayerNorm in blocks) instead of pre-norm."""
+    rope_base: float = 10_000.0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) "
+                "heads of even width"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rotary_tables(
+    positions: torch.Tensor, head_dim: int, base: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (L, D/2) for integer positions (L,), computed in float32."""
+    inv_freq = base ** (
+        -torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :D/2], x[..., D/2:]) of x (B, H, L, D) by the given angles."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rotated.to(x.dtype)
+
+
+def window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """(Tq, Tk) bool, True where a query may attend: the key is not later and at most
+    `window` tokens earlier."""
+    distance = query_pos[:, None] - key_pos[None, :]
+    return (distance >= 0) & (distance <= window)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.d_model // config.n_heads
+        self.query = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.key_value = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.dropout = config.dropout
+        self.rope_base = config.rope_base
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, H, L, D)
+        B, L, _ = x.shape
+        return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def project_keys(
+        self, h: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated keys and values (B, H, L, D) of hidden states h (B, L, C) at positions (L,)."""
+        k, v = self.key_value(h).chunk(2, dim=-1)
+        cos, sin = rotary_tables(positions, self.head_dim, self.rope_base)
+        return apply_rotary(self._heads(k), cos, sin), self._heads(v)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_positions: torch.Tensor,
+        window: int,
+    ) -> torch.Tensor:
+        """x (B, T, C) at positions (T,) attends to keys/values (B, H, Tk, D) at key_positions."""
+        B, T, C = x.shape
+        cos, sin = rotary_tables(positions, self.head_dim, self.rope_base)
+        q = apply_rotary(self._heads(self.query(x)), cos, sin)  # (B, H, T, D)
+        mask = window_mask(positions, key_positions, window)  # (T, Tk)
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.rezero = config.rezero
+        norm = nn.Identity if config.rezero else nn.LayerNorm
+        self.norm_attn, self.norm_ff = norm(config.d_model), norm(config.d_model)
+        self.attention = Attention(config)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(config.d_model, config.d_ff),
+            nn.GELU(),
+            nn.Linear(config.d_ff, config.d_model),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        # ReZero: each residual branch starts switched off and learns its weight.
+        self.alpha = nn.Parameter(torch.zeros(1)) if config.rezero else None
+
+    def _residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        branch = self.dropout(branch)
+        return x + (self.alpha * branch if self.alpha is not None else branch)
+
+    def forward(self, x, positions, keys, values, key_positions, window) -> torch.Tensor:
+        x = self._residual(
+            x, self.attention(self.norm_attn(x), positions, keys, values, key_positions, window)
+        )
+        return self._residual(x, self.feed_forward(self.norm_ff(x)))
+
+
+class TransformerXL(nn.Module):
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm_out = nn.LayerNorm(config.d_model)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Tied output layer: (B, T, C) -> (B, T, V)."""
+        return F.linear(self.norm_out(h), self.embedding.weight)
+
+    def forward(
+        self, tokens: torch.Tensor, mems: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Training / naive forward. tokens (B, T); mems: per layer (B, M, C) hidden states
+        that entered that layer on the previous segment. Returns logits (B, T, V) and the
+        new memory (detached, at most mem_len long)."""
+        B, T = tokens.shape
+        M = 0 if mems is None else mems[0].shape[1]
+        device = tokens.device
+        positions = torch.arange(T, device=device)
+        key_positions = torch.arange(-M, T, device=device)
+        h = self.dropout(self.embedding(tokens))  # (B, T, C)
+        new_mems = []
+        for i, block in enumerate(self.blocks):
+            context = h if mems is None else torch.cat([mems[i], h], dim=1)  # (B, M+T, C)
+            new_mems.append(context[:, -self.config.mem_len :].detach())
+            normed = block.norm_attn(context)
+            keys, values = block.attention.project_keys(normed, key_positions)
+            h = block(h, positions, keys, values, key_positions, self.config.mem_len)
+        return self.logits(h), new_mems
+
+    # Cached generation ------------------------------------------------------------------
+
+    def _forward_cached(self, tokens: torch.Tensor, cache: list[dict], start: int) -> torch.Tensor:
+        """Process tokens (B, T) at absolute positions start.. using and extending the
+        per-layer key/value cache (trimmed to the attention window). Returns (B, T, V)."""
+        T = tokens.shape[1]
+        positions = torch.arange(start, start + T, device=tokens.device)
+        h = self.embedding(tokens)
+        for block, layer_cache in zip(self.blocks, cache, strict=True):
+            k_new, v_new = block.attention.project_keys(block.norm_attn(h), positions)
+            keys = torch.cat([layer_cache["k"], k_new], dim=2)  # (B, H, Tc+T, D)
+            values = torch.cat([layer_cache["v"], v_new], dim=2)
+            key_positions = torch.cat([layer_cache["pos"], positions])
+            h = block(h, positions, keys, values, key_positions, self.config.mem_len)
+            # The window needs only the last mem_len keys for the next token.
+            keep = self.config.mem_len
+            layer_cache.update(
+                k=keys[:, :, -keep:], v=values[:, :, -keep:], pos=key_positions[-keep:]
+            )
+        return self.logits(h)
+
+    def empty_cache(self, batch_size: int, device: torch.device) -> list[dict]:
+        H, D = self.config.n_heads, self.config.d_model // self.config.n_heads
+        empty = torch.zeros(batch_size, H, 0, D, device=device, dtype=self.embedding.weight.dtype)
+        return [
+            {"k": empty, "v": empty, "pos": torch.zeros(0, dtype=torch.long, device=device)}
+            for _ in self.blocks
+        ]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        num_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        prompt_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """Extend prompt (B, P>=1) by num_tokens sampled tokens; returns (B, P + num_tokens).
+
+        The prompt is read segment by segment (seg_len at a time) into the cache; then one
+        token per step, each step attending to the cached window only.
+        """
+        was_training = self.training
+        self.eval()
+        cache = self.empty_cache(prompt.shape[0], prompt.device)
+        chunk = prompt_chunk or self.config.seg_len
+        for start in range(0, prompt.shape[1], chunk):
+            logits = self._forward_cached(prompt[:, start : start + chunk], cache, start)
+        out = [prompt]
+        position = prompt.shape[1]
+        for _ in range(num_tokens):
+            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
+            out.append(next_token[:, None])
+            logits = self._forward_cached(next_token[:, None], cache, position)
+            position += 1
+        self.train(was_training)
+        return torch.cat(out, dim=1)
+
+    @torch.no_grad()
+    def generate_naive(
+        self,
+        prompt: torch.Tensor,
+        num_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Reference: recompute the full sequence for every new token (slow; for tests and
+        the generation benchmark)."""
+        was_training = self.training
+        self.eval()
+        sequence = prompt
+        for _ in range(num_tokens):
+            logits, _ = self.forward(sequence)
+            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            sequence = torch.cat([sequence, next_token[:, None]], dim=1)
+        self.train(was_training)
+        return sequence
+
+
+def flops_per_token(config: GeneratorConfig, num_params: int) -> float:
+    """Training FLOPs per token: 6N for the weights plus attention scores and values
+    (forward + backward) over the attended window (nanoGPT/PaLM accounting)."""
+    context = config.mem_len + 1
+    return 6 * num_params + 12 * config.n_layers * config.d_model * context

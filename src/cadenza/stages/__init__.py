@@ -1,0 +1,1 @@
+"""Stage functions that wrap torch-only training code with tracking (MLflow) and metrics."""

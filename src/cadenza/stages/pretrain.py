@@ -1,0 +1,199 @@
+"""`pretrain` stage: NLL training of the generator, test NLL against count baselines.
+
+Writes models/generator-mle/ (best weights as safetensors, config.json, last/ resumable
+state), reports/pretrain/loss.csv, metrics/pretrain.json, and an MLflow run tagged with the
+git commit and the dvc.lock hash of the token inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cadenza.config import PretrainSettings
+from cadenza.io import write_json
+from cadenza.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    test_nll: float
+    unigram_nll: float
+    ngram_nll: float
+    best_valid_nll: float
+    seconds: float
+    tokens_per_second: float
+    num_parameters: int
+
+
+def build_configs(settings: PretrainSettings, vocab_size: int):
+    from cadenza.models.generator import GeneratorConfig
+    from cadenza.training.pretrain import TrainConfig
+
+    preset = settings.selected
+    model_config = GeneratorConfig(
+        vocab_size=vocab_size,
+        d_model=preset.d_model,
+        n_layers=preset.n_layers,
+        n_heads=preset.n_heads,
+        d_ff=preset.d_ff,
+        seg_len=preset.seg_len,
+        mem_len=preset.mem_len,
+        dropout=preset.dropout,
+        rezero=preset.rezero,
+    )
+    train_config = TrainConfig(
+        batch_size=preset.batch_size,
+        max_steps=preset.max_steps,
+        lr=preset.lr,
+        min_lr_ratio=settings.min_lr_ratio,
+        warmup_steps=preset.warmup_steps,
+        schedule=settings.schedule,
+        weight_decay=settings.weight_decay,
+        grad_clip=settings.grad_clip,
+        eval_interval=preset.eval_interval,
+        checkpoint_interval=preset.checkpoint_interval,
+        log_interval=preset.log_interval,
+        seed=settings.seed,
+        device=settings.device,
+        compile=settings.compile,
+    )
+    return model_config, train_config
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _CurveRecorder:
+    """Forwards metrics to MLflow (when given) and keeps them for the loss-curve CSV."""
+
+    def __init__(self, forward) -> None:
+        self.forward, self.rows = forward, {}
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.setdefault(step, {"step": step}).update(metrics)
+        if self.forward:
+            self.forward(metrics, step)
+
+    def write(self, path: Path) -> None:
+        columns = ["step", "train_nll", "valid_nll", "lr", "tokens_per_second", "grad_norm"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows[s] for s in sorted(self.rows))
+
+
+def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> PretrainResult:
+    import torch
+
+    from cadenza.models.generator import TransformerXL
+    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.tokenizer import load_tokenizer
+    from cadenza.training import checkpoint
+    from cadenza.training.baselines import NGramModel, unigram_nll
+    from cadenza.training.pretrain import evaluate_nll, resolve_device, train
+
+    tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
+    vocab_size = len(tokenizer)
+    train_tokens, train_offsets = load_split(paths.tokens_dir, "train")
+    valid_tokens, _ = load_split(paths.tokens_dir, "valid")
+    test_tokens, _ = load_split(paths.tokens_dir, "test")
+    model_config, train_config = build_configs(settings, vocab_size)
+    fingerprint = hashlib.sha256(
+        json.dumps([model_config.to_dict(), asdict(train_config)], sort_keys=True).encode()
+        + _file_digest(paths.tokens_dir / "train.npy").encode()
+    ).hexdigest()
+    out_dir = paths.generator_mle_dir
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    extra = {"preset": settings.preset}
+    if is_main:  # the checkpoint folder is self-contained: it carries its tokenizer
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths.tokens_dir / "tokenizer.json", out_dir / "tokenizer.json")
+
+    from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
+
+    tags = {
+        "git.commit": git_commit(paths.root),
+        "dvc.tokens_md5": dvc_lock_hash(paths.root, "tokenize", "data/tokens"),
+        "cadenza.preset": settings.preset,
+    }
+    params = {
+        "pretrain": settings.model_dump(exclude={"presets"}),
+        "preset": settings.selected.model_dump(),
+    }
+    with contextlib.ExitStack() as stack:
+        tracking = track and is_main
+        if tracking:
+            from cadenza.tracking.runs import metrics_logger, stage_run
+
+            stack.enter_context(stage_run(paths.root, "pretrain", tags, params))
+        recorder = _CurveRecorder(metrics_logger() if tracking else None)
+        result = train(
+            model_config,
+            train_config,
+            (train_tokens, train_offsets),
+            valid_tokens,
+            out_dir,
+            log_metrics=recorder if is_main else None,
+            extra_config=extra,
+            fingerprint=fingerprint,
+        )
+        if not is_main:
+            return None
+        device = resolve_device(settings.device)
+        model = TransformerXL(model_config)
+        checkpoint.load_weights(model, out_dir)
+        model.to(device)
+        test_nll = evaluate_nll(model, test_tokens, model_config.seg_len, device)
+        uni = unigram_nll(train_tokens, test_tokens, vocab_size)
+        ngram = NGramModel(train_tokens, vocab_size, settings.ngram_order).nll(test_tokens)
+        metrics = {
+            "test_nll": test_nll,
+            "test_bits_per_token": test_nll / math.log(2),
+            "best_valid_nll": result.best_valid_nll,
+            "best_step": result.best_step,
+            "baseline_unigram_test_nll": uni,
+            f"baseline_{settings.ngram_order}gram_test_nll": ngram,
+            "train_seconds": result.seconds,
+            "tokens_per_second": result.tokens_per_second,
+            "num_parameters": result.num_parameters,
+            "steps": result.steps,
+            "resumed_from_step": result.resumed_from,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        }
+        recorder.write(paths.root / "reports" / "pretrain" / "loss.csv")
+        write_json(paths.metrics_path("pretrain"), metrics)
+        if tracking:
+            import mlflow
+
+            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+            mlflow.log_metrics(numeric)
+            for name in ("model.safetensors", "config.json", "tokenizer.json"):
+                mlflow.log_artifact(str(out_dir / name), artifact_path="generator-mle")
+            mlflow.log_artifact(str(paths.root / "reports" / "pretrain" / "loss.csv"))
+    return PretrainResult(
+        test_nll,
+        uni,
+        ngram,
+        result.best_valid_nll,
+        result.seconds,
+        result.tokens_per_second,
+        result.num_parameters,
+    )

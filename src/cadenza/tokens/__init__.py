@@ -1,0 +1,1 @@
+"""Tokenization: miditok tokenizers from params, augmentation, encoding to flat arrays."""

@@ -1,0 +1,69 @@
+"""Encode MIDI files into token-id arrays (one document per file and augmented version).
+
+Runs in worker processes: each worker loads the saved tokenizer once (init_worker), then
+encodes files independently, so the result does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cadenza.tokens.augment import augmented_versions
+
+_TOKENIZER = None
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    path: str
+    transpositions: tuple[int, ...] = ()
+    time_stretches: tuple[float, ...] = ()
+
+
+@dataclass
+class EncodedFile:
+    path: str
+    documents: list[np.ndarray]
+    num_notes: int
+    num_skipped_transpositions: int
+    error: str = ""
+
+
+def init_worker(tokenizer_path: str) -> None:
+    global _TOKENIZER
+    from cadenza.tokens.tokenizer import load_tokenizer
+
+    _TOKENIZER = load_tokenizer(Path(tokenizer_path))
+
+
+def score_ids(tokenizer, score) -> list[int]:
+    """Token ids of a score as one stream (BPE applied when the tokenizer is trained)."""
+    sequence = tokenizer.encode(score)
+    if isinstance(sequence, list):  # a tokenizer configured per track: should not happen
+        raise AssertionError("expected one token stream for all programs")
+    return list(sequence.ids)
+
+
+def encode_file(job: EncodeJob) -> EncodedFile:
+    from symusic import Score
+
+    tokenizer = _TOKENIZER
+    assert tokenizer is not None, "init_worker() was not called"
+    bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
+    try:
+        score = Score(job.path)
+    except Exception as exc:  # validated upstream; a file changed since is reported, not fatal
+        return EncodedFile(job.path, [], 0, 0, error=f"{type(exc).__name__}: {exc}")
+    pitch_range = tuple(tokenizer.config.pitch_range)
+    versions, skipped = augmented_versions(
+        score, list(job.transpositions), list(job.time_stretches), pitch_range
+    )
+    documents = []
+    for version in versions:
+        ids = score_ids(tokenizer, version)
+        if ids:
+            documents.append(np.asarray([bos, *ids, eos], dtype=np.int64))
+    return EncodedFile(job.path, documents, int(score.note_num()), skipped)

@@ -1,0 +1,171 @@
+"""`tokenize` stage: train/build the tokenizer, encode every split into flat token arrays.
+
+Writes, under data/tokens/: tokenizer.json; for each split `<split>.npy` (all documents
+concatenated; uint16 when the vocabulary fits) and `<split>_offsets.npy` (int64, document
+start positions plus the total length); and metrics/tokenize.json.
+Augmentation (transposition, time stretch) is applied to the train split only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cadenza.config import TokenizeSettings
+from cadenza.io import write_json
+from cadenza.paths import Paths
+from cadenza.progress import progress_bar
+from cadenza.tokens.encode import EncodedFile, EncodeJob, encode_file, init_worker
+from cadenza.tokens.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class TokenizeResult:
+    vocab_size: int
+    num_tokens: dict[str, int]
+    num_documents: dict[str, int]
+    seconds: float
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+def load_split(tokens_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, offsets) of one split, memory-mapped."""
+    tokens_path = tokens_dir / f"{split}.npy"
+    if not tokens_path.is_file():
+        raise FileNotFoundError(f"{tokens_path}: no tokens; run `cadenza tokenize` first")
+    return (
+        np.load(tokens_path, mmap_mode="r"),
+        np.load(tokens_dir / f"{split}_offsets.npy"),
+    )
+
+
+def _encode_all(jobs: list[EncodeJob], tokenizer_path: Path, workers: int) -> list[EncodedFile]:
+    results = []
+    with progress_bar("tokenize", total=len(jobs)) as advance:
+        if workers <= 1:
+            init_worker(str(tokenizer_path))
+            for job in jobs:
+                results.append(encode_file(job))
+                advance()
+            return results
+        with ProcessPoolExecutor(
+            workers, initializer=init_worker, initargs=(str(tokenizer_path),)
+        ) as pool:
+            for encoded in pool.map(encode_file, jobs, chunksize=8):
+                results.append(encoded)
+                advance()
+    return results
+
+
+def _write_split(
+    tokens_dir: Path, split: str, encoded: list[EncodedFile], dtype
+) -> tuple[int, int]:
+    documents = [doc for item in encoded for doc in item.documents]
+    lengths = np.array([len(doc) for doc in documents], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.concatenate(documents).astype(dtype) if documents else np.zeros(0, dtype=dtype)
+    np.save(tokens_dir / f"{split}.npy", flat)  # into the staging folder: swapped in whole
+    np.save(tokens_dir / f"{split}_offsets.npy", offsets)
+    return len(flat), len(documents)
+
+
+def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
+    started = time.perf_counter()
+    if not paths.splits_path.is_file():
+        raise FileNotFoundError(f"{paths.splits_path}: no splits; run `cadenza split` first")
+    splits = pd.read_csv(paths.splits_path)
+    files = {
+        s: [str(paths.raw_dir / p) for p in splits.loc[splits["split"] == s, "path"]]
+        for s in SPLITS
+    }
+    if not files["train"]:
+        raise ValueError(f"{paths.splits_path}: the train split is empty; nothing to tokenize")
+
+    tokens_dir = paths.tokens_dir
+    staging = tokens_dir.with_name(f".{tokens_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tokenizer = build_tokenizer(
+        settings.tokenizer,
+        settings.num_velocities,
+        tuple(settings.pitch_range),
+        settings.beat_resolution,
+    )
+    if settings.bpe_vocab_size:
+        log.info(
+            "training BPE to %d tokens on %d train files",
+            settings.bpe_vocab_size,
+            len(files["train"]),
+        )
+        tokenizer.train(
+            vocab_size=settings.bpe_vocab_size,
+            model="BPE",
+            files_paths=[Path(p) for p in files["train"]],
+        )
+    tokenizer_path = staging / "tokenizer.json"
+    tokenizer.save(tokenizer_path)
+    dtype = token_dtype(len(tokenizer))
+    workers = settings.num_workers or os.cpu_count() or 1
+
+    num_tokens, num_documents, num_notes, skipped, errors = {}, {}, {}, 0, []
+    for split in SPLITS:
+        augment = split == "train"
+        jobs = [
+            EncodeJob(
+                path,
+                tuple(settings.transpositions) if augment else (),
+                tuple(settings.time_stretches) if augment else (),
+            )
+            for path in files[split]
+        ]
+        encoded = _encode_all(jobs, tokenizer_path, workers)
+        errors += [f"{item.path}: {item.error}" for item in encoded if item.error]
+        skipped += sum(item.num_skipped_transpositions for item in encoded)
+        num_notes[split] = sum(item.num_notes for item in encoded)
+        num_tokens[split], num_documents[split] = _write_split(staging, split, encoded, dtype)
+    if errors:
+        shutil.rmtree(staging)
+        raise ValueError("could not read files listed in the splits:\n" + "\n".join(errors[:10]))
+
+    if tokens_dir.exists():
+        shutil.rmtree(tokens_dir)
+    staging.rename(tokens_dir)
+    seconds = time.perf_counter() - started
+    # Tokens per note on the un-augmented splits (train is augmented, so use valid + test).
+    plain_tokens = (
+        num_tokens["valid"]
+        + num_tokens["test"]
+        - 2 * (num_documents["valid"] + num_documents["test"])
+    )
+    plain_notes = num_notes["valid"] + num_notes["test"]
+    total_files = sum(len(v) for v in files.values())
+    write_json(
+        paths.metrics_path("tokenize"),
+        {
+            "tokenizer": settings.tokenizer,
+            "vocab_size": len(tokenizer),
+            "dtype": np.dtype(dtype).name,
+            "num_tokens": num_tokens,
+            "num_documents": num_documents,
+            "tokens_per_note": round(plain_tokens / plain_notes, 4) if plain_notes else None,
+            "files_per_second": round(total_files / seconds, 2),
+            "skipped_transpositions": skipped,
+            "seconds": round(seconds, 2),
+        },
+    )
+    return TokenizeResult(len(tokenizer), num_tokens, num_documents, seconds)

@@ -1,0 +1,55 @@
+"""Build the miditok tokenizer that params.yaml describes, and load a saved one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOKENIZERS = ("REMI", "TSD", "MIDILike", "Structured")
+# miditok's default range rewrites x/2 meters (e.g. 3/2, common in chorales); cover them.
+TIME_SIGNATURE_RANGE = {8: [3, 12, 6], 4: [5, 6, 3, 2, 1, 4], 2: [1, 2, 3, 4]}
+SPECIAL_TOKENS = ["PAD", "BOS", "EOS", "MASK"]
+
+
+def build_tokenizer(
+    name: str,
+    num_velocities: int,
+    pitch_range: tuple[int, int],
+    beat_resolution: int,
+):
+    """A fresh (untrained) tokenizer with every part in one token stream."""
+    import miditok
+
+    if name not in TOKENIZERS:
+        raise ValueError(f"tokenize.tokenizer = {name!r}: choose one of {', '.join(TOKENIZERS)}")
+    config = miditok.TokenizerConfig(
+        pitch_range=tuple(pitch_range),
+        beat_res={(0, 4): beat_resolution, (4, 12): max(1, beat_resolution // 2)},
+        num_velocities=num_velocities,
+        special_tokens=SPECIAL_TOKENS,
+        # Programs in one stream: multi-part pieces keep every part (miditok's default is
+        # one sequence per track).
+        use_programs=True,
+        one_token_stream_for_programs=True,
+        # Structured has no time-signature tokens.
+        use_time_signatures=name != "Structured",
+        time_signature_range=TIME_SIGNATURE_RANGE,
+    )
+    return getattr(miditok, name)(config)
+
+
+def load_tokenizer(path: Path):
+    """A tokenizer saved by the tokenize stage (tokenizer.json)."""
+    import json
+
+    import miditok
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no tokenizer; run `cadenza tokenize` first")
+    name = json.loads(path.read_text()).get("tokenization")
+    if name not in TOKENIZERS:
+        raise ValueError(f"{path}: unknown tokenization {name!r}")
+    return getattr(miditok, name)(params=path)
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    return {name: tokenizer[f"{name}_None"] for name in SPECIAL_TOKENS}

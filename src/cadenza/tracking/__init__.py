@@ -1,0 +1,1 @@
+"""MLflow: runs tagged with lineage (git commit, dvc.lock hashes), metrics, registry."""

@@ -1,0 +1,85 @@
+"""Checkpoints: weights as safetensors plus config.json; a resumable training state.
+
+Layout of a model folder:
+    model.safetensors, config.json     the best weights so far (what later stages use)
+    last/model.safetensors             the latest weights
+    last/state.pt                      optimizer, scheduler, RNG states, step, memory
+Each folder is written to a temporary sibling and renamed into place, so a kill at any
+moment leaves either the old or the new checkpoint, never half of one. state.pt holds only
+tensors and plain containers and is loaded with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+STATE = "state.pt"
+
+
+def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # Tied weights share storage; safetensors refuses shared tensors, so store copies.
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_weights(
+    model: torch.nn.Module, config: dict, folder: Path, extra: dict | None = None
+) -> None:
+    """model.safetensors + config.json into folder (files replaced atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_weights = folder / f".{WEIGHTS}.tmp"
+    save_file(_state_dict_for_saving(model), str(tmp_weights), metadata={"format": "pt"})
+    tmp_config = folder / f".{CONFIG}.tmp"
+    tmp_config.write_text(json.dumps({**config, **(extra or {})}, indent=2) + "\n")
+    os.replace(tmp_weights, folder / WEIGHTS)
+    os.replace(tmp_config, folder / CONFIG)
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights here")
+    model.load_state_dict(load_file(str(path)))
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model config; is {folder} a Cadenza checkpoint?")
+    return json.loads(path.read_text())
+
+
+def save_training_state(model: torch.nn.Module, state: dict, folder: Path) -> None:
+    """Latest weights + resumable state into folder/last, atomically."""
+    final = folder / "last"
+    tmp = folder / ".last.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    torch.save(state, tmp / STATE)
+    _replace_dir(tmp, final)
+
+
+def load_training_state(model: torch.nn.Module, folder: Path) -> dict | None:
+    """Restore the latest weights; return the state dict, or None when there is none."""
+    last = folder / "last"
+    if not (last / STATE).is_file():
+        return None
+    model.load_state_dict(load_file(str(last / WEIGHTS)))
+    return torch.load(last / STATE, map_location="cpu", weights_only=True)

@@ -1,0 +1,167 @@
+"""pretrain: NLL training with memory, MLflow tracking, best checkpoint, resume after
+SIGKILL, DDP on CPU with gloo, baselines, and `cadenza generate`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from cadenza.config import parse_settings
+from cadenza.paths import Paths
+from cadenza.stages import pretrain as pretrain_stage
+from cadenza.training.baselines import NGramModel, unigram_nll
+
+from .conftest import TINY_PRESET
+
+CADENZA = [sys.executable, "-m", "cadenza.cli"]
+
+
+def _project(token_project: Path, dest: Path, **preset) -> Path:
+    """A copy of the tokenized project whose tiny preset is adjusted."""
+    shutil.copytree(token_project, dest, ignore=shutil.ignore_patterns("models", "mlflow.db"))
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["pretrain"]["presets"]["tiny"] = {**TINY_PRESET, **preset}
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    return dest
+
+
+def _settings(root: Path):
+    return parse_settings(yaml.safe_load((root / "params.yaml").read_text()))
+
+
+def test_pretrain_tracks_and_keeps_the_best_checkpoint(token_project, tmp_path, tracking_uri):
+    import mlflow
+
+    root = _project(token_project, tmp_path / "p", max_steps=40, eval_interval=10)
+    result = pretrain_stage.run(_settings(root).pretrain, Paths(root=root, corpus="mine"))
+
+    out = root / "models" / "generator-mle"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["d_model"] == 32 and config["best_step"] in (10, 20, 30, 40)
+    assert (out / "tokenizer.json").is_file() and (out / "last" / "state.pt").is_file()
+    metrics = json.loads((root / "metrics" / "pretrain.json").read_text())
+    assert metrics["test_nll"] == pytest.approx(result.test_nll)
+    assert metrics["best_valid_nll"] == pytest.approx(config["valid_nll"])
+    assert result.test_nll < np.log(config["model"]["vocab_size"])  # learned something
+    curve = (root / "reports" / "pretrain" / "loss.csv").read_text().splitlines()
+    assert curve[0].startswith("step,train_nll,valid_nll") and len(curve) > 5
+
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cadenza").experiment_id])
+    assert run.data.tags["cadenza.stage"] == "pretrain"
+    assert run.data.tags["git.commit"] and "dvc.tokens_md5" in run.data.tags
+    assert run.data.params["preset.d_model"] == "32"
+    valid_history = client.get_metric_history(run.info.run_id, "valid_nll")
+    assert [m.step for m in valid_history] == [10, 20, 30, 40]
+    assert len(client.get_metric_history(run.info.run_id, "train_nll")) == 10
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "generator-mle")}
+    assert "generator-mle/model.safetensors" in artifacts
+
+
+def test_sigkill_then_rerun_resumes_to_the_same_weights(token_project, tmp_path, tracking_uri):
+    preset = {"max_steps": 60, "checkpoint_interval": 5, "eval_interval": 30, "dropout": 0.1}
+    straight = _project(token_project, tmp_path / "straight", **preset)
+    killed = _project(token_project, tmp_path / "killed", **preset)
+    pretrain_stage.run(
+        _settings(straight).pretrain, Paths(root=straight, corpus="mine"), track=False
+    )
+
+    command = [*CADENZA, "pretrain", "--params", "params.yaml"]
+    process = subprocess.Popen(
+        command, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    state = killed / "models" / "generator-mle" / "last" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+    subprocess.run(command, cwd=killed, check=True, capture_output=True)
+    resumed_from = json.loads((killed / "metrics" / "pretrain.json").read_text())[
+        "resumed_from_step"
+    ]
+    assert 0 < resumed_from < 60
+    for name in ("last/model.safetensors", "model.safetensors"):
+        a = load_file(straight / "models" / "generator-mle" / name)
+        b = load_file(killed / "models" / "generator-mle" / name)
+        assert a.keys() == b.keys()
+        assert all((a[k] == b[k]).all() for k in a), name
+
+
+def test_changed_settings_start_afresh(token_project, tmp_path):
+    root = _project(token_project, tmp_path / "p", max_steps=12)
+    paths = Paths(root=root, corpus="mine")
+    pretrain_stage.run(_settings(root).pretrain, paths, track=False)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["pretrain"]["presets"]["tiny"]["lr"] = 0.001
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain_stage.run(_settings(root).pretrain, paths, track=False)
+    assert json.loads((root / "metrics" / "pretrain.json").read_text())["resumed_from_step"] == 0
+
+
+def test_ddp_on_cpu_with_two_gloo_processes(token_project, tmp_path):
+    root = _project(token_project, tmp_path / "p", max_steps=12, batch_size=1)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+        "OMP_NUM_THREADS": "1",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29731", "-m", "cadenza.cli", "pretrain", "--params", "params.yaml"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads((root / "metrics" / "pretrain.json").read_text())
+    assert metrics["steps"] == 12 and np.isfinite(metrics["test_nll"])
+    assert (root / "models" / "generator-mle" / "model.safetensors").is_file()
+    assert completed.stdout.count("test NLL") == 1  # rank 0 alone reports
+
+
+def test_baselines_are_normalised_and_ordered():
+    rng = np.random.default_rng(0)
+    # A Markov chain the n-gram model can learn and the unigram cannot.
+    train = np.cumsum(rng.integers(0, 2, 20_000)) % 7
+    test = np.cumsum(rng.integers(0, 2, 2_000)) % 7
+    model = NGramModel(train, vocab_size=7, order=3)
+    assert model.nll(test) < unigram_nll(train, test, 7)
+    for context in ([3, 4], [0, 0], [6, 2]):  # seen and unseen contexts
+        probs = [model.probabilities(np.array([*context, w]))[-1] for w in range(7)]
+        assert sum(probs) == pytest.approx(1.0)
+
+
+def test_generate_writes_midi_with_and_without_primer(token_project, tmp_path, chorale_dir):
+    root = _project(token_project, tmp_path / "p", max_steps=12)
+    pretrain_stage.run(_settings(root).pretrain, Paths(root=root, corpus="mine"), track=False)
+    from symusic import Score
+
+    model_dir = str(root / "models" / "generator-mle")
+    out = tmp_path / "x.mid"
+    command = [*CADENZA, "generate", "--model", model_dir, "--tokens", "300", "--out", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert out.is_file() and "wrote" in run.stdout
+    primer = next(chorale_dir.glob("*.mid"))
+    primed = tmp_path / "primed.mid"
+    command = [*CADENZA, "generate", "-m", model_dir, "-n", "64", "-o", str(primed),
+               "--primer", str(primer), "--primer-tokens", "40"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert Score(str(primed)).note_num() >= 5  # the primer's opening notes at least
+    missing = subprocess.run(
+        [*CADENZA, "generate", "-m", str(tmp_path)], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "not a checkpoint folder" in missing.stderr

@@ -1,0 +1,116 @@
+"""tokenize: miditok from params, every part kept, x/2 meters, augmentation on train only,
+flat arrays with offsets, round trip, parallel == serial."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from symusic import Note, Score, TimeSignature, Track
+
+from cadenza.config import TokenizeSettings
+from cadenza.paths import Paths
+from cadenza.tokens import stage as tokenize_stage
+from cadenza.tokens.augment import time_stretch, transpose
+from cadenza.tokens.encode import score_ids
+from cadenza.tokens.tokenizer import build_tokenizer, load_tokenizer
+
+from .conftest import make_midi
+
+
+def _notes(score: Score) -> list[tuple]:
+    """Notes as (onset, duration, pitch, velocity) in quarters, sorted, any track."""
+    tpq = score.tpq
+    return sorted(
+        (n.time / tpq, n.duration / tpq, n.pitch, n.velocity) for t in score.tracks for n in t.notes
+    )
+
+
+def test_stage_outputs(token_project):
+    paths = Paths(root=token_project, corpus="mine")
+    tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
+    bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
+    splits = pd.read_csv(paths.splits_path)
+    metrics = json.loads(paths.metrics_path("tokenize").read_text())
+    for split in ("train", "valid", "test"):
+        tokens, offsets = tokenize_stage.load_split(paths.tokens_dir, split)
+        assert tokens.dtype == np.uint16 and offsets[0] == 0 and offsets[-1] == len(tokens)
+        assert all(tokens[start] == bos for start in offsets[:-1])
+        assert all(tokens[end - 1] == eos for end in offsets[1:])
+        assert metrics["num_tokens"][split] == len(tokens)
+        num_files = int((splits["split"] == split).sum())
+        # train: original plus two transpositions (none skipped for these pitches)
+        expected_docs = num_files * (3 if split == "train" else 1)
+        assert metrics["num_documents"][split] == len(offsets) - 1 == expected_docs
+    assert metrics["vocab_size"] == len(tokenizer)
+    assert 3 < metrics["tokens_per_note"] < 6
+
+
+@pytest.mark.parametrize("name", ["REMI", "TSD", "Structured"])
+def test_round_trip_gives_the_preprocessed_score(name, chorale_dir):
+    tokenizer = build_tokenizer(name, 8, (21, 109), 8)
+    for path in sorted(chorale_dir.glob("*.mid"))[:2]:
+        score = Score(str(path))
+        decoded = tokenizer.decode(score_ids(tokenizer, score))
+        assert _notes(decoded) == _notes(tokenizer.preprocess_score(score.copy()))
+        assert len(_notes(decoded)) == score.note_num()  # no note of any part is lost
+
+
+def test_every_part_and_half_note_meters_survive():
+    score = Score(480)
+    score.time_signatures.append(TimeSignature(0, 3, 2))
+    for program, pitch in [(0, 60), (40, 72), (73, 84)]:
+        track = Track(f"p{program}", program, False)
+        track.notes.extend(Note(i * 480, 480, pitch + i % 3, 80) for i in range(12))
+        score.tracks.append(track)
+    tokenizer = build_tokenizer("REMI", 8, (21, 109), 8)
+    ids = score_ids(tokenizer, score)
+    decoded = tokenizer.decode(ids)
+    assert sorted(t.program for t in decoded.tracks) == [0, 40, 73]
+    assert [(ts.numerator, ts.denominator) for ts in decoded.time_signatures] == [(3, 2)]
+    assert decoded.note_num() == 36
+
+
+def test_transposition_out_of_range_is_skipped_and_stretch_scales_time(tmp_path):
+    score = Score(str(make_midi(tmp_path / "a.mid", num_notes=12, pitch=100)))  # up to 111
+    assert transpose(score, 3, (21, 109)) is None
+    moved = transpose(score, -3, (21, 128))
+    assert [n.pitch for n in moved.tracks[0].notes] == [n.pitch - 3 for n in score.tracks[0].notes]
+    stretched = time_stretch(score, 1.05)
+    assert stretched.tracks[0].notes[4].time == round(score.tracks[0].notes[4].time * 1.05)
+
+
+def _tokenize(root, workers: int, **overrides) -> dict[str, np.ndarray]:
+    paths = Paths(root=root, corpus="mine")
+    tokenize_stage.run(TokenizeSettings(num_workers=workers, **overrides), paths)
+    return {
+        s: np.array(tokenize_stage.load_split(paths.tokens_dir, s)[0]) for s in ("train", "test")
+    }
+
+
+def test_parallel_encoding_matches_serial(token_project, tmp_path):
+    import shutil
+
+    for name in ("serial", "parallel"):
+        shutil.copytree(token_project, tmp_path / name, ignore=shutil.ignore_patterns("tokens"))
+    serial = _tokenize(tmp_path / "serial", 1)
+    parallel = _tokenize(tmp_path / "parallel", 2)
+    for split in serial:
+        np.testing.assert_array_equal(serial[split], parallel[split])
+
+
+def test_bpe_trains_on_train_split_and_round_trips(token_project, tmp_path):
+    import shutil
+
+    shutil.copytree(token_project, tmp_path / "p", ignore=shutil.ignore_patterns("tokens"))
+    arrays = _tokenize(tmp_path / "p", 1, bpe_vocab_size=700, transpositions=[], time_stretches=[])
+    tokenizer = load_tokenizer(tmp_path / "p" / "data" / "tokens" / "tokenizer.json")
+    assert tokenizer.is_trained and len(tokenizer) == 700
+    assert arrays["train"].max() < 700
+    plain = build_tokenizer("REMI", 8, (21, 109), 8)
+    score = Score(str(next((tmp_path / "p" / "data" / "raw" / "mine").glob("bwv*.mid"))))
+    bpe_ids, base_ids = score_ids(tokenizer, score), score_ids(plain, score)
+    assert len(bpe_ids) < len(base_ids)
+    assert _notes(tokenizer.decode(bpe_ids)) == _notes(plain.decode(base_ids))
