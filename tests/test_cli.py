@@ -68,3 +68,11 @@ def test_validate_before_import_says_what_to_do(tmp_path):
     )
     assert result.exit_code == 1
     assert "run `cadenza import` first" in result.output
+
+
+def test_pretrain_before_tokenize_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(
+        app, ["pretrain", "--params", str(PROJECT / "params.yaml"), "--root", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "run `cadenza tokenize` first" in result.output

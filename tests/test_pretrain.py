@@ -68,6 +68,12 @@ def test_pretrain_tracks_and_keeps_the_best_checkpoint(token_project, tmp_path, 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "generator-mle")}
     assert "generator-mle/model.safetensors" in artifacts
 
+    # The logged checkpoint is self-contained: generate straight from the run's artifacts.
+    from cadenza.generate import generate_midi
+
+    sample = generate_midi(f"runs:/{run.info.run_id}/generator-mle", 64, tmp_path / "s.mid")
+    assert sample.out_path.is_file() and len(sample.token_ids) <= 64
+
 
 def test_sigkill_then_rerun_resumes_to_the_same_weights(token_project, tmp_path, tracking_uri):
     preset = {"max_steps": 60, "checkpoint_interval": 5, "eval_interval": 30, "dropout": 0.1}

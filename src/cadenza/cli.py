@@ -161,6 +161,38 @@ def pretrain(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
         )
 
 
+@app.command("pretrain-discriminator")
+def pretrain_discriminator(
+    params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")
+) -> None:
+    """Pretrain the discriminator encoder SpanBERT-style (span masking + span boundary)."""
+    from cadenza.stages import pretrain_discriminator as stage
+
+    settings, paths = _load(params, root)
+    result = _run_stage(stage.run, settings.pretrain_discriminator, paths)
+    typer.echo(
+        f"discriminator: valid MLM loss {result.valid_mlm_loss:.4f}, accuracy "
+        f"{result.valid_mlm_accuracy:.3f}; {result.num_parameters:,} parameters, "
+        f"{result.seconds:.0f} s -> {paths.discriminator_dir}"
+    )
+
+
+@app.command()
+def adversarial(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Fine-tune the generator with NLL + lambda * adversarial loss (Gumbel-Softmax)."""
+    from cadenza.stages import adversarial as stage
+
+    settings, paths = _load(params, root)
+    result = _run_stage(stage.run, settings.adversarial, paths)
+    typer.echo(
+        f"adversarial: valid NLL {result.initial_valid_nll:.4f} -> "
+        f"best {result.best_valid_nll:.4f} "
+        f"(final {result.final_valid_nll:.4f}, {result.rollbacks} rollbacks); held-out "
+        f"discriminator accuracy {result.discriminator_accuracy:.2f}; {result.seconds:.0f} s "
+        f"-> {paths.generator_gan_dir}"
+    )
+
+
 @app.command()
 def generate(
     model: Annotated[

@@ -195,12 +195,92 @@ class PretrainSettings(_Section):
         return self.presets[self.preset]
 
 
+class DiscriminatorSettings(_Section):
+    """`pretrain_discriminator` stage: SpanBERT pretraining of the discriminator encoder."""
+
+    d_model: int = Field(128, ge=8)
+    n_layers: int = Field(3, ge=1)
+    n_heads: int = Field(4, ge=1)
+    d_ff: int = Field(512, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seq_len: int = Field(64, ge=8)
+    """Window length; also the chunk length the adversarial stage scores."""
+    batch_size: int = Field(16, ge=1)
+    max_steps: int = Field(300, ge=1)
+    lr: float = Field(5e-4, gt=0, le=1)
+    warmup_steps: int = Field(30, ge=0)
+    eval_interval: int = Field(100, ge=1)
+    mask_fraction: float = Field(0.15, gt=0, lt=1)
+    span_p: float = Field(0.2, gt=0, le=1)
+    """Geometric distribution parameter of span lengths."""
+    max_span: int = Field(10, ge=1)
+    sbo_weight: float = Field(1.0, ge=0)
+    """Weight of the span boundary objective next to the MLM loss."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> DiscriminatorSettings:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+        return self
+
+
+class AdversarialSettings(_Section):
+    """`adversarial` stage: NLL + lambda * adversarial fine-tuning of the generator."""
+
+    max_steps: int = Field(60, ge=1)
+    batch_size: int = Field(8, ge=1)
+    sample_batch: int = Field(8, ge=1)
+    sample_len: int = Field(128, ge=2)
+    chunk_len: int = Field(64, ge=1)
+    """Generated tokens per chunk; must not exceed pretrain_discriminator.seq_len."""
+    adv_weight: float = Field(0.1, ge=0)
+    loss: Literal["standard", "rsgan", "wgan-gp", "hinge"] = "rsgan"
+    gp_weight: float = Field(10.0, ge=0)
+    critic_steps: int = Field(1, ge=1)
+    freeze_layers: int = Field(0, ge=0)
+    tau_start: float = Field(1.0, gt=0)
+    tau_end: float = Field(0.01, gt=0)
+    lr_generator: float = Field(5e-5, gt=0, le=1)
+    lr_discriminator: float = Field(1e-4, gt=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_interval: int = Field(20, ge=1)
+    checkpoint_interval: int = Field(20, ge=1)
+    tolerance: float = Field(0.05, ge=0)
+    """Allowed relative rise of validation NLL above its best before acting."""
+    on_degrade: Literal["rollback", "stop"] = "rollback"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _chunks_fit(self) -> AdversarialSettings:
+        if self.sample_len % self.chunk_len:
+            raise ValueError(
+                f"sample_len {self.sample_len} must be a multiple of chunk_len {self.chunk_len}"
+            )
+        if self.tau_end > self.tau_start:
+            raise ValueError(f"tau_end {self.tau_end} must not exceed tau_start {self.tau_start}")
+        return self
+
+
 class Settings(_Section):
     import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
     validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
     split: SplitSettings = Field(default_factory=SplitSettings)
     tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
+    pretrain_discriminator: DiscriminatorSettings = Field(default_factory=DiscriminatorSettings)
+    adversarial: AdversarialSettings = Field(default_factory=AdversarialSettings)
+
+    @model_validator(mode="after")
+    def _chunk_fits_discriminator(self) -> Settings:
+        if self.adversarial.chunk_len > self.pretrain_discriminator.seq_len:
+            raise ValueError(
+                f"adversarial.chunk_len {self.adversarial.chunk_len} exceeds "
+                f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}"
+            )
+        return self
 
 
 def _format_error(error: dict[str, Any], source: str) -> str:

@@ -55,6 +55,16 @@ class Paths:
         return self.models_dir / "generator-mle"
 
     @property
+    def discriminator_dir(self) -> Path:
+        """SpanBERT-pretrained discriminator: model.safetensors + config.json."""
+        return self.models_dir / "discriminator"
+
+    @property
+    def generator_gan_dir(self) -> Path:
+        """Adversarially fine-tuned generator (same layout as generator-mle)."""
+        return self.models_dir / "generator-gan"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
 

@@ -52,7 +52,9 @@ def print_summary(paths: Paths) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    imported, validated, split = (_metrics(paths, s) for s in ("import", "validate", "split"))
+    imported, validated, split, tokenized, pretrained = (
+        _metrics(paths, s) for s in ("import", "validate", "split", "tokenize", "pretrain")
+    )
     table = Table(title=f"Cadenza pipeline: corpus '{paths.corpus}'")
     table.add_column("stage")
     table.add_column("result")
@@ -75,6 +77,23 @@ def print_summary(paths: Paths) -> None:
             "split",
             ", ".join(f"{name}: {n} files" for name, n in split["num_files"].items()),
         )
+    if tokenized:
+        table.add_row(
+            "tokenize",
+            f"{tokenized['tokenizer']}, vocabulary {tokenized['vocab_size']}; "
+            + ", ".join(f"{k}: {v:,} tokens" for k, v in tokenized["num_tokens"].items()),
+        )
+    if pretrained:
+        baselines = ", ".join(
+            f"{k.removeprefix('baseline_').removesuffix('_test_nll')} {v:.3f}"
+            for k, v in pretrained.items()
+            if k.startswith("baseline_")
+        )
+        table.add_row(
+            "pretrain",
+            f"test NLL {pretrained['test_nll']:.3f} nats/token (baselines: {baselines}); "
+            f"{pretrained['num_parameters']:,} parameters, {pretrained['train_seconds']:.0f} s",
+        )
     console = Console()
     console.print(table)
     console.print(f"corpus:     {paths.raw_dir}")
@@ -82,3 +101,8 @@ def print_summary(paths: Paths) -> None:
     console.print(f"quarantine: {paths.quarantine_path}")
     console.print(f"splits:     {paths.splits_path}")
     console.print(f"Data Docs:  {paths.validation_report_dir / 'index.html'}")
+    if pretrained:
+        console.print(
+            f"generator:  {paths.generator_mle_dir}  (try: cadenza generate -o sample.mid)"
+        )
+        console.print("MLflow UI:  mlflow ui --backend-store-uri sqlite:///mlflow.db")

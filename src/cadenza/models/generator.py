@@ -198,12 +198,20 @@ class TransformerXL(nn.Module):
 
     # Cached generation ------------------------------------------------------------------
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Ids (B, T) -> (B, T, C); soft one-hot (B, T, V) -> probabilities @ embedding, so
+        gradients flow through fed-back samples (straight-through Gumbel-Softmax)."""
+        if tokens.is_floating_point():
+            return tokens.to(self.embedding.weight.dtype) @ self.embedding.weight
+        return self.embedding(tokens)
+
     def _forward_cached(self, tokens: torch.Tensor, cache: list[dict], start: int) -> torch.Tensor:
-        """Process tokens (B, T) at absolute positions start.. using and extending the
-        per-layer key/value cache (trimmed to the attention window). Returns (B, T, V)."""
+        """Process tokens (B, T) or soft one-hot (B, T, V) at absolute positions start..
+        using and extending the per-layer key/value cache (trimmed to the attention window).
+        Returns (B, T, V). Gradients flow through the cache until detach_cache()."""
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)
-        h = self.embedding(tokens)
+        h = self.embed(tokens)
         for block, layer_cache in zip(self.blocks, cache, strict=True):
             k_new, v_new = block.attention.project_keys(block.norm_attn(h), positions)
             keys = torch.cat([layer_cache["k"], k_new], dim=2)  # (B, H, Tc+T, D)
@@ -216,6 +224,12 @@ class TransformerXL(nn.Module):
                 k=keys[:, :, -keep:], v=values[:, :, -keep:], pos=key_positions[-keep:]
             )
         return self.logits(h)
+
+    @staticmethod
+    def detach_cache(cache: list[dict]) -> None:
+        """Cut the gradient path into earlier tokens (chunk boundary)."""
+        for layer_cache in cache:
+            layer_cache.update(k=layer_cache["k"].detach(), v=layer_cache["v"].detach())
 
     def empty_cache(self, batch_size: int, device: torch.device) -> list[dict]:
         H, D = self.config.n_heads, self.config.d_model // self.config.n_heads

@@ -65,21 +65,36 @@ def read_config(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def save_training_state(model: torch.nn.Module, state: dict, folder: Path) -> None:
-    """Latest weights + resumable state into folder/last, atomically."""
+def save_training_state(
+    model: torch.nn.Module,
+    state: dict,
+    folder: Path,
+    others: dict[str, torch.nn.Module] | None = None,
+) -> None:
+    """Latest weights (plus `<name>.safetensors` for other models) + resumable state into
+    folder/last, atomically."""
     final = folder / "last"
     tmp = folder / ".last.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    for name, other in (others or {}).items():
+        save_file(_state_dict_for_saving(other), str(tmp / f"{name}.safetensors"))
     torch.save(state, tmp / STATE)
     _replace_dir(tmp, final)
 
 
-def load_training_state(model: torch.nn.Module, folder: Path) -> dict | None:
-    """Restore the latest weights; return the state dict, or None when there is none."""
+def load_training_state(
+    model: torch.nn.Module, folder: Path, others: dict[str, torch.nn.Module] | None = None
+) -> dict | None:
+    """Restore the latest weights; return the state dict, or None when there is none.
+
+    The state is read first, so weights are only touched when a complete state exists."""
     last = folder / "last"
     if not (last / STATE).is_file():
         return None
+    state = torch.load(last / STATE, map_location="cpu", weights_only=True)
     model.load_state_dict(load_file(str(last / WEIGHTS)))
-    return torch.load(last / STATE, map_location="cpu", weights_only=True)
+    for name, other in (others or {}).items():
+        other.load_state_dict(load_file(str(last / f"{name}.safetensors")))
+    return state

@@ -195,6 +195,9 @@ def train(
         model = TransformerXL(model_config)
         optimizer = build_optimizer(model, config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    if state is None and dist.is_main:  # a fresh run: best weights of another run are stale
+        for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
+            (out_dir / name).unlink(missing_ok=True)
     start_step, best_nll, best_step, mems = 0, float("inf"), -1, None
     model.to(device)
     if state is not None:

@@ -1,0 +1,68 @@
+"""What every training stage shares: lineage tags, an optional MLflow run, fingerprints."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from cadenza.paths import Paths
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+def lineage_tags(paths: Paths, **extra: str) -> dict[str, str]:
+    from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
+
+    return {
+        "git.commit": git_commit(paths.root),
+        "dvc.tokens_md5": dvc_lock_hash(paths.root, "tokenize", "data/tokens"),
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def tracked(
+    paths: Paths, stage: str, params: dict, tags: dict[str, str], enabled: bool
+) -> Iterator[LogFn | None]:
+    """An MLflow run for the stage when enabled; yields its metric logger (or None)."""
+    if not enabled:
+        yield None
+        return
+    from cadenza.tracking.runs import metrics_logger, stage_run
+
+    with stage_run(paths.root, stage, tags, params):
+        yield metrics_logger()
+
+
+def log_final(metrics: dict, artifacts: dict[str, list[Path]]) -> None:
+    """Numeric metrics and artifact files (artifact folder -> files) into the active run."""
+    import mlflow
+
+    mlflow.log_metrics(
+        {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    )
+    for folder, files in artifacts.items():
+        for path in files:
+            if path.is_file():
+                mlflow.log_artifact(str(path), artifact_path=folder or None)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(*parts: object, files: tuple[Path, ...] = ()) -> str:
+    """Identity of a training run's settings and data, to decide whether to resume."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256((text + "".join(file_digest(f) for f in files)).encode()).hexdigest()

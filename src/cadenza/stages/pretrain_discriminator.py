@@ -1,0 +1,80 @@
+"""`pretrain_discriminator` stage: SpanBERT pretraining of the discriminator on the tokens.
+
+Writes models/discriminator/ (model.safetensors, config.json), metrics/pretrain_discriminator.json
+and an MLflow run with MLM/SBO losses and MLM accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cadenza.config import DiscriminatorSettings
+from cadenza.io import write_json
+from cadenza.paths import Paths
+from cadenza.stages.common import lineage_tags, log_final, tracked
+
+
+@dataclass
+class DiscriminatorResult:
+    valid_mlm_loss: float
+    valid_mlm_accuracy: float
+    seconds: float
+    num_parameters: int
+
+
+def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> DiscriminatorResult:
+    from cadenza.models.discriminator import DiscriminatorConfig
+    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.tokenizer import load_tokenizer, special_ids
+    from cadenza.training.discriminator import MaskedLMConfig, pretrain_masked_lm
+
+    tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
+    train_tokens, _ = load_split(paths.tokens_dir, "train")
+    valid_tokens, _ = load_split(paths.tokens_dir, "valid")
+    model_config = DiscriminatorConfig(
+        vocab_size=len(tokenizer),
+        d_model=settings.d_model,
+        n_layers=settings.n_layers,
+        n_heads=settings.n_heads,
+        d_ff=settings.d_ff,
+        max_len=settings.seq_len,
+        dropout=settings.dropout,
+        max_span=settings.max_span,
+    )
+    train_config = MaskedLMConfig(
+        batch_size=settings.batch_size,
+        seq_len=settings.seq_len,
+        max_steps=settings.max_steps,
+        lr=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        eval_interval=settings.eval_interval,
+        mask_fraction=settings.mask_fraction,
+        span_p=settings.span_p,
+        max_span=settings.max_span,
+        sbo_weight=settings.sbo_weight,
+        seed=settings.seed,
+        device=settings.device,
+    )
+    out_dir = paths.discriminator_dir
+    params = {"pretrain_discriminator": settings.model_dump()}
+    with tracked(
+        paths, "pretrain_discriminator", params, lineage_tags(paths), track
+    ) as log_metrics:
+        result = pretrain_masked_lm(
+            model_config,
+            train_config,
+            train_tokens,
+            valid_tokens,
+            special_ids(tokenizer),
+            out_dir,
+            log_metrics,
+        )
+        metrics = {**asdict(result), "device": train_config.device}
+        write_json(paths.metrics_path("pretrain_discriminator"), metrics)
+        if log_metrics:
+            log_final(
+                metrics, {"discriminator": [out_dir / "model.safetensors", out_dir / "config.json"]}
+            )
+    return DiscriminatorResult(
+        result.valid_mlm_loss, result.valid_mlm_accuracy, result.seconds, result.num_parameters
+    )

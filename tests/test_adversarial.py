@@ -1,0 +1,263 @@
+"""Discriminator and adversarial fine-tuning: span masking, the straight-through estimator,
+chunked generation memory, GAN losses, stages with MLflow diagnostics, guard rails, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from cadenza.config import parse_settings
+from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
+from cadenza.models.generator import GeneratorConfig, TransformerXL
+from cadenza.models.gumbel import sample_chunks, straight_through_sample
+from cadenza.paths import Paths
+from cadenza.stages import adversarial as adversarial_stage
+from cadenza.stages import pretrain as pretrain_stage
+from cadenza.stages import pretrain_discriminator as discriminator_stage
+from cadenza.training.gan_losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty
+from cadenza.training.memory import SavedTensorMeter
+from cadenza.training.span_masking import span_mask
+
+VOCAB = 40
+TINY_DISCRIMINATOR = {
+    "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "seq_len": 32, "batch_size": 4,
+    "max_steps": 20, "warmup_steps": 2, "eval_interval": 10, "dropout": 0.0,
+}  # fmt: skip
+TINY_ADVERSARIAL = {
+    "max_steps": 6, "batch_size": 2, "sample_batch": 2, "sample_len": 32, "chunk_len": 16,
+    "eval_interval": 2, "checkpoint_interval": 2, "adv_weight": 0.5,
+}  # fmt: skip
+
+
+def tiny_pair() -> tuple[TransformerXL, Discriminator]:
+    torch.manual_seed(0)
+    generator = TransformerXL(
+        GeneratorConfig(
+            VOCAB, d_model=32, n_layers=2, n_heads=2, d_ff=64, seg_len=16, mem_len=16, dropout=0.0
+        )
+    )
+    discriminator = Discriminator(
+        DiscriminatorConfig(
+            VOCAB, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=64, dropout=0.0
+        )
+    )
+    return generator, discriminator
+
+
+def test_span_masking_follows_spanbert():
+    rng = np.random.default_rng(0)
+    tokens = torch.randint(4, VOCAB, (64, 200))
+    tokens[:, 0] = 1  # BOS is never masked
+    mask = span_mask(tokens, rng, mask_id=3, vocab_size=VOCAB, special_ids={0, 1, 2})
+    masked = mask.targets != -100
+    assert masked.sum(1).eq(30).all()  # 15% of 200, exactly
+    assert not masked[:, 0].any()
+    assert torch.equal(mask.targets[masked], tokens[masked])
+    replaced = mask.inputs[masked]
+    share_mask = (replaced == 3).float().mean().item()
+    share_kept = (replaced == tokens[masked]).float().mean().item()
+    assert 0.7 < share_mask < 0.9 and 0.05 < share_kept < 0.2
+    # Spans: contiguous runs with offsets 0..len-1, at most 10 long, boundaries outside.
+    offsets = mask.span_offset[masked]
+    assert offsets.max() < 10 and (offsets == 0).sum() < masked.sum()
+    lengths = np.diff(
+        np.flatnonzero(np.r_[True, (mask.span_offset[masked].numpy() == 0)[1:], True])
+    )
+    assert 2.5 < lengths.mean() < 4.5  # geometric(0.2) clipped at 10 has mean 3.8 (budget trims)
+    b, t = masked.nonzero()[0].tolist()
+    assert mask.span_left[b, t] < t - mask.span_offset[b, t] + 1 and mask.span_right[b, t] > t
+
+
+def test_straight_through_forward_is_one_hot_and_gradient_reaches_the_generator():
+    generator, discriminator = tiny_pair()
+    logits = torch.randn(3, VOCAB, requires_grad=True)
+    one_hot, index = straight_through_sample(
+        logits, tau=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(one_hot.detach(), torch.nn.functional.one_hot(index, VOCAB).float())
+    one_hot.sum().backward()  # the soft path carries gradient
+    assert logits.grad is not None
+
+    prompt = torch.ones(2, 1, dtype=torch.long)
+    (chunk, ids), *_ = list(
+        sample_chunks(generator, prompt, 1, 8, tau=1.0, generator=torch.Generator().manual_seed(0))
+    )
+    assert torch.equal(chunk.argmax(-1), ids) and torch.equal(chunk.sum(-1), torch.ones(2, 8))
+    discriminator.score(chunk).sum().backward()
+    grads = [p.grad for p in generator.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+    # The discriminator accepts ids too and gives the same score for the same sequence.
+    torch.testing.assert_close(discriminator.score(ids), discriminator.score(chunk.detach()))
+
+
+def _peak_saved_bytes(num_chunks: int, chunk_len: int) -> int:
+    generator, discriminator = tiny_pair()
+    prompt = torch.ones(2, 1, dtype=torch.long)
+    with SavedTensorMeter() as meter:
+        for chunk, _ in sample_chunks(
+            generator, prompt, num_chunks, chunk_len, 1.0, torch.Generator().manual_seed(0)
+        ):
+            discriminator.score(chunk).mean().backward()  # one backward per chunk
+    return meter.peak
+
+
+def test_peak_memory_follows_chunk_size_not_sample_length():
+    one_chunk = _peak_saved_bytes(1, 8)
+    four_chunks = _peak_saved_bytes(4, 8)
+    one_long_chunk = _peak_saved_bytes(1, 32)
+    assert four_chunks < 1.3 * one_chunk
+    assert one_long_chunk > 3 * one_chunk
+
+
+@pytest.mark.parametrize("kind", LOSSES)
+def test_gan_losses_prefer_a_discriminator_that_separates(kind):
+    real, fake = torch.tensor([2.0, 3.0]), torch.tensor([-2.0, -3.0])
+    assert discriminator_loss(kind, real, fake) < discriminator_loss(kind, fake, real)
+    assert generator_loss(kind, real, fake) > generator_loss(kind, real, real + 1)
+
+
+def test_gradient_penalty_is_zero_for_unit_slope():
+    weight = torch.ones(4) / 2.0  # |grad| = 1 for inputs of shape (B, 2, 2)
+    penalty = gradient_penalty(
+        lambda x: (x.flatten(1) * weight).sum(1), torch.rand(3, 2, 2), torch.rand(3, 2, 2)
+    )
+    assert penalty.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _gan_project(token_project: Path, dest: Path, **adversarial) -> Path:
+    shutil.copytree(token_project, dest, ignore=shutil.ignore_patterns("models", "mlflow.db"))
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["pretrain_discriminator"] = TINY_DISCRIMINATOR
+    params["adversarial"] = {**TINY_ADVERSARIAL, **adversarial}
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    return dest
+
+
+def _settings(root: Path):
+    return parse_settings(yaml.safe_load((root / "params.yaml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def pretrained(token_project, tmp_path_factory) -> Path:
+    """Tiny generator and discriminator, pretrained by their real stages (untracked)."""
+    root = _gan_project(token_project, tmp_path_factory.mktemp("gan") / "p")
+    settings, paths = _settings(root), Paths(root=root, corpus="mine")
+    pretrain_stage.run(settings.pretrain, paths, track=False)
+    discriminator_stage.run(settings.pretrain_discriminator, paths, track=False)
+    return root
+
+
+def test_discriminator_stage_logs_mlm_to_mlflow(pretrained, tmp_path, tracking_uri):
+    import mlflow
+
+    root = tmp_path / "p"
+    shutil.copytree(pretrained, root)
+    result = discriminator_stage.run(
+        _settings(root).pretrain_discriminator, Paths(root=root, corpus="mine")
+    )
+    assert 0 < result.valid_mlm_accuracy <= 1 and np.isfinite(result.valid_mlm_loss)
+    weights = load_file(root / "models" / "discriminator" / "model.safetensors")
+    assert "span_boundary.position.weight" in weights
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cadenza").experiment_id])
+    assert run.data.tags["cadenza.stage"] == "pretrain_discriminator"
+    for name in ("mlm_loss", "sbo_loss", "mlm_accuracy", "valid_mlm_accuracy"):
+        assert client.get_metric_history(run.info.run_id, name), name
+
+
+def test_adversarial_stage_tracks_gan_diagnostics(pretrained, tmp_path, tracking_uri):
+    import mlflow
+
+    root = tmp_path / "p"
+    shutil.copytree(pretrained, root)
+    (root / "params.yaml").write_text((root / "params.yaml").read_text())
+    result = adversarial_stage.run(_settings(root).adversarial, Paths(root=root, corpus="mine"))
+    out = root / "models" / "generator-gan"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "last" / "discriminator.safetensors").is_file()
+    assert result.best_valid_nll <= result.initial_valid_nll
+    assert 0.0 <= result.discriminator_accuracy <= 1.0
+    metrics = json.loads((root / "metrics" / "adversarial.json").read_text())
+    assert metrics["steps"] == 6
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cadenza").experiment_id])
+    for name in (
+        "d_real_score",
+        "d_fake_score",
+        "temperature",
+        "g_grad_norm",
+        "gradient_penalty",
+        "valid_nll",
+        "d_accuracy",
+    ):
+        assert client.get_metric_history(run.info.run_id, name), name
+    temperatures = [m.value for m in client.get_metric_history(run.info.run_id, "temperature")]
+    assert temperatures[0] == pytest.approx(1.0) and temperatures[-1] == pytest.approx(0.01)
+
+
+def test_wgan_gp_and_rollback_guard(pretrained, tmp_path):
+    root = tmp_path / "p"
+    shutil.copytree(pretrained, root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    # A wild generator learning rate with zero tolerance: validation NLL degrades -> rollback.
+    params["adversarial"].update(loss="wgan-gp", lr_generator=0.05, tolerance=0.0, adv_weight=5.0)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    result = adversarial_stage.run(
+        _settings(root).adversarial, Paths(root=root, corpus="mine"), track=False
+    )
+    assert result.rollbacks >= 1
+    config = json.loads((root / "models" / "generator-gan" / "config.json").read_text())
+    assert config["valid_nll"] == pytest.approx(result.best_valid_nll)
+    assert result.best_valid_nll <= result.initial_valid_nll
+
+
+def test_interrupted_adversarial_run_resumes_to_the_same_weights(pretrained, tmp_path, monkeypatch):
+    from cadenza.training import adversarial as adversarial_training
+
+    straight, interrupted = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(pretrained, straight)
+    shutil.copytree(pretrained, interrupted)
+    adversarial_stage.run(
+        _settings(straight).adversarial, Paths(root=straight, corpus="mine"), track=False
+    )
+
+    real_step = adversarial_training.discriminator_step
+    calls = {"n": 0}
+
+    def dies_at_step_four(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after the checkpoint at step 2 and one more step
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(adversarial_training, "discriminator_step", dies_at_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        adversarial_stage.run(
+            _settings(interrupted).adversarial, Paths(root=interrupted, corpus="mine"), track=False
+        )
+    monkeypatch.setattr(adversarial_training, "discriminator_step", real_step)
+    adversarial_stage.run(
+        _settings(interrupted).adversarial, Paths(root=interrupted, corpus="mine"), track=False
+    )
+    for name in ("model.safetensors", "last/model.safetensors", "last/discriminator.safetensors"):
+        a = load_file(straight / "models" / "generator-gan" / name)
+        b = load_file(interrupted / "models" / "generator-gan" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_chunk_longer_than_the_discriminator_window_is_refused():
+    with pytest.raises(Exception, match="exceeds pretrain_discriminator.seq_len"):
+        parse_settings(
+            {
+                "pretrain_discriminator": {"seq_len": 16},
+                "adversarial": {"chunk_len": 32, "sample_len": 64},
+            }
+        )
