@@ -52,8 +52,17 @@ def print_summary(paths: Paths) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    imported, validated, split, tokenized, pretrained = (
-        _metrics(paths, s) for s in ("import", "validate", "split", "tokenize", "pretrain")
+    stages = (
+        "import",
+        "validate",
+        "split",
+        "tokenize",
+        "pretrain",
+        "pretrain_discriminator",
+        "adversarial",
+    )
+    imported, validated, split, tokenized, pretrained, discriminator, adversarial = (
+        _metrics(paths, s) for s in stages
     )
     table = Table(title=f"Cadenza pipeline: corpus '{paths.corpus}'")
     table.add_column("stage")
@@ -93,6 +102,20 @@ def print_summary(paths: Paths) -> None:
             "pretrain",
             f"test NLL {pretrained['test_nll']:.3f} nats/token (baselines: {baselines}); "
             f"{pretrained['num_parameters']:,} parameters, {pretrained['train_seconds']:.0f} s",
+        )
+    if discriminator:
+        table.add_row(
+            "discriminator",
+            f"SpanBERT MLM accuracy {discriminator['valid_mlm_accuracy']:.3f} "
+            f"(loss {discriminator['valid_mlm_loss']:.3f}), {discriminator['seconds']:.0f} s",
+        )
+    if adversarial:
+        table.add_row(
+            "adversarial",
+            f"valid NLL {adversarial['initial_valid_nll']:.3f} -> "
+            f"best {adversarial['best_valid_nll']:.3f}; "
+            f"held-out discriminator accuracy {adversarial['discriminator_accuracy']:.2f}; "
+            f"{adversarial['rollbacks']} rollbacks, {adversarial['seconds']:.0f} s",
         )
     console = Console()
     console.print(table)

@@ -110,16 +110,42 @@ class Attention(nn.Module):
         values: torch.Tensor,
         key_positions: torch.Tensor,
         window: int,
+        memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x (B, T, C) at positions (T,) attends to keys/values (B, H, Tk, D) at key_positions."""
+        """x (B, T, C) at positions (T,) attends to keys/values (B, H, Tk, D) at key_positions,
+        and to a detached `memory` (keys, values, positions) when one is given."""
         B, T, C = x.shape
         cos, sin = rotary_tables(positions, self.head_dim, self.rope_base)
         q = apply_rotary(self._heads(self.query(x)), cos, sin)  # (B, H, T, D)
-        mask = window_mask(positions, key_positions, window)  # (T, Tk)
-        y = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if memory is not None and memory[0].shape[2]:
+            y = self._attend_with_memory(q, positions, keys, values, key_positions, window, memory)
+        else:
+            mask = window_mask(positions, key_positions, window)  # (T, Tk)
+            y = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+    def _attend_with_memory(self, q, positions, keys, values, key_positions, window, memory):
+        """Softmax over [memory; keys] without concatenating them: the memory tensors stay
+        one shared storage for every step, so autograd saves them once per chunk instead of
+        a fresh (B, H, M + t, D) copy per generated token."""
+        mem_keys, mem_values, mem_positions = memory
+        scale = self.head_dim**-0.5
+        scores = torch.cat(
+            [
+                (q @ mem_keys.transpose(-2, -1) * scale).masked_fill(
+                    ~window_mask(positions, mem_positions, window), float("-inf")
+                ),
+                (q @ keys.transpose(-2, -1) * scale).masked_fill(
+                    ~window_mask(positions, key_positions, window), float("-inf")
+                ),
+            ],
+            dim=-1,
+        )  # (B, H, T, M + Tk)
+        weights = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
+        M = mem_keys.shape[2]
+        return weights[..., :M] @ mem_values + weights[..., M:] @ values  # (B, H, T, D)
 
 
 class Block(nn.Module):
@@ -142,10 +168,13 @@ class Block(nn.Module):
         branch = self.dropout(branch)
         return x + (self.alpha * branch if self.alpha is not None else branch)
 
-    def forward(self, x, positions, keys, values, key_positions, window) -> torch.Tensor:
-        x = self._residual(
-            x, self.attention(self.norm_attn(x), positions, keys, values, key_positions, window)
+    def forward(
+        self, x, positions, keys, values, key_positions, window, memory=None
+    ) -> torch.Tensor:
+        attended = self.attention(
+            self.norm_attn(x), positions, keys, values, key_positions, window, memory
         )
+        x = self._residual(x, attended)
         return self._residual(x, self.feed_forward(self.norm_ff(x)))
 
 
@@ -212,30 +241,52 @@ class TransformerXL(nn.Module):
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)
         h = self.embed(tokens)
-        for block, layer_cache in zip(self.blocks, cache, strict=True):
+        W = self.config.mem_len
+        for block, c in zip(self.blocks, cache, strict=True):
             k_new, v_new = block.attention.project_keys(block.norm_attn(h), positions)
-            keys = torch.cat([layer_cache["k"], k_new], dim=2)  # (B, H, Tc+T, D)
-            values = torch.cat([layer_cache["v"], v_new], dim=2)
-            key_positions = torch.cat([layer_cache["pos"], positions])
-            h = block(h, positions, keys, values, key_positions, self.config.mem_len)
-            # The window needs only the last mem_len keys for the next token.
-            keep = self.config.mem_len
-            layer_cache.update(
-                k=keys[:, :, -keep:], v=values[:, :, -keep:], pos=key_positions[-keep:]
+            keys = torch.cat([c["k"], k_new], dim=2)  # live part (B, H, Tc+T, D)
+            values = torch.cat([c["v"], v_new], dim=2)
+            key_positions = torch.cat([c["pos"], positions])
+            memory = (c["mem_k"], c["mem_v"], c["mem_pos"])
+            h = block(h, positions, keys, values, key_positions, W, memory)
+            # The window needs only the last W keys for the next token: live ones first.
+            c.update(k=keys[:, :, -W:], v=values[:, :, -W:], pos=key_positions[-W:])
+            drop = max(0, c["mem_pos"].shape[0] + c["pos"].shape[0] - W)  # oldest memory first
+            c.update(
+                mem_k=c["mem_k"][:, :, drop:],
+                mem_v=c["mem_v"][:, :, drop:],
+                mem_pos=c["mem_pos"][drop:],
             )
         return self.logits(h)
 
-    @staticmethod
-    def detach_cache(cache: list[dict]) -> None:
-        """Cut the gradient path into earlier tokens (chunk boundary)."""
-        for layer_cache in cache:
-            layer_cache.update(k=layer_cache["k"].detach(), v=layer_cache["v"].detach())
+    def detach_cache(self, cache: list[dict]) -> None:
+        """Chunk boundary: move the live keys/values into the detached memory, cutting the
+        gradient path into earlier tokens."""
+        W = self.config.mem_len
+        for c in cache:
+            c.update(
+                mem_k=torch.cat([c["mem_k"], c["k"].detach()], dim=2)[:, :, -W:],
+                mem_v=torch.cat([c["mem_v"], c["v"].detach()], dim=2)[:, :, -W:],
+                mem_pos=torch.cat([c["mem_pos"], c["pos"]])[-W:],
+                k=c["k"][:, :, :0].detach(),
+                v=c["v"][:, :, :0].detach(),
+                pos=c["pos"][:0],
+            )
 
     def empty_cache(self, batch_size: int, device: torch.device) -> list[dict]:
+        """Per layer: live keys/values (k, v, pos; gradients flow) and detached memory."""
         H, D = self.config.n_heads, self.config.d_model // self.config.n_heads
         empty = torch.zeros(batch_size, H, 0, D, device=device, dtype=self.embedding.weight.dtype)
+        no_positions = torch.zeros(0, dtype=torch.long, device=device)
         return [
-            {"k": empty, "v": empty, "pos": torch.zeros(0, dtype=torch.long, device=device)}
+            {
+                "k": empty,
+                "v": empty,
+                "pos": no_positions,
+                "mem_k": empty,
+                "mem_v": empty,
+                "mem_pos": no_positions,
+            }  # fmt: skip
             for _ in self.blocks
         ]
 

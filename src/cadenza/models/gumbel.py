@@ -47,16 +47,20 @@ def sample_chunks(
     one chunk at a time and peak memory follows chunk_len, not the sample length.
     """
     cache = model.empty_cache(prompt.shape[0], prompt.device)
-    logits = model._forward_cached(prompt, cache, 0)[:, -1]
-    position = prompt.shape[1]
+    pending, position = prompt, 0  # tokens to feed before sampling the next chunk
     for _ in range(num_chunks):
+        logits = model._forward_cached(pending, cache, position)[:, -1]
+        position += pending.shape[1]
         one_hots, ids = [], []
-        for _ in range(chunk_len):
+        for step in range(chunk_len):
             one_hot, index = straight_through_sample(logits, tau, generator)
             one_hots.append(one_hot)
             ids.append(index)
-            logits = model._forward_cached(one_hot[:, None], cache, position)[:, -1]
-            position += 1
+            if step < chunk_len - 1:
+                logits = model._forward_cached(one_hot[:, None], cache, position)[:, -1]
+                position += 1
         yield torch.stack(one_hots, dim=1), torch.stack(ids, dim=1)
         model.detach_cache(cache)
-        logits = logits.detach()
+        # The chunk's last token enters the next chunk as a constant: nothing of this chunk's
+        # graph is referenced once the caller has run its backward pass.
+        pending = one_hot.detach()[:, None]

@@ -90,13 +90,23 @@ class _CurveRecorder:
         if self.forward:
             self.forward(metrics, step)
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Path, resumed_from: int) -> None:
+        """Write the curve; rows of earlier sessions (steps <= resumed_from) are kept."""
         columns = ["step", "train_nll", "valid_nll", "lr", "tokens_per_second", "grad_norm"]
+        rows = {}
+        if resumed_from and path.is_file():
+            with path.open(newline="") as handle:
+                rows = {
+                    int(r["step"]): r
+                    for r in csv.DictReader(handle)
+                    if int(r["step"]) <= resumed_from
+                }
+        rows.update(self.rows)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(self.rows[s] for s in sorted(self.rows))
+            writer.writerows(rows[s] for s in sorted(rows))
 
 
 def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> PretrainResult:
@@ -178,7 +188,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
         }
-        recorder.write(paths.root / "reports" / "pretrain" / "loss.csv")
+        recorder.write(paths.root / "reports" / "pretrain" / "loss.csv", result.resumed_from)
         write_json(paths.metrics_path("pretrain"), metrics)
         if tracking:
             import mlflow

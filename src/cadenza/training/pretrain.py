@@ -199,12 +199,14 @@ def train(
         for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
             (out_dir / name).unlink(missing_ok=True)
     start_step, best_nll, best_step, mems = 0, float("inf"), -1, None
+    previous_seconds = 0.0  # training time of earlier (interrupted) sessions
     model.to(device)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], device)
         start_step, best_nll, best_step = state["step"], state["best_nll"], state["best_step"]
+        previous_seconds = float(state.get("train_seconds", 0.0))
         mems = [m.to(device) for m in state["mems"]] if state["mems"] else None
         log.info(
             "resuming from step %d (best valid NLL %.4f at step %d)",
@@ -302,13 +304,14 @@ def train(
                         "best_nll": best_nll,
                         "best_step": best_step,
                         "fingerprint": fingerprint,
+                        "train_seconds": previous_seconds + time.perf_counter() - started,
                         "mems": [m.cpu() for m in mems] if mems and dist.world_size == 1 else [],
                     },
                     out_dir,
                 )
             dist.barrier()
-    seconds = time.perf_counter() - started
-    trained_tokens = (config.max_steps - start_step) * tokens_per_step
+    seconds = previous_seconds + time.perf_counter() - started  # all sessions
+    trained_tokens = config.max_steps * tokens_per_step
     dist.close()
     return TrainResult(
         steps=config.max_steps,
