@@ -199,6 +199,10 @@ def test_adversarial_stage_tracks_gan_diagnostics(pretrained, tmp_path, tracking
         "d_accuracy",
     ):
         assert client.get_metric_history(run.info.run_id, name), name
+    heldout = client.get_metric_history(run.info.run_id, "d_heldout_accuracy")
+    assert [m.step for m in heldout] == [0, 2, 4, 6]
+    assert [step for step, _ in metrics["accuracy_history"]] == [0, 2, 4, 6]
+    assert all(0 <= m.value <= 1 for m in heldout)
     temperatures = [m.value for m in client.get_metric_history(run.info.run_id, "temperature")]
     assert temperatures[0] == pytest.approx(1.0) and temperatures[-1] == pytest.approx(0.01)
 

@@ -46,7 +46,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
         )
     tokenizer = load_tokenizer(paths.generator_mle_dir / "tokenizer.json")
     train_data = load_split(paths.tokens_dir, "train")
-    valid_tokens, _ = load_split(paths.tokens_dir, "valid")
+    valid_data = load_split(paths.tokens_dir, "valid")
     config = AdversarialConfig(**settings.model_dump())
     out_dir = paths.generator_gan_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
             discriminator_config,
             config,
             train_data,
-            valid_tokens,
+            valid_data,
             paths.generator_mle_dir,
             paths.discriminator_dir,
             tokenizer["BOS_None"],

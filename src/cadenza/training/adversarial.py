@@ -81,6 +81,8 @@ class AdversarialResult:
     stopped_early: bool
     seconds: float
     discriminator_accuracy: float
+    """Held-out accuracy at the end; `accuracy_history` has it at every evaluation."""
+    accuracy_history: list[tuple[int, float]]
 
 
 def temperature(step: int, config: AdversarialConfig) -> float:
@@ -219,12 +221,34 @@ def discriminator_accuracy(discriminator, real_ids: torch.Tensor, fake_ids: torc
     return accuracy
 
 
+def heldout_accuracy(
+    generator: TransformerXL,
+    discriminator: Discriminator,
+    heldout: RealChunks,
+    config: AdversarialConfig,
+    device: torch.device,
+    rng: torch.Generator,
+    bos: int,
+) -> float:
+    """Discriminator accuracy on fresh samples against chunks of the validation split, which
+    it never trained on (0.5 = it cannot tell them apart)."""
+    num_chunks = config.sample_len // config.chunk_len
+    prompt = torch.full((config.sample_batch, 1), bos, dtype=torch.long, device=device)
+    with torch.no_grad():
+        chunks = sample_chunks(generator, prompt, num_chunks, config.chunk_len, config.tau_end, rng)
+        fake = torch.cat([ids for _, ids in chunks], dim=1)
+    real = heldout.sample(config.sample_batch).to(device)
+    return discriminator_accuracy(
+        discriminator, real.reshape(-1, config.chunk_len), fake.reshape(-1, config.chunk_len)
+    )
+
+
 def train_adversarial(
     generator_config: GeneratorConfig,
     discriminator_config: DiscriminatorConfig,
     config: AdversarialConfig,
     train_data: tuple[np.ndarray, np.ndarray],
-    valid_tokens: np.ndarray,
+    valid_data: tuple[np.ndarray, np.ndarray],
     generator_init: Path,
     discriminator_init: Path,
     bos: int,
@@ -251,6 +275,8 @@ def train_adversarial(
     )
     sample_rng = torch.Generator(device=device).manual_seed(config.seed)
     real = RealChunks(*train_data, config.sample_len, config.seed)
+    valid_tokens = valid_data[0]
+    heldout = RealChunks(*valid_data, config.sample_len, config.seed + 2)
     batches = SegmentBatches(
         *train_data, config.batch_size, generator_config.seg_len, config.seed + 1
     )
@@ -264,6 +290,7 @@ def train_adversarial(
     }
 
     start_step, rollbacks, mems = 0, 0, None
+    accuracy_history: list[tuple[int, float]] = []  # (step, held-out discriminator accuracy)
     state = checkpoint.load_training_state(generator, out_dir, {"discriminator": discriminator})
     if state is not None and state.get("fingerprint") == fingerprint:
         g_opt.load_state_dict(state["g_optimizer"])
@@ -271,6 +298,8 @@ def train_adversarial(
         torch.set_rng_state(state["rng"]["torch"])
         sample_rng.set_state(state["rng"]["sample"])
         real.rng.bit_generator.state = state["rng"]["real"]
+        heldout.rng.bit_generator.state = state["rng"]["heldout"]
+        accuracy_history = [tuple(item) for item in state["accuracy_history"]]
         start_step, best_nll, initial_nll, rollbacks = (
             state["step"],
             state["best_nll"],
@@ -290,8 +319,12 @@ def train_adversarial(
         checkpoint.save_weights(
             generator, saved_config, out_dir, {"best_step": 0, "valid_nll": best_nll}
         )
+        accuracy = heldout_accuracy(
+            generator, discriminator, heldout, config, device, sample_rng, bos
+        )
+        accuracy_history.append((0, accuracy))
         if log_metrics:
-            log_metrics({"valid_nll": initial_nll}, 0)
+            log_metrics({"valid_nll": initial_nll, "d_heldout_accuracy": accuracy}, 0)
     final_nll, stopped, started, done = best_nll, False, time.perf_counter(), start_step
     d_metrics: dict[str, float] = {}
     for step in range(start_step, config.max_steps):
@@ -338,8 +371,12 @@ def train_adversarial(
                 tau,
                 d_metrics.get("d_accuracy", float("nan")),
             )
+            accuracy = heldout_accuracy(
+                generator, discriminator, heldout, config, device, sample_rng, bos
+            )
+            accuracy_history.append((done, accuracy))
             if log_metrics:
-                log_metrics({"valid_nll": final_nll}, done)
+                log_metrics({"valid_nll": final_nll, "d_heldout_accuracy": accuracy}, done)
             if final_nll < best_nll:
                 best_nll = final_nll
                 checkpoint.save_weights(
@@ -372,11 +409,13 @@ def train_adversarial(
                         "torch": torch.get_rng_state(),
                         "sample": sample_rng.get_state(),
                         "real": real.rng.bit_generator.state,
+                        "heldout": heldout.rng.bit_generator.state,
                     },
                     "step": done,
                     "best_nll": best_nll,
                     "initial_nll": initial_nll,
                     "rollbacks": rollbacks,
+                    "accuracy_history": accuracy_history,
                     "mems": [m.cpu() for m in mems] if mems else [],
                     "fingerprint": fingerprint,
                 },
@@ -385,24 +424,7 @@ def train_adversarial(
             )
         if stopped:
             break
-    # Held-out discriminator accuracy on fresh samples (50% = fooled).
-    num_chunks = config.sample_len // config.chunk_len
-    prompt = torch.full((config.sample_batch, 1), bos, dtype=torch.long, device=device)
-    with torch.no_grad():
-        fake = torch.cat(
-            [
-                ids
-                for _, ids in sample_chunks(
-                    generator, prompt, num_chunks, config.chunk_len, config.tau_end, sample_rng
-                )
-            ],
-            1,
-        )
-    accuracy = discriminator_accuracy(
-        discriminator,
-        real.sample(config.sample_batch).to(device).reshape(-1, config.chunk_len),
-        fake.reshape(-1, config.chunk_len),
-    )
+    accuracy = heldout_accuracy(generator, discriminator, heldout, config, device, sample_rng, bos)
     return AdversarialResult(
         steps=done,
         initial_valid_nll=initial_nll,
@@ -412,4 +434,5 @@ def train_adversarial(
         stopped_early=stopped,
         seconds=time.perf_counter() - started,
         discriminator_accuracy=accuracy,
+        accuracy_history=accuracy_history,
     )
