@@ -32,6 +32,7 @@ from cadenza.training.gan_losses import discriminator_loss, generator_loss, grad
 from cadenza.training.pretrain import evaluate_nll, resolve_device
 
 log = logging.getLogger(__name__)
+STATE_FORMAT = 2  # bump when last/state.pt changes shape: older states then start afresh
 
 
 @dataclass
@@ -292,7 +293,10 @@ def train_adversarial(
     start_step, rollbacks, mems = 0, 0, None
     accuracy_history: list[tuple[int, float]] = []  # (step, held-out discriminator accuracy)
     state = checkpoint.load_training_state(generator, out_dir, {"discriminator": discriminator})
-    if state is not None and state.get("fingerprint") == fingerprint:
+    if state is not None and (state.get("fingerprint"), state.get("format")) == (
+        fingerprint,
+        STATE_FORMAT,
+    ):
         g_opt.load_state_dict(state["g_optimizer"])
         d_opt.load_state_dict(state["d_optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -309,7 +313,8 @@ def train_adversarial(
         mems = [m.to(device) for m in state["mems"]] or None
         log.info("resuming adversarial training from step %d", start_step)
     else:
-        if state is not None:  # trained with other settings: start from the pretrained weights
+        if state is not None:  # other settings or an older format: start from pretrained weights
+            log.warning("%s/last does not match these settings: starting afresh", out_dir)
             checkpoint.load_weights(generator, generator_init)
             checkpoint.load_weights(discriminator, discriminator_init)
         initial_nll = evaluate_nll(
@@ -418,6 +423,7 @@ def train_adversarial(
                     "accuracy_history": accuracy_history,
                     "mems": [m.cpu() for m in mems] if mems else [],
                     "fingerprint": fingerprint,
+                    "format": STATE_FORMAT,
                 },
                 out_dir,
                 {"discriminator": discriminator},
