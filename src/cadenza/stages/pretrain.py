@@ -7,10 +7,7 @@ git commit and the dvc.lock hash of the token inputs.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import hashlib
-import json
 import logging
 import math
 import os
@@ -21,6 +18,7 @@ from pathlib import Path
 from cadenza.config import PretrainSettings
 from cadenza.io import write_json
 from cadenza.paths import Paths
+from cadenza.stages.common import fingerprint, lineage_tags, log_final, tracked
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +69,6 @@ def build_configs(settings: PretrainSettings, vocab_size: int):
     return model_config, train_config
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _CurveRecorder:
     """Forwards metrics to MLflow (when given) and keeps them for the loss-curve CSV."""
 
@@ -125,10 +115,9 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
     valid_tokens, _ = load_split(paths.tokens_dir, "valid")
     test_tokens, _ = load_split(paths.tokens_dir, "test")
     model_config, train_config = build_configs(settings, vocab_size)
-    fingerprint = hashlib.sha256(
-        json.dumps([model_config.to_dict(), asdict(train_config)], sort_keys=True).encode()
-        + _file_digest(paths.tokens_dir / "train.npy").encode()
-    ).hexdigest()
+    identity = fingerprint(
+        model_config.to_dict(), asdict(train_config), files=(paths.tokens_dir / "train.npy",)
+    )
     out_dir = paths.generator_mle_dir
     is_main = int(os.environ.get("RANK", "0")) == 0
     extra = {"preset": settings.preset}
@@ -136,24 +125,13 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(paths.tokens_dir / "tokenizer.json", out_dir / "tokenizer.json")
 
-    from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
-
-    tags = {
-        "git.commit": git_commit(paths.root),
-        "dvc.tokens_md5": dvc_lock_hash(paths.root, "tokenize", "data/tokens"),
-        "cadenza.preset": settings.preset,
-    }
+    tags = lineage_tags(paths, **{"cadenza.preset": settings.preset})
     params = {
         "pretrain": settings.model_dump(exclude={"presets"}),
         "preset": settings.selected.model_dump(),
     }
-    with contextlib.ExitStack() as stack:
-        tracking = track and is_main
-        if tracking:
-            from cadenza.tracking.runs import metrics_logger, stage_run
-
-            stack.enter_context(stage_run(paths.root, "pretrain", tags, params))
-        recorder = _CurveRecorder(metrics_logger() if tracking else None)
+    with tracked(paths, "pretrain", params, tags, track and is_main) as log_metrics:
+        recorder = _CurveRecorder(log_metrics)
         result = train(
             model_config,
             train_config,
@@ -162,7 +140,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             out_dir,
             log_metrics=recorder if is_main else None,
             extra_config=extra,
-            fingerprint=fingerprint,
+            fingerprint=identity,
         )
         if not is_main:
             return None
@@ -188,16 +166,12 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
         }
-        recorder.write(paths.root / "reports" / "pretrain" / "loss.csv", result.resumed_from)
+        curve = paths.root / "reports" / "pretrain" / "loss.csv"
+        recorder.write(curve, result.resumed_from)
         write_json(paths.metrics_path("pretrain"), metrics)
-        if tracking:
-            import mlflow
-
-            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-            mlflow.log_metrics(numeric)
-            for name in ("model.safetensors", "config.json", "tokenizer.json"):
-                mlflow.log_artifact(str(out_dir / name), artifact_path="generator-mle")
-            mlflow.log_artifact(str(paths.root / "reports" / "pretrain" / "loss.csv"))
+        if log_metrics:
+            files = [out_dir / n for n in ("model.safetensors", "config.json", "tokenizer.json")]
+            log_final(metrics, {"generator-mle": files, "": [curve]})
     return PretrainResult(
         test_nll,
         uni,
