@@ -195,6 +195,7 @@ def test_adversarial_stage_tracks_gan_diagnostics(pretrained, tmp_path, tracking
         "temperature",
         "g_grad_norm",
         "gradient_penalty",
+        "d_grad_norm",
         "valid_nll",
         "d_accuracy",
     ):
@@ -265,3 +266,18 @@ def test_chunk_longer_than_the_discriminator_window_is_refused():
                 "adversarial": {"chunk_len": 32, "sample_len": 64},
             }
         )
+
+
+def test_frozen_discriminator_layers_do_not_move(pretrained, tmp_path):
+    root = tmp_path / "p"
+    shutil.copytree(pretrained, root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["adversarial"].update(freeze_layers=1, critic_steps=2, max_steps=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    adversarial_stage.run(_settings(root).adversarial, Paths(root=root, corpus="mine"), track=False)
+    before = load_file(root / "models" / "discriminator" / "model.safetensors")
+    after = load_file(root / "models" / "generator-gan" / "last" / "discriminator.safetensors")
+    frozen = [k for k in before if k.startswith(("encoder.layers.0.", "embedding.", "position."))]
+    trained = [k for k in before if k.startswith("encoder.layers.1.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in trained)

@@ -195,7 +195,7 @@ def discriminator_step(
         loss = loss + config.gp_weight * penalty
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
     optimizer.step()
     accuracy = pairwise_accuracy(real_score.detach(), fake_score.detach())
     return {
@@ -204,6 +204,7 @@ def discriminator_step(
         "d_fake_score": fake_score.mean().item(),
         "d_accuracy": accuracy,
         "gradient_penalty": penalty.item(),
+        "d_grad_norm": float(grad_norm),
     }
 
 
