@@ -236,9 +236,12 @@ def heldout_accuracy(
     it never trained on (0.5 = it cannot tell them apart)."""
     num_chunks = config.sample_len // config.chunk_len
     prompt = torch.full((config.sample_batch, 1), bos, dtype=torch.long, device=device)
+    was_training = generator.training
+    generator.eval()  # samples without dropout, whatever mode the caller left it in
     with torch.no_grad():
         chunks = sample_chunks(generator, prompt, num_chunks, config.chunk_len, config.tau_end, rng)
         fake = torch.cat([ids for _, ids in chunks], dim=1)
+    generator.train(was_training)
     real = heldout.sample(config.sample_batch).to(device)
     return discriminator_accuracy(
         discriminator, real.reshape(-1, config.chunk_len), fake.reshape(-1, config.chunk_len)
@@ -293,6 +296,7 @@ def train_adversarial(
 
     start_step, rollbacks, mems = 0, 0, None
     accuracy_history: list[tuple[int, float]] = []  # (step, held-out discriminator accuracy)
+    previous_seconds = 0.0  # training time of earlier (interrupted) sessions
     state = checkpoint.load_training_state(generator, out_dir, {"discriminator": discriminator})
     if state is not None and (state.get("fingerprint"), state.get("format")) == (
         fingerprint,
@@ -305,6 +309,7 @@ def train_adversarial(
         real.rng.bit_generator.state = state["rng"]["real"]
         heldout.rng.bit_generator.state = state["rng"]["heldout"]
         accuracy_history = [tuple(item) for item in state["accuracy_history"]]
+        previous_seconds = float(state.get("train_seconds", 0.0))
         start_step, best_nll, initial_nll, rollbacks = (
             state["step"],
             state["best_nll"],
@@ -422,6 +427,7 @@ def train_adversarial(
                     "initial_nll": initial_nll,
                     "rollbacks": rollbacks,
                     "accuracy_history": accuracy_history,
+                    "train_seconds": previous_seconds + time.perf_counter() - started,
                     "mems": [m.cpu() for m in mems] if mems else [],
                     "fingerprint": fingerprint,
                     "format": STATE_FORMAT,
@@ -439,7 +445,7 @@ def train_adversarial(
         final_valid_nll=final_nll,
         rollbacks=rollbacks,
         stopped_early=stopped,
-        seconds=time.perf_counter() - started,
+        seconds=previous_seconds + time.perf_counter() - started,  # all sessions
         discriminator_accuracy=accuracy,
         accuracy_history=accuracy_history,
     )
