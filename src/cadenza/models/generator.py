@@ -151,7 +151,6 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
-        self.rezero = config.rezero
         norm = nn.Identity if config.rezero else nn.LayerNorm
         self.norm_attn, self.norm_ff = norm(config.d_model), norm(config.d_model)
         self.attention = Attention(config)

@@ -4,7 +4,6 @@ objective on windows of the same tokens the generator learns from. Torch and num
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 
 from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
 from cadenza.training import checkpoint
-from cadenza.training.pretrain import resolve_device
+from cadenza.training.pretrain import lr_factor, resolve_device
 from cadenza.training.span_masking import SpanMask, span_mask
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,9 @@ class MaskedLMConfig:
     max_steps: int = 300
     lr: float = 5e-4
     warmup_steps: int = 30
+    schedule: str = "cosine"
+    """Linear warmup, then cosine decay to lr * min_lr_ratio (as in pretraining)."""
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_interval: int = 100
@@ -96,13 +98,7 @@ def pretrain_masked_lm(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
 
-    def lr_factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     no_mask = {special_ids[name] for name in ("PAD", "BOS", "EOS")}
     masking = dict(
         mask_id=special_ids["MASK"], vocab_size=model_config.vocab_size, special_ids=no_mask,
