@@ -336,7 +336,8 @@ def train_adversarial(
         accuracy_history.append((0, accuracy))
         if log_metrics:
             log_metrics({"valid_nll": initial_nll, "d_heldout_accuracy": accuracy}, 0)
-    final_nll, stopped, started, done = best_nll, False, time.perf_counter(), start_step
+    final_nll = state.get("final_nll", best_nll) if start_step else best_nll
+    stopped, started, done = False, time.perf_counter(), start_step
     d_metrics: dict[str, float] = {}
     for step in range(start_step, config.max_steps):
         tau = temperature(step, config)
@@ -426,6 +427,7 @@ def train_adversarial(
                     "best_nll": best_nll,
                     "initial_nll": initial_nll,
                     "rollbacks": rollbacks,
+                    "final_nll": final_nll,
                     "accuracy_history": accuracy_history,
                     "train_seconds": previous_seconds + time.perf_counter() - started,
                     "mems": [m.cpu() for m in mems] if mems else [],
