@@ -24,6 +24,8 @@ from torch import nn
 
 from cadenza.models.sampling import sample_next
 
+NO_DOCUMENT_START = -(10**9)
+
 
 @dataclass
 class GeneratorConfig:
@@ -42,6 +44,9 @@ class GeneratorConfig:
     rezero: bool = False
     """ReZero residuals (alpha = 0 at init, no LayerNorm in blocks) instead of pre-norm."""
     rope_base: float = 10_000.0
+    bos_id: int = -1
+    """Document masking: a token attends only back to its document's BOS (as in generation
+    from [BOS], which has no earlier context). -1 = attend across documents."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
@@ -111,9 +116,11 @@ class Attention(nn.Module):
         key_positions: torch.Tensor,
         window: int,
         memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        doc_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, C) at positions (T,) attends to keys/values (B, H, Tk, D) at key_positions,
-        and to a detached `memory` (keys, values, positions) when one is given."""
+        and to a detached `memory` (keys, values, positions) when one is given. doc_mask
+        (B, T, Tk), True where allowed, further limits each row to its own document."""
         B, T, C = x.shape
         cos, sin = rotary_tables(positions, self.head_dim, self.rope_base)
         q = apply_rotary(self._heads(self.query(x)), cos, sin)  # (B, H, T, D)
@@ -121,6 +128,8 @@ class Attention(nn.Module):
             y = self._attend_with_memory(q, positions, keys, values, key_positions, window, memory)
         else:
             mask = window_mask(positions, key_positions, window)  # (T, Tk)
+            if doc_mask is not None:
+                mask = (mask[None] & doc_mask)[:, None]  # (B, 1, T, Tk)
             y = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
             )
@@ -168,10 +177,10 @@ class Block(nn.Module):
         return x + (self.alpha * branch if self.alpha is not None else branch)
 
     def forward(
-        self, x, positions, keys, values, key_positions, window, memory=None
+        self, x, positions, keys, values, key_positions, window, memory=None, doc_mask=None
     ) -> torch.Tensor:
         attended = self.attention(
-            self.norm_attn(x), positions, keys, values, key_positions, window, memory
+            self.norm_attn(x), positions, keys, values, key_positions, window, memory, doc_mask
         )
         x = self._residual(x, attended)
         return self._residual(x, self.feed_forward(self.norm_ff(x)))
@@ -214,6 +223,7 @@ class TransformerXL(nn.Module):
         device = tokens.device
         positions = torch.arange(T, device=device)
         key_positions = torch.arange(-M, T, device=device)
+        doc_mask, doc_start = self._document_mask(tokens, mems, key_positions)
         h = self.dropout(self.embedding(tokens))  # (B, T, C)
         new_mems = []
         for i, block in enumerate(self.blocks):
@@ -221,8 +231,26 @@ class TransformerXL(nn.Module):
             new_mems.append(context[:, -self.config.mem_len :].detach())
             normed = block.norm_attn(context)
             keys, values = block.attention.project_keys(normed, key_positions)
-            h = block(h, positions, keys, values, key_positions, self.config.mem_len)
+            h = block(
+                h, positions, keys, values, key_positions, self.config.mem_len, None, doc_mask
+            )
+        if doc_start is not None:
+            new_mems.append(doc_start)
         return self.logits(h), new_mems
+
+    def _document_mask(self, tokens, mems, key_positions):
+        """(B, T, M+T) keys at or after each query's document start, and the document start
+        carried to the next segment (relative to it) as the last entry of the memory list."""
+        if self.config.bos_id < 0:
+            return None, None
+        B, T = tokens.shape
+        floor = torch.full((B,), NO_DOCUMENT_START, dtype=torch.long, device=tokens.device)
+        previous = mems[-1] if mems is not None and len(mems) > len(self.blocks) else floor
+        positions = torch.arange(T, device=tokens.device)
+        marks = torch.where(tokens == self.config.bos_id, positions, NO_DOCUMENT_START)
+        starts = torch.maximum(marks.cummax(dim=1).values, previous[:, None])  # (B, T)
+        mask = key_positions[None, None, :] >= starts[:, :, None]
+        return mask, torch.maximum(starts[:, -1] - T, floor)
 
     # Cached generation ------------------------------------------------------------------
 

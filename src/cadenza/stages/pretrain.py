@@ -34,7 +34,7 @@ class PretrainResult:
     num_parameters: int
 
 
-def build_configs(settings: PretrainSettings, vocab_size: int):
+def build_configs(settings: PretrainSettings, vocab_size: int, bos_id: int = -1):
     from cadenza.models.generator import GeneratorConfig
     from cadenza.training.pretrain import TrainConfig
 
@@ -49,6 +49,7 @@ def build_configs(settings: PretrainSettings, vocab_size: int):
         mem_len=preset.mem_len,
         dropout=preset.dropout,
         rezero=preset.rezero,
+        bos_id=bos_id,
     )
     train_config = TrainConfig(
         batch_size=preset.batch_size,
@@ -114,7 +115,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
     train_tokens, train_offsets = load_split(paths.tokens_dir, "train")
     valid_tokens, _ = load_split(paths.tokens_dir, "valid")
     test_tokens, _ = load_split(paths.tokens_dir, "test")
-    model_config, train_config = build_configs(settings, vocab_size)
+    model_config, train_config = build_configs(settings, vocab_size, tokenizer["BOS_None"])
     identity = fingerprint(
         model_config.to_dict(), asdict(train_config), files=(paths.tokens_dir / "train.npy",)
     )
