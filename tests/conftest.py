@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,120 @@ def tracking_uri(tmp_path, _mlflow_template, monkeypatch) -> str:
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY_STAGES = {
+    "pretrain_discriminator": {
+        "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "seq_len": 32,
+        "batch_size": 4, "max_steps": 10, "warmup_steps": 2, "eval_interval": 5, "dropout": 0.0,
+    },
+    "adversarial": {
+        "max_steps": 4, "batch_size": 2, "sample_batch": 2, "sample_len": 32, "chunk_len": 16,
+        "eval_interval": 2, "checkpoint_interval": 2,
+    },
+    "evaluate": {
+        "num_chunks": 8, "chunk_len": 16, "warmup_tokens": 8, "num_pieces": 4, "piece_len": 64,
+        "gallery_size": 2, "folds": 2, "bootstrap": 50, "render_audio": False,
+    },
+}  # fmt: skip
+
+
+def run_in(
+    repo: Path, *command: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """A command in a test project, with this venv's tools first on PATH and the project's
+    own MLflow store (unless env says otherwise)."""
+    from cadenza.pipeline import dvc_env
+
+    extra = env or {}
+    env = dvc_env()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    env.update(extra)
+    completed = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    if check:
+        assert completed.returncode == 0, (
+            f"{command} failed:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}"
+        )
+    return completed
+
+
+def make_project(root: Path, corpus: Path, mlflow_db: Path) -> Path:
+    """A git + DVC project: our dvc.yaml and code, tiny params, a user corpus under DVC."""
+    import yaml
+
+    root.mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "dvc.yaml", root)
+    shutil.copytree(
+        PROJECT_ROOT / "src" / "cadenza",
+        root / "src" / "cadenza",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    for name, values in project_params(Path("data/external/mine"), **TINY_STAGES).items():
+        params.setdefault(name, {}).update(values)
+    params["pretrain"]["presets"]["tiny"] = TINY_PRESET
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(corpus, root / "data" / "external" / "mine")
+    shutil.copy(mlflow_db, root / "mlflow.db")
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.cadenza-registry.lock\n")
+    run_in(root, "git", "init", "-q")
+    run_in(root, "git", "config", "user.email", "ci@example.com")
+    run_in(root, "git", "config", "user.name", "ci")
+    run_in(root, "dvc", "init", "-q")
+    run_in(root, "dvc", "remote", "add", "-d", "local", str(root.parent / "dvc-remote"))
+    run_in(root, "dvc", "add", "-q", "data/external/mine")
+    run_in(root, "git", "add", "-A")
+    run_in(root, "git", "commit", "-qm", "project")
+    return root
+
+
+def small_corpus(folder: Path, chorale_dir: Path) -> Path:
+    """4 chorales and 4 synthesised pieces (every split non-empty with seed 1)."""
+    shutil.copytree(chorale_dir, folder, ignore=shutil.ignore_patterns("*.csv"))
+    for i in range(4):
+        make_midi(folder / f"synth{i}.mid", num_notes=64, pitch=48 + 3 * i)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (it takes ~20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def registered_project(tmp_path_factory, chorale_dir, _mlflow_template, prefect_harness) -> dict:
+    """A real project taken through the `retrain` Prefect flow (tiny models, real DVC
+    stages): version 1 from the first corpus; then two files added to the user corpus and
+    version 2 from the second corpus; then a third run with nothing changed."""
+    from unittest import mock
+
+    from cadenza import flows
+
+    base = tmp_path_factory.mktemp("registered")
+    corpus = small_corpus(base / "corpus", chorale_dir)
+    repo = make_project(base / "repo", corpus, _mlflow_template)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    runs = {}
+    with mock.patch.dict(os.environ, env):
+        runs["first"] = flows.retrain(str(repo), return_state=True)
+        first_lock = (repo / "dvc.lock").read_text()
+        added = [
+            make_midi(repo / "data/external/mine/new" / f"added{i}.mid", num_notes=48, pitch=55 + i)
+            for i in range(2)
+        ]
+        run_in(repo, "git", "add", "-A")
+        run_in(repo, "git", "commit", "-qm", "two more files")
+        runs["second"] = flows.retrain(str(repo), return_state=True)
+        runs["unchanged"] = flows.retrain(str(repo), return_state=True)
+    return {
+        "repo": repo,
+        "first_lock": first_lock,
+        "added": added,
+        "corpus": corpus,
+        "runs": runs,
+    }

@@ -194,6 +194,196 @@ def adversarial(params: ParamsOption = Path("params.yaml"), root: RootOption = P
 
 
 @app.command()
+def evaluate(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Compare the MLE and GAN generators: test NLL, discriminative metric, music statistics,
+    samples gallery; log the chosen candidate as a pyfunc model with its lineage."""
+    from cadenza.stages import evaluate as stage
+
+    settings, paths = _load(params, root)
+    all_params = settings.model_dump(mode="json", by_alias=True)
+    metrics = _run_stage(stage.run, settings.evaluate, settings.register_, paths, all_params)
+    for name in stage.CANDIDATES:
+        m = metrics[name]
+        typer.echo(
+            f"{name}: test NLL {m['test_nll']:.4f}, discriminative accuracy "
+            f"{m['discriminative_accuracy']:.3f} [{m['discriminative_accuracy_ci_low']:.3f}, "
+            f"{m['discriminative_accuracy_ci_high']:.3f}], AUC {m['discriminative_auc']:.3f}, "
+            f"mean overlap {m['mean_overlap']:.3f}, Frechet {m['frechet_distance']:.3f}"
+        )
+    typer.echo(f"candidate: {metrics['candidate']}; report: {stage.report_path(paths)}")
+
+
+@app.command()
+def register(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+    """Register the evaluated candidate in the MLflow Model Registry and run the promotion
+    gate (alias `challenger`; `champion` when the gate holds). Idempotent per evaluation."""
+    from cadenza.tracking import registry as reg
+
+    settings, paths = _load(params, root)
+    try:
+        decision = reg.register(paths, settings.register_)
+    except reg.RegistryError as exc:
+        raise _fail(str(exc)) from None
+    name = settings.register_.model_name
+    if not decision.new_version:
+        typer.echo(f"nothing changed: {name} version {decision.version} ({decision.reason})")
+        return
+    verdict = "promoted to champion" if decision.promoted else "not promoted"
+    typer.echo(f"registered {name} version {decision.version}: {verdict} ({decision.reason})")
+
+
+registry_app = typer.Typer(help="Inspect and move the model registry's aliases.")
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("status")
+def registry_status(
+    params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")
+) -> None:
+    """Every version of the generator with its aliases, metrics and gate decision."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cadenza.tracking import registry as reg
+
+    settings, paths = _load(params, root)
+    rows = reg.status(paths, settings.register_)
+    table = Table(title=f"{settings.register_.model_name} ({len(rows)} versions)")
+    for column in ("version", "aliases", "test NLL", "disc. acc.", "corpus", "decision", "why"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["version"],
+            ", ".join(row["aliases"]),
+            row.get("metrics.test_nll", "")[:6],
+            row.get("metrics.discriminative_accuracy", "")[:5],
+            f"{row.get('corpus', '')} {row.get('dvc.corpus_md5', '')[:8]}",
+            row.get("decision", ""),
+            row.get("decision.reason", ""),
+        )
+    Console().print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="version number to promote")],
+    force: Annotated[
+        bool,
+        typer.Option(help="skip the metric comparison (never the validation/evaluation check)"),
+    ] = False,
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+) -> None:
+    """Run the promotion gate on a version against the current champion."""
+    from cadenza.tracking import registry as reg
+
+    settings, paths = _load(params, root)
+    try:
+        decision = reg.promote(paths, settings.register_, version, force)
+    except reg.RegistryError as exc:
+        raise _fail(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - MLflow's "no such version"
+        raise _fail(f"{settings.register_.model_name} version {version}: {exc}") from None
+    if not decision.promoted:
+        raise _fail(f"version {version} not promoted: {decision.reason}")
+    typer.echo(f"version {version} is champion: {decision.reason}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")
+) -> None:
+    """Give the champion alias back to the version the current champion replaced."""
+    from cadenza.tracking import registry as reg
+
+    settings, paths = _load(params, root)
+    try:
+        old, new = reg.rollback(paths, settings.register_)
+    except reg.RegistryError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"champion: version {old} -> version {new}")
+
+
+@app.command()
+def lineage(
+    target: Annotated[
+        str | None,
+        typer.Argument(help="models:/name@alias, models:/name/N, a version number or a run id"),
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="list the versions trained on this MIDI file")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+) -> None:
+    """Where a model came from (version -> run -> commit -> params -> data), or which models
+    were trained on a file."""
+    import json
+
+    from cadenza.tracking import lineage as lin
+    from cadenza.tracking.registry import client_for
+
+    settings, paths = _load(params, root)
+    if (target is None) == (file is None):
+        raise _fail("give a model (models:/..., version or run id) or --file, not both", 2)
+    client = client_for(paths)
+    name = settings.register_.model_name
+    try:
+        if file is not None:
+            answer = {
+                "file": str(file),
+                "versions": lin.versions_with_file(client, name, file, None),
+            }
+        else:
+            answer = lin.chain(client, target, name)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - MLflow: no such version/alias/run
+        raise _fail(f"{target or file}: {exc}") from None
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+    elif file is not None:
+        _print_file_lineage(answer)
+    else:
+        _print_chain(answer)
+
+
+def _print_file_lineage(answer: dict) -> None:
+    if not answer["versions"]:
+        typer.echo(f"{answer['file']}: no registered version was trained on data containing it")
+        return
+    for hit in answer["versions"]:
+        typer.echo(
+            f"version {hit['version']} (run {hit['run_id']}): corpus {hit['corpus']} "
+            f"{hit['corpus_md5']}, as {hit['path']} [{hit['status']}, split {hit['split'] or '-'}]"
+        )
+
+
+def _print_chain(answer: dict) -> None:
+    version = answer["version"]
+    if version:
+        aliases = f" @{', @'.join(version['aliases'])}" if version["aliases"] else ""
+        typer.echo(f"registry:   {version['name']} version {version['version']}{aliases}")
+    run = answer["run"]
+    typer.echo(f"run:        {run['id']} ({run['name']})")
+    for stage, run_id in run["stage_runs"].items():
+        typer.echo(f"  {stage}: {run_id}")
+    typer.echo(f"git commit: {answer['git_commit']}")
+    typer.echo(f"params:     sha256 {answer['params_hash'][:16]}")
+    for key, value in answer["dvc"].items():
+        typer.echo(f"dvc.lock:   {key} {value}")
+    typer.echo(
+        f"corpus:     {answer['corpus']}: {answer['num_files']} files, {answer['num_usable']} "
+        f"usable; manifest sha256 {answer['manifest_sha256'][:16]}; validation "
+        f"{'passed' if answer['validation_passed'] else 'FAILED'}"
+    )
+    typer.echo(f"quarantine: {len(answer['quarantined'])} files")
+    for entry in answer["quarantined"]:
+        typer.echo(f"  {entry['path']}: {entry['reason_code']}")
+
+
+@app.command()
 def generate(
     model: Annotated[
         str, typer.Option("--model", "-m", help="checkpoint folder, or models:/... / runs:/... URI")
@@ -236,6 +426,57 @@ def pipeline(
     except pipeline_mod.PipelineError as exc:
         raise _fail(str(exc)) from None
     pipeline_mod.print_summary(paths)
+
+
+@app.command()
+def retrain(
+    root: RootOption = Path("."),
+    corpus: Annotated[
+        str | None, typer.Option(help="corpus name to train on (sets import.corpus)")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="model preset: tiny | cpu | gpu (sets pretrain.preset)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="re-run every stage, changed or not")] = False,
+    wait: Annotated[
+        float, typer.Option(help="seconds to wait for another retrain of this workspace")
+    ] = 0.0,
+    push: Annotated[bool, typer.Option(help="dvc push outputs to the default remote")] = True,
+) -> None:
+    """Run the Prefect `retrain` flow here: validate -> ... -> evaluate -> register/promote,
+    skipping unchanged stages; then print the champion, its metrics and where the reports are.
+    Without PREFECT_API_URL, Prefect runs against a temporary local API."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from cadenza import flows
+    from cadenza import pipeline as pipeline_mod
+
+    resolved = root.resolve()
+    try:
+        result = flows.retrain(str(resolved), corpus, preset, force, wait, push)
+    except flows.RetrainError as exc:
+        raise _fail(str(exc)) from None
+    _, paths = _load(resolved / "params.yaml", resolved)
+    pipeline_mod.print_summary(paths)
+    typer.echo(f"retrain: {result['note']} in {result['seconds']:.0f} s")
+
+
+schedule_app = typer.Typer(help="Scheduled retraining.")
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("serve")
+def schedule_serve(
+    root: RootOption = Path("."),
+    cron: Annotated[str, typer.Option(help="cron schedule (UTC)")] = "0 3 * * *",
+    name: Annotated[str, typer.Option(help="deployment name")] = "nightly-retrain",
+) -> None:
+    """Serve the retrain flow on this box on a cron schedule (flow.serve; Ctrl-C stops).
+    A team deploys prefect.yaml to a process work pool instead (see infra/README.md)."""
+    from cadenza import flows
+
+    flows.serve(root, cron, name)
 
 
 @app.command()

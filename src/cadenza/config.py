@@ -264,6 +264,44 @@ class AdversarialSettings(_Section):
         return self
 
 
+class EvaluateSettings(_Section):
+    """`evaluate` stage: NLL, the discriminative metric, music statistics, samples gallery."""
+
+    num_chunks: int = Field(64, ge=4)
+    """Generated chunks per model for the discriminative metric (as many real test chunks)."""
+    chunk_len: int = Field(64, ge=8)
+    """Tokens per chunk; must not exceed pretrain_discriminator.seq_len."""
+    warmup_tokens: int = Field(64, ge=0)
+    """Generated and dropped before each chunk, so chunks start mid-stream like real ones."""
+    num_pieces: int = Field(32, ge=2)
+    """Pieces per model for music statistics (at most as many as test documents)."""
+    piece_len: int = Field(512, ge=16)
+    """Tokens per piece (generated pieces and real test openings alike)."""
+    gallery_size: int = Field(4, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    folds: int = Field(5, ge=2)
+    bootstrap: int = Field(1000, ge=10)
+    candidate: Literal["auto", "gan", "mle"] = "auto"
+    """Which generator to register: auto = the one whose discriminative accuracy is closest
+    to 50% among those within register.max_nll_increase of the best test NLL."""
+    render_audio: bool = True
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class RegisterSettings(_Section):
+    """Registration of the evaluated candidate and the promotion gate."""
+
+    model_name: str = Field("cadenza-generator", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    min_accuracy_gain: float = Field(0.0, ge=0, le=0.5)
+    """delta: |accuracy - 0.5| must shrink by at least this against the champion's."""
+    max_nll_increase: float = Field(0.02, ge=0)
+    """epsilon: test NLL (nats/token) may exceed the champion's by at most this."""
+    require_validation: bool = True
+    """Refuse promotion unless the data validation suite passed."""
+
+
 class Settings(_Section):
     import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
     validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
@@ -272,12 +310,19 @@ class Settings(_Section):
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
     pretrain_discriminator: DiscriminatorSettings = Field(default_factory=DiscriminatorSettings)
     adversarial: AdversarialSettings = Field(default_factory=AdversarialSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    register_: RegisterSettings = Field(default_factory=RegisterSettings, alias="register")
 
     @model_validator(mode="after")
     def _chunk_fits_discriminator(self) -> Settings:
         if self.adversarial.chunk_len > self.pretrain_discriminator.seq_len:
             raise ValueError(
                 f"adversarial.chunk_len {self.adversarial.chunk_len} exceeds "
+                f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}"
+            )
+        if self.evaluate.chunk_len > self.pretrain_discriminator.seq_len:
+            raise ValueError(
+                f"evaluate.chunk_len {self.evaluate.chunk_len} exceeds "
                 f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}"
             )
         return self
@@ -290,6 +335,8 @@ def _format_error(error: dict[str, Any], source: str) -> str:
         return f"{source}: unknown key '{key}' (check the spelling; allowed keys are in docs)"
     if error["type"] == "missing":
         return f"{source}: missing key '{key}'"
+    if isinstance(error.get("input"), dict):  # a rule across keys: the message names them
+        return f"{source}: {key}: {message}"
     return f"{source}: {key} = {error.get('input')!r} is not allowed: {message}"
 
 

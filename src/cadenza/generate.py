@@ -51,6 +51,37 @@ def primer_ids(tokenizer, primer: Path, num_tokens: int) -> list[int]:
     return score_ids(tokenizer, Score(str(primer)))[:num_tokens]
 
 
+def clean_ids(tokenizer, ids: list[int]) -> list[int]:
+    """Generated ids up to the first EOS, special tokens dropped: ready to decode."""
+    eos = tokenizer["EOS_None"]
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    specials = {tokenizer[f"{name}_None"] for name in ("PAD", "BOS", "EOS", "MASK")}
+    return [i for i in ids if i not in specials]
+
+
+def sample_score(
+    net,
+    tokenizer,
+    num_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    prompt: list[int] | None = None,
+):
+    """(Score, generated ids) continuing [BOS] + prompt by num_tokens sampled tokens."""
+    import torch
+
+    prompt_ids = [tokenizer["BOS_None"], *(prompt or [])]
+    generator = torch.Generator().manual_seed(seed)
+    sequence = net.generate(
+        torch.tensor([prompt_ids]), num_tokens, temperature, top_k, top_p, generator
+    )
+    ids = clean_ids(tokenizer, sequence[0, 1:].tolist())
+    return tokenizer.decode(ids), ids
+
+
 def generate_midi(
     model: str,
     num_tokens: int,
@@ -62,22 +93,10 @@ def generate_midi(
     primer: Path | None = None,
     primer_tokens: int = 64,
 ) -> Generated:
-    import torch
-
     with tempfile.TemporaryDirectory() as tmp:
         net, tokenizer = load_generator(resolve_model_dir(model, Path(tmp)))
-    bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
-    prompt = [bos] + (primer_ids(tokenizer, primer, primer_tokens) if primer else [])
-    generator = torch.Generator().manual_seed(seed)
-    sequence = net.generate(
-        torch.tensor([prompt]), num_tokens, temperature, top_k, top_p, generator
-    )
-    ids = sequence[0, 1:].tolist()
-    if eos in ids:
-        ids = ids[: ids.index(eos)]
-    specials = {tokenizer[f"{name}_None"] for name in ("PAD", "BOS", "EOS", "MASK")}
-    ids = [i for i in ids if i not in specials]
-    score = tokenizer.decode(ids)
+    prompt = primer_ids(tokenizer, primer, primer_tokens) if primer else []
+    score, ids = sample_score(net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     score.dump_midi(str(out_path))
     return Generated(ids, int(score.note_num()), out_path)

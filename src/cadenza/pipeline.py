@@ -117,6 +117,24 @@ def print_summary(paths: Paths) -> None:
             f"held-out discriminator accuracy {adversarial['discriminator_accuracy']:.2f}; "
             f"{adversarial['rollbacks']} rollbacks, {adversarial['seconds']:.0f} s",
         )
+    evaluated, registered = _metrics(paths, "evaluate"), _metrics(paths, "register")
+    for name in ("mle", "gan") if evaluated else ():
+        m = evaluated[name]
+        table.add_row(
+            f"evaluate {name}",
+            f"test NLL {m['test_nll']:.3f}; real-vs-generated accuracy "
+            f"{m['discriminative_accuracy']:.2f} [{m['discriminative_accuracy_ci_low']:.2f}, "
+            f"{m['discriminative_accuracy_ci_high']:.2f}] (0.5 = indistinguishable), "
+            f"music overlap {m['mean_overlap']:.2f}"
+            + (" <- candidate" if evaluated["candidate"] == name else ""),
+        )
+    if registered:
+        table.add_row(
+            "register",
+            f"{registered['model_name']} version {registered['version']}: "
+            f"{'champion' if registered['promoted'] else 'not promoted'} "
+            f"({registered['reason']}); champion is version {registered['champion']}",
+        )
     console = Console()
     console.print(table)
     console.print(f"corpus:     {paths.raw_dir}")
@@ -129,3 +147,12 @@ def print_summary(paths: Paths) -> None:
             f"generator:  {paths.generator_mle_dir}  (try: cadenza generate -o sample.mid)"
         )
         console.print("MLflow UI:  mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    if evaluated:
+        console.print(f"report:     {paths.root / 'reports' / 'evaluate' / 'index.html'}")
+        console.print(f"samples:    {paths.root / 'reports' / 'evaluate' / 'samples'}")
+    if registered and registered.get("champion"):
+        name = registered["model_name"]
+        console.print(
+            f"champion:   models:/{name}@champion = version {registered['champion']}  "
+            f"(serve: mlflow models serve -m models:/{name}@champion --env-manager local)"
+        )

@@ -1,0 +1,136 @@
+"""Samples gallery: MIDI files, piano-roll PNGs, WAV renders (when FluidSynth and a General
+MIDI soundfont are installed) and one HTML page comparing the models side by side."""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SOUNDFONTS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+    "/usr/share/soundfonts/default.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+)
+
+
+@dataclass
+class GalleryItem:
+    midi: Path
+    png: Path
+    wav: Path | None
+
+
+@dataclass
+class Gallery:
+    items: dict[str, list[GalleryItem]] = field(default_factory=dict)
+    audio_note: str = ""
+
+
+def find_renderer() -> tuple[str, str] | None:
+    """(fluidsynth binary, soundfont) or None. CADENZA_SOUNDFONT names a soundfont."""
+    binary = shutil.which("fluidsynth")
+    candidates = [os.environ.get("CADENZA_SOUNDFONT", ""), *SOUNDFONTS]
+    soundfont = next((c for c in candidates if c and Path(c).is_file()), None)
+    return (binary, soundfont) if binary and soundfont else None
+
+
+def piano_roll_png(score, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tpq = float(score.ticks_per_quarter)
+    fig, ax = plt.subplots(figsize=(8, 2.6), dpi=80)
+    for index, track in enumerate(score.tracks):
+        notes = track.notes.numpy()
+        bars = [
+            (t / tpq, max(d / tpq, 0.05))
+            for t, d in zip(notes["time"], notes["duration"], strict=True)
+        ]
+        for (start, width), pitch in zip(bars, notes["pitch"], strict=True):
+            ax.broken_barh([(start, width)], (pitch - 0.4, 0.8), color=f"C{index % 10}")
+    ax.set_xlabel("beats")
+    ax.set_ylabel("pitch")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def render_wav(midi: Path, wav: Path, renderer: tuple[str, str]) -> bool:
+    binary, soundfont = renderer
+    completed = subprocess.run(
+        [binary, "-ni", "-F", str(wav), "-r", "22050", soundfont, str(midi)],
+        capture_output=True,
+        timeout=120,
+    )
+    return completed.returncode == 0 and wav.is_file()
+
+
+def write_gallery(scores: dict[str, list], out_dir: Path, render_audio: bool) -> Gallery:
+    """scores: set name -> Scores. Writes <out_dir>/<set>/<set>_<i>.{mid,png,wav}."""
+    renderer = find_renderer() if render_audio else None
+    gallery = Gallery()
+    if not render_audio:
+        gallery.audio_note = "audio rendering switched off (evaluate.render_audio: false)"
+    elif renderer is None:
+        gallery.audio_note = (
+            "no WAV renders: FluidSynth and a General MIDI soundfont were not found "
+            "(apt install fluidsynth fluid-soundfont-gm, or set CADENZA_SOUNDFONT)"
+        )
+    for name, pieces in scores.items():
+        folder = out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        gallery.items[name] = []
+        for index, score in enumerate(pieces):
+            midi = folder / f"{name}_{index}.mid"
+            png = folder / f"{name}_{index}.png"
+            score.dump_midi(str(midi))
+            piano_roll_png(score, png, f"{name} #{index}")
+            wav = folder / f"{name}_{index}.wav"
+            has_wav = renderer is not None and render_wav(midi, wav, renderer)
+            gallery.items[name].append(GalleryItem(midi, png, wav if has_wav else None))
+    return gallery
+
+
+def _row(cells: list[str], tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
+
+
+def write_report(
+    path: Path, title: str, table: dict[str, dict[str, str]], gallery: Gallery
+) -> None:
+    """table: row label -> {column: formatted value}; gallery paths are made relative."""
+    columns = list(dict.fromkeys(c for row in table.values() for c in row))
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        ".sets{display:flex;gap:1em}.set{flex:1}img{width:100%}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><table>",
+        _row(["model", *map(html.escape, columns)], "th"),
+    ]
+    for label, row in table.items():
+        parts.append(_row([html.escape(label), *(html.escape(row.get(c, "")) for c in columns)]))
+    parts.append("</table><h2>Samples</h2>")
+    if gallery.audio_note:
+        parts.append(f"<p><em>{html.escape(gallery.audio_note)}</em></p>")
+    parts.append("<div class='sets'>")
+    for name, items in gallery.items.items():
+        parts.append(f"<div class='set'><h3>{html.escape(name)}</h3>")
+        for item in items:
+            rel = lambda p: html.escape(os.path.relpath(p, path.parent))  # noqa: E731
+            parts.append(f"<p><img src='{rel(item.png)}' alt='{rel(item.midi)}'><br>")
+            parts.append(f"<a href='{rel(item.midi)}'>{html.escape(item.midi.name)}</a>")
+            if item.wav:
+                parts.append(f"<br><audio controls src='{rel(item.wav)}'></audio>")
+            parts.append("</p>")
+        parts.append("</div>")
+    parts.append("</div></body></html>\n")
+    path.write_text("".join(parts))

@@ -1,0 +1,137 @@
+"""The generator as an MLflow pyfunc model: what `mlflow models serve` serves.
+
+Input: one row per request with num_tokens, temperature, top_k, seed and optionally primer
+(a MIDI file, base64). Output: one row per request with midi (base64 MIDI file), num_notes
+and num_tokens. The model folder carries the weights (safetensors), config.json,
+tokenizer.json and the cadenza package itself, so it loads wherever torch, miditok and
+symusic are installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow.pyfunc
+
+# The input schema is the explicit signature() below, not predict's type hints.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+MAX_TOKENS = 8192
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+
+
+class RequestError(ValueError):
+    """A request field is missing or out of range."""
+
+
+def _field(row: dict, name: str, default, kind):
+    value = row.get(name, default)
+    if value is None or (isinstance(value, float) and value != value):  # missing or NaN
+        value = default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from cadenza.generate import load_generator
+
+        self.net, self.tokenizer = load_generator(Path(context.artifacts["checkpoint"]))
+
+    def predict(self, context, model_input, params=None):  # noqa: D102 - schema: signature()
+        import pandas as pd
+
+        rows = (
+            model_input.to_dict("records")
+            if isinstance(model_input, pd.DataFrame)
+            else list(model_input)
+        )
+        return pd.DataFrame([self._one(row) for row in rows])
+
+    def _one(self, row: dict) -> dict:
+        from symusic import Score
+
+        from cadenza.generate import sample_score
+        from cadenza.tokens.encode import score_ids
+
+        num_tokens = _field(row, "num_tokens", 256, int)
+        temperature = _field(row, "temperature", 1.0, float)
+        top_k = _field(row, "top_k", 0, int)
+        seed = _field(row, "seed", 0, int)
+        if not 1 <= num_tokens <= MAX_TOKENS:
+            raise RequestError(f"num_tokens: {num_tokens} is outside 1..{MAX_TOKENS}")
+        if temperature <= 0:
+            raise RequestError(f"temperature: {temperature} must be > 0")
+        if top_k < 0:
+            raise RequestError(f"top_k: {top_k} must be >= 0")
+        prompt: list[int] = []
+        primer = row.get("primer")
+        if isinstance(primer, str) and primer:
+            try:
+                data = base64.b64decode(primer, validate=True)
+                prompt = score_ids(self.tokenizer, Score.from_midi(data))[:MAX_TOKENS]
+            except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
+                raise RequestError(f"primer: not a base64 MIDI file ({exc})") from None
+        score, ids = sample_score(
+            self.net, self.tokenizer, num_tokens, temperature, top_k, 1.0, seed, prompt
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "sample.mid"
+            score.dump_midi(str(path))
+            midi = base64.b64encode(path.read_bytes()).decode("ascii")
+        return {"midi": midi, "num_notes": int(score.note_num()), "num_tokens": len(ids)}
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec("long", "num_tokens"),
+            ColSpec("double", "temperature"),
+            ColSpec("long", "top_k"),
+            ColSpec("long", "seed"),
+            ColSpec("string", "primer", required=False),
+        ]
+    )
+    outputs = Schema(
+        [ColSpec("string", "midi"), ColSpec("long", "num_notes"), ColSpec("long", "num_tokens")]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pins = [f"{name}=={version(name)}" for name in ("miditok", "symusic", "safetensors")]
+    return [f"torch=={version('torch').split('+')[0]}", *pins, "numpy", "pandas"]
+
+
+def log_generator(checkpoint_dir: Path, name: str = "generator"):
+    """Log a checkpoint folder as a pyfunc model in the active run; returns ModelInfo."""
+    package = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "checkpoint"
+        folder.mkdir()
+        for file_name in CHECKPOINT_FILES:
+            shutil.copy2(checkpoint_dir / file_name, folder / file_name)
+        with warnings.catch_warnings():  # we give a signature; MLflow still asks for examples
+            warnings.filterwarnings("ignore", message=".*input example.*")
+            return _log(name, package, folder)
+
+
+def _log(name: str, package: Path, folder: Path):
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(package / "pyfunc_entry.py"),  # models from code: no pickle
+        artifacts={"checkpoint": str(folder)},
+        code_paths=[str(package)],
+        signature=signature(),
+        pip_requirements=requirements(),
+    )

@@ -1,0 +1,271 @@
+"""The MLflow Model Registry side: register the evaluated candidate, gate its promotion.
+
+Each evaluated candidate becomes a version of `cadenza-generator` (register.model_name)
+carrying tags: git.commit, dvc hashes of corpus/manifest/tokens, params.hash, run_id, the
+metrics the gate reads, and the gate's decision and reason. The new version gets alias
+`challenger`; it also gets `champion` when the gate holds:
+- its evaluation exists and its data validation passed (never overridden, not even by force);
+- |discriminative accuracy - 0.5| at least register.min_accuracy_gain below the champion's;
+- test NLL at most register.max_nll_increase above the champion's.
+Promotions take a lock next to the store, so two at once are serialised: each compares
+against the champion the other left, and exactly one champion remains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cadenza.config import RegisterSettings
+from cadenza.io import write_json
+from cadenza.paths import Paths
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class RegistryError(RuntimeError):
+    """Nothing to register or promote, or the registry refused; the message says why."""
+
+
+@dataclass
+class Decision:
+    version: str
+    promoted: bool
+    reason: str
+    champion: str | None
+    previous_champion: str | None
+    new_version: bool
+
+
+def client_for(paths: Paths):
+    import logging
+    import os
+
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    from cadenza.tracking.runs import tracking_uri
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return mlflow.MlflowClient(tracking_uri(paths.root), registry_uri=tracking_uri(paths.root))
+
+
+@contextlib.contextmanager
+def registry_lock(paths: Paths, timeout: float = 300) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    path = paths.root / ".cadenza-registry.lock"
+    try:
+        with FileLock(str(path), timeout=timeout):
+            yield
+    except Timeout:
+        raise RegistryError(
+            f"{path}: another promotion has held the registry lock for {timeout:.0f} s; "
+            "wait for it to finish (or remove the file if no cadenza process is running)"
+        ) from None
+
+
+def champion_version(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - MLflow raises RestException/MlflowException when unset
+        return None
+
+
+def _number(tags: dict, key: str) -> float | None:
+    try:
+        value = float(tags[key])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def gate(candidate: dict, champion: dict | None, settings: RegisterSettings) -> tuple[bool, str]:
+    """(promote?, why) from the version tags of the candidate and of the champion."""
+    accuracy = _number(candidate, "metrics.discriminative_accuracy")
+    nll = _number(candidate, "metrics.test_nll")
+    if candidate.get("evaluation.status") != "ok" or accuracy is None or nll is None:
+        return False, "evaluation missing or failed: no promotion without one"
+    if settings.require_validation and candidate.get("validation.passed") != "true":
+        return False, "data validation did not pass for this version's corpus"
+    if champion is None:
+        return True, "no champion yet; evaluation and validation passed"
+    champ_accuracy = _number(champion, "metrics.discriminative_accuracy")
+    champ_nll = _number(champion, "metrics.test_nll")
+    if champ_accuracy is None or champ_nll is None:
+        return True, "the champion carries no metrics to beat"
+    gap, champ_gap = abs(accuracy - 0.5), abs(champ_accuracy - 0.5)
+    if gap > champ_gap - settings.min_accuracy_gain:
+        return False, (
+            f"discriminative accuracy {accuracy:.3f} is not closer to 0.5 than the champion's "
+            f"{champ_accuracy:.3f} by at least {settings.min_accuracy_gain} "
+            f"(|gap| {gap:.3f} vs {champ_gap:.3f})"
+        )
+    if nll > champ_nll + settings.max_nll_increase:
+        return False, (
+            f"test NLL {nll:.4f} exceeds the champion's {champ_nll:.4f} "
+            f"by more than {settings.max_nll_increase}"
+        )
+    return True, (
+        f"discriminative accuracy {accuracy:.3f} vs champion {champ_accuracy:.3f} "
+        f"(|gap| {gap:.3f} < {champ_gap:.3f}); test NLL {nll:.4f} vs {champ_nll:.4f}"
+    )
+
+
+def version_tags(evaluation: dict, record: dict) -> dict[str, str]:
+    candidate = evaluation["candidate"]
+    metrics = evaluation[candidate]
+    return {
+        "git.commit": record["git_commit"],
+        "dvc.corpus_md5": record["dvc"]["corpus_md5"],
+        "dvc.manifest_md5": record["dvc"]["manifest_md5"],
+        "dvc.tokens_md5": record["dvc"]["tokens_md5"],
+        "params.hash": record["params_hash"],
+        "run_id": evaluation["mlflow_run_id"],
+        "corpus": record["corpus"],
+        "candidate": candidate,
+        "evaluation.status": "ok",
+        "validation.passed": str(record["validation_passed"]).lower(),
+        "metrics.test_nll": repr(metrics["test_nll"]),
+        "metrics.discriminative_accuracy": repr(metrics["discriminative_accuracy"]),
+        "metrics.discriminative_auc": repr(metrics["discriminative_auc"]),
+        "metrics.frechet_distance": repr(metrics["frechet_distance"]),
+        "metrics.mean_overlap": repr(metrics["mean_overlap"]),
+    }
+
+
+def register(paths: Paths, settings: RegisterSettings) -> Decision:
+    """Register the last evaluation's candidate (once) and run the promotion gate."""
+    evaluation_path = paths.metrics_path("evaluate")
+    if not evaluation_path.is_file():
+        raise RegistryError(f"{evaluation_path}: no evaluation; run `cadenza evaluate` first")
+    evaluation = json.loads(evaluation_path.read_text())
+    if "model_uri" not in evaluation:
+        raise RegistryError(
+            f"{evaluation_path}: the evaluation logged no model (it ran without MLflow); "
+            "re-run `cadenza evaluate`"
+        )
+    lineage = paths.root / "reports" / "evaluate" / "lineage.json"
+    record = json.loads(lineage.read_text())
+    client = client_for(paths)
+    name = settings.model_name
+    with registry_lock(paths):
+        _ensure_model(client, name)
+        run_id = evaluation["mlflow_run_id"]
+        existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        if existing:
+            mv = client.get_model_version(name, existing[0].version)
+            champion = champion_version(client, name)
+            decision = Decision(
+                str(mv.version),
+                champion is not None and str(champion.version) == str(mv.version),
+                "already registered from this evaluation run: nothing changed",
+                None if champion is None else str(champion.version),
+                None,
+                new_version=False,
+            )
+        else:
+            import mlflow
+
+            from cadenza.tracking.runs import tracking_uri
+
+            mlflow.set_tracking_uri(tracking_uri(paths.root))
+            mv = mlflow.register_model(
+                evaluation["model_uri"], name, tags=version_tags(evaluation, record)
+            )
+            client.set_registered_model_alias(name, CHALLENGER, mv.version)
+            decision = _decide(client, name, str(mv.version), settings, new_version=True)
+    write_json(paths.metrics_path("register"), {"model_name": name, **asdict(decision)})
+    return decision
+
+
+def _ensure_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                name, description="Cadenza symbolic-music generator (Transformer-XL, MIDI tokens)"
+            )
+        except MlflowException:
+            client.get_registered_model(name)  # created meanwhile by another process
+
+
+def _decide(
+    client, name: str, version: str, settings: RegisterSettings, new_version: bool, force=False
+) -> Decision:
+    """Gate one version against the current champion; set aliases and tags. Call locked."""
+    tags = client.get_model_version(name, version).tags
+    version = str(version)
+    champion = champion_version(client, name)
+    if champion is not None and str(champion.version) == version:
+        return Decision(version, True, "already the champion", version, None, new_version)
+    promote, reason = gate(tags, None if champion is None else champion.tags, settings)
+    if force and not promote and not reason.startswith(("evaluation", "data validation")):
+        promote, reason = True, f"forced by hand over the gate ({reason})"
+    previous = None if champion is None else str(champion.version)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if previous is not None:
+            client.set_model_version_tag(name, version, "previous_champion", previous)
+    client.set_model_version_tag(name, version, "decision", "promoted" if promote else "rejected")
+    client.set_model_version_tag(name, version, "decision.reason", reason)
+    return Decision(
+        version, promote, reason, version if promote else previous, previous, new_version
+    )
+
+
+def promote(paths: Paths, settings: RegisterSettings, version: str, force: bool = False):
+    client = client_for(paths)
+    with registry_lock(paths):
+        client.get_model_version(settings.model_name, version)  # raises when absent
+        return _decide(client, settings.model_name, version, settings, False, force)
+
+
+def rollback(paths: Paths, settings: RegisterSettings) -> tuple[str, str]:
+    """Give `champion` back to the version it replaced; returns (from, to)."""
+    client = client_for(paths)
+    name = settings.model_name
+    with registry_lock(paths):
+        champion = champion_version(client, name)
+        if champion is None:
+            raise RegistryError(f"{name}: no champion to roll back")
+        previous = champion.tags.get("previous_champion")
+        if not previous:
+            raise RegistryError(
+                f"{name} version {champion.version} replaced no earlier champion; "
+                "promote a version by hand instead (`cadenza registry promote N --force`)"
+            )
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_model_version_tag(name, champion.version, "decision", "rolled back")
+        return str(champion.version), previous
+
+
+def status(paths: Paths, settings: RegisterSettings) -> list[dict]:
+    """Every version, newest first, with aliases, metrics and decision."""
+    client = client_for(paths)
+    rows = []
+    for found in client.search_model_versions(f"name='{settings.model_name}'"):
+        mv = client.get_model_version(found.name, found.version)
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": sorted(mv.aliases),
+                "run_id": mv.run_id,
+                "created": mv.creation_timestamp,
+                **{k: v for k, v in mv.tags.items()},
+            }
+        )
+    return sorted(rows, key=lambda row: -int(row["version"]))
+
+
+def registry_file(paths: Paths) -> Path:
+    return paths.metrics_path("register")

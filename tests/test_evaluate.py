@@ -1,0 +1,116 @@
+"""Evaluation pieces on real data: music statistics, the discriminative metric, the stage
+run by DVC (metrics, report, gallery, lineage) in a real project."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from symusic import Score
+
+from cadenza.evaluation import discriminative, music_stats
+
+from .conftest import make_midi
+
+
+def test_features_of_a_known_line(tmp_path):
+    # 32 quarter notes rising by semitones (pitch 60 + i % 12) at 120 bpm, 4/4.
+    features = music_stats.piece_features(Score(str(make_midi(tmp_path / "line.mid"))))
+    values = features.values
+    assert features.num_notes == 32
+    assert values["pitch_range"] == 11
+    assert values["used_pitch_classes"] == 12
+    assert values["polyphony"] == pytest.approx(1.0)
+    assert values["note_density"] == pytest.approx(1.0)  # one note per beat
+    assert values["mean_ioi"] == pytest.approx(1.0)
+    assert values["empty_beat_rate"] == pytest.approx(0.0)
+    assert values["groove_consistency"] == pytest.approx(1.0)  # every bar: 4 onsets on beats
+    # Classes 0-7 three times, 8-11 twice: C major holds 0,2,4,5,7 (x3) + 9,11 (x2) = 19/32.
+    assert values["scale_consistency"] == pytest.approx(19 / 32)
+    assert values["pitch_class_histogram"].sum() == pytest.approx(1.0)
+    assert values["pitch_class_transitions"].reshape(12, 12)[0, 1] == pytest.approx(3 / 31)
+
+
+def test_chords_and_rests_change_polyphony_and_empty_beats(tmp_path):
+    from symusic import Note
+
+    score = Score(str(make_midi(tmp_path / "a.mid", num_notes=4)))
+    track = score.tracks[0]
+    for time in (0, 480):  # two more voices on the first two beats
+        track.notes.append(Note(time, 480, 72, 80))
+        track.notes.append(Note(time, 480, 76, 80))
+    track.notes.append(Note(480 * 8, 480, 60, 80))  # beats 4-7 empty, then a note
+    values = music_stats.piece_features(score).values
+    assert values["polyphony"] == pytest.approx((3 + 3 + 1 + 1 + 1) / 5)
+    assert values["empty_beat_rate"] == pytest.approx(4 / 9)
+
+
+def test_set_comparison_is_zero_against_itself_and_grows_with_difference(chorale_dir):
+    real = [music_stats.piece_features(Score(str(p))) for p in sorted(chorale_dir.glob("*.mid"))]
+    same = music_stats.compare_sets(real, real)
+    assert same["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert same["pitch_class_histogram_overlap"] > 0.5  # self-pairs (distance 0) differ
+    shifted = []
+    for path in sorted(chorale_dir.glob("*.mid")):
+        score = Score(str(path)).shift_pitch(1).shift_time(0)
+        for track in score.tracks:  # every note a sixteenth: a different texture
+            for note in track.notes:
+                note.duration = score.ticks_per_quarter // 4
+        shifted.append(music_stats.piece_features(score))
+    different = music_stats.compare_sets(real, shifted)
+    assert different["frechet_distance"] > 1.0
+    assert different["empty_beat_rate_overlap"] < same["empty_beat_rate_overlap"]
+    with pytest.raises(ValueError, match="at least 2 pieces"):
+        music_stats.compare_sets(real[:1], real)
+
+
+def test_classifier_separates_different_sets_and_not_identical_ones():
+    rng = np.random.default_rng(0)
+    real = rng.normal(0, 1, (60, 8))
+    far = discriminative.classify(real, rng.normal(1.5, 1, (60, 8)), bootstrap=200)
+    assert far.accuracy > 0.85 and far.auc > 0.9
+    assert far.accuracy_ci_low <= far.accuracy <= far.accuracy_ci_high
+    same = discriminative.classify(real, rng.normal(0, 1, (60, 8)), bootstrap=200)
+    assert same.accuracy_ci_low < 0.5 + 0.1 and same.accuracy < 0.7
+    assert same.num_real == same.num_generated == 60
+    with pytest.raises(ValueError, match="equal numbers"):
+        discriminative.classify(real, real[:10])
+
+
+def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
+    repo = registered_project["repo"]
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert metrics["candidate"] in ("mle", "gan")
+    for name in ("mle", "gan"):
+        m = metrics[name]
+        assert m["test_nll"] > 0
+        assert 0 <= m["discriminative_accuracy_ci_low"] <= m["discriminative_accuracy"]
+        assert m["discriminative_accuracy"] <= m["discriminative_accuracy_ci_high"] <= 1
+        assert 0 <= m["discriminative_auc"] <= 1
+        assert m["discriminative_num_real"] == m["discriminative_num_generated"] == 8
+        for key in ("pitch_range", "polyphony", "note_density", "mean_ioi", "scale_consistency",
+                    "groove_consistency", "empty_beat_rate", "pitch_class_histogram",
+                    "pitch_class_transitions"):  # fmt: skip
+            assert 0 <= m[f"{key}_overlap"] <= 1.0 + 1e-6
+        assert m["frechet_distance"] >= 0
+    assert {"unigram", "4gram"} <= set(metrics["baselines"])
+    report = repo / "reports" / "evaluate"
+    html = (report / "index.html").read_text()
+    for name in ("real", "mle", "gan"):
+        for i in range(2):
+            midi = report / "samples" / name / f"{name}_{i}.mid"
+            assert Score(str(midi)).ticks_per_quarter > 0
+            assert (report / "samples" / name / f"{name}_{i}.png").read_bytes()[:4] == b"\x89PNG"
+            assert f"samples/{name}/{name}_{i}.png" in html
+    assert "audio rendering switched off" in html
+    lock = (repo / "dvc.lock").read_text()
+    assert "evaluate:" in lock and "register:" in lock
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.data.metrics["mle.test_nll"] == pytest.approx(metrics["mle"]["test_nll"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"lineage.json", "report"} <= artifacts

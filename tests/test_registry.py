@@ -1,0 +1,263 @@
+"""Registry, promotion gate, lineage and serving, against a project that went twice through
+the real DVC pipeline (two corpus versions -> two model versions)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from symusic import Score
+
+from cadenza.config import RegisterSettings
+from cadenza.tracking.registry import gate
+
+from .conftest import make_midi, run_in
+
+pytestmark = pytest.mark.integration
+NAME = "cadenza-generator"
+
+
+def _tags(accuracy=0.8, nll=1.0, validation="true", status="ok") -> dict:
+    return {
+        "metrics.discriminative_accuracy": str(accuracy),
+        "metrics.test_nll": str(nll),
+        "validation.passed": validation,
+        "evaluation.status": status,
+    }
+
+
+def test_gate_rules():
+    settings = RegisterSettings(min_accuracy_gain=0.05, max_nll_increase=0.02)
+    assert gate(_tags(), None, settings)[0]
+    assert gate(_tags(accuracy=0.7), _tags(accuracy=0.8), settings)[0]
+    ok, why = gate(_tags(accuracy=0.77), _tags(accuracy=0.8), settings)  # gain 0.03 < 0.05
+    assert not ok and "closer to 0.5" in why
+    ok, why = gate(_tags(accuracy=0.3), _tags(accuracy=0.8), settings)  # |gap| 0.2 < 0.3
+    assert ok
+    ok, why = gate(_tags(accuracy=0.6, nll=1.03), _tags(accuracy=0.8, nll=1.0), settings)
+    assert not ok and "test NLL" in why
+    ok, why = gate(_tags(validation="false"), None, settings)
+    assert not ok and "validation" in why
+    assert gate(_tags(validation="false"), None, RegisterSettings(require_validation=False))[0]
+    ok, why = gate({"validation.passed": "true"}, None, settings)
+    assert not ok and "evaluation missing" in why
+    assert not gate(_tags(accuracy="nan"), None, settings)[0]
+
+
+def _client(repo):
+    import mlflow
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def _version(client, number: str):
+    return client.get_model_version(NAME, number)
+
+
+def test_two_corpus_versions_make_two_tagged_model_versions(registered_project):
+    repo = registered_project["repo"]
+    client = _client(repo)
+    versions = sorted(client.search_model_versions(f"name='{NAME}'"), key=lambda v: int(v.version))
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    one, two = (_version(client, str(v.version)) for v in versions)
+    for mv in (one, two):
+        for key in ("git.commit", "dvc.corpus_md5", "dvc.tokens_md5", "params.hash", "run_id"):
+            assert mv.tags[key] and mv.tags[key] != "unknown", key
+        assert mv.tags["run_id"] == mv.run_id
+        assert mv.tags["decision"] in ("promoted", "rejected")
+        assert mv.tags["decision.reason"]
+    assert one.tags["decision"] == "promoted" and "no champion yet" in one.tags["decision.reason"]
+    assert one.tags["dvc.corpus_md5"] != two.tags["dvc.corpus_md5"]
+    assert one.tags["git.commit"] != two.tags["git.commit"]
+    assert "challenger" in two.aliases
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    expected = "2" if two.tags["decision"] == "promoted" else "1"
+    assert str(champion.version) == expected
+    register = json.loads((repo / "metrics" / "register.json").read_text())
+    assert register["version"] == "2" and register["champion"] == expected
+
+
+def test_lineage_walks_from_version_to_files(registered_project):
+    repo = registered_project["repo"]
+    import yaml
+
+    for target, version, lock in (
+        ("models:/cadenza-generator/1", "1", yaml.safe_load(registered_project["first_lock"])),
+        ("2", "2", yaml.safe_load((repo / "dvc.lock").read_text())),
+    ):
+        answer = json.loads(run_in(repo, "cadenza", "lineage", target, "--json").stdout)
+        assert answer["version"]["version"] == version
+        stages = lock["stages"]
+        corpus_out = stages["import"]["outs"][0]
+        assert answer["dvc"]["corpus_md5"] == corpus_out["md5"]
+        assert answer["dvc"]["tokens_md5"] == stages["tokenize"]["outs"][0]["md5"]
+        assert answer["dvc"]["manifest_md5"] == stages["validate"]["outs"][0]["md5"]
+        assert answer["corpus"] == "mine"
+        assert set(answer["run"]["stage_runs"]) == {
+            "pretrain", "pretrain_discriminator", "adversarial",
+        }  # fmt: skip
+        assert answer["params"]["pretrain"]["preset"] == "tiny"
+        assert answer["validation_passed"] is True
+        assert answer["quarantined"] == []
+    one = json.loads(run_in(repo, "cadenza", "lineage", "1", "--json").stdout)
+    two = json.loads(run_in(repo, "cadenza", "lineage", "2", "--json").stdout)
+    assert one["num_files"] == 8 and two["num_files"] == 10
+    assert {f["path"] for f in two["files"]} - {f["path"] for f in one["files"]} == {
+        "new/added0.mid", "new/added1.mid",
+    }  # fmt: skip
+    assert one["git_commit"] != two["git_commit"]
+    # By run id and by alias, the same chain; human output names every link.
+    by_run = json.loads(run_in(repo, "cadenza", "lineage", two["run"]["id"], "--json").stdout)
+    assert by_run["dvc"] == two["dvc"] and by_run["version"] is None
+    text = run_in(repo, "cadenza", "lineage", "models:/cadenza-generator@challenger").stdout
+    for needle in ("version 2", "git commit", "dvc.lock", "corpus:", "quarantine: 0 files"):
+        assert needle in text
+
+
+def test_lineage_by_file_finds_the_versions_trained_on_it(registered_project):
+    repo = registered_project["repo"]
+    added = registered_project["added"][0]
+    answer = json.loads(run_in(repo, "cadenza", "lineage", "--file", str(added), "--json").stdout)
+    assert [hit["version"] for hit in answer["versions"]] == ["2"]
+    assert answer["versions"][0]["path"] == "new/added0.mid"
+    old = repo / "data" / "raw" / "mine" / "synth0.mid"
+    answer = json.loads(run_in(repo, "cadenza", "lineage", "--file", str(old), "--json").stdout)
+    assert [hit["version"] for hit in answer["versions"]] == ["1", "2"]
+    stranger = make_midi(repo.parent / "stranger.mid", pitch=30)
+    text = run_in(repo, "cadenza", "lineage", "--file", str(stranger)).stdout
+    assert "no registered version" in text
+    missing = run_in(repo, "cadenza", "lineage", "models:/cadenza-generator/9", check=False)
+    assert missing.returncode == 1 and "models:/cadenza-generator/9" in missing.stderr
+
+
+def test_promote_rollback_and_refusals(registered_project):
+    repo = registered_project["repo"]
+    client = _client(repo)
+    run_in(repo, "cadenza", "registry", "promote", "1", "--force")
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    run_in(repo, "cadenza", "registry", "promote", "2", "--force")
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    assert _version(client, "2").tags["previous_champion"] == "1"
+    rolled = run_in(repo, "cadenza", "registry", "rollback")
+    assert "version 2 -> version 1" in rolled.stdout
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    status = run_in(repo, "cadenza", "registry", "status").stdout
+    assert "champion" in status and "challenger" in status
+
+    # A version whose data validation failed is never promoted, not even by force.
+    client.set_model_version_tag(NAME, "2", "validation.passed", "false")
+    try:
+        refused = run_in(repo, "cadenza", "registry", "promote", "2", "--force", check=False)
+        assert refused.returncode == 1 and "validation" in refused.stderr
+        assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    finally:
+        client.set_model_version_tag(NAME, "2", "validation.passed", "true")
+
+    # Nothing changed since the last registration: no new version.
+    again = run_in(repo, "cadenza", "register")
+    assert "nothing changed" in again.stdout
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
+
+
+def test_racing_promotions_leave_one_champion(registered_project):
+    repo = registered_project["repo"]
+    from cadenza.pipeline import dvc_env
+
+    env = dvc_env()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    racers = [
+        subprocess.Popen(
+            ["cadenza", "registry", "promote", version, "--force"],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for version in ("1", "2", "1", "2")
+    ]
+    outputs = [racer.communicate(timeout=120) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers), outputs
+    client = _client(repo)
+    holders = [
+        mv.version
+        for mv in client.search_model_versions(f"name='{NAME}'")
+        if "champion" in _version(client, str(mv.version)).aliases
+    ]
+    assert len(holders) == 1
+    assert _version(client, str(holders[0])).tags["decision"] == "promoted"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(port: int, records: list[dict]) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps({"dataframe_records": records}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_mlflow_models_serve_returns_midi(registered_project, tmp_path):
+    from cadenza.pipeline import dvc_env
+
+    repo = registered_project["repo"]
+    env = dvc_env()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
+    port = _free_port()
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
+         "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "server did not answer /ping in 120 s"
+                time.sleep(0.5)
+        primer = base64.b64encode((registered_project["corpus"] / "synth1.mid").read_bytes())
+        status, body = _post(
+            port,
+            [
+                {"num_tokens": 48, "temperature": 1.0, "top_k": 0, "seed": 1},
+                {
+                    "num_tokens": 48,
+                    "temperature": 0.9,
+                    "top_k": 8,
+                    "seed": 2,
+                    "primer": primer.decode(),
+                },
+            ],  # fmt: skip
+        )
+        assert status == 200, body
+        plain, primed = body["predictions"]
+        for prediction in (plain, primed):
+            score = Score.from_midi(base64.b64decode(prediction["midi"]))
+            assert score.note_num() == prediction["num_notes"]
+        assert primed["num_notes"] > 0  # the primer's opening is part of the piece
+        status, body = _post(port, [{"num_tokens": 0, "temperature": 1.0, "top_k": 0, "seed": 0}])
+        assert status == 400 and "num_tokens" in json.dumps(body)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
