@@ -1,5 +1,5 @@
 # Cadenza: everything a new machine needs is made by these targets.
-#   make run    set up, then run the pipeline on the built-in corpus (Bach chorales)
+#   make run    set up, then run the retrain flow on the built-in corpus (Bach chorales)
 #   make test   set up, then run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/cadenza pipeline
+	$(BIN)/cadenza retrain
 
 test: setup
 	$(BIN)/python -m pytest -q
