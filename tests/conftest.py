@@ -273,6 +273,8 @@ def registered_project(tmp_path_factory, chorale_dir, _mlflow_template, prefect_
         run_in(repo, "git", "commit", "-qm", "two more files")
         runs["second"] = flows.retrain(str(repo), return_state=True)
         runs["unchanged"] = flows.retrain(str(repo), return_state=True)
+    for name, state in runs.items():
+        assert state.is_completed(), f"{name} retrain: {state.message}"
     return {
         "repo": repo,
         "first_lock": first_lock,

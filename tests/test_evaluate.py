@@ -93,7 +93,9 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
                     "groove_consistency", "empty_beat_rate", "pitch_class_histogram",
                     "pitch_class_transitions"):  # fmt: skip
             assert 0 <= m[f"{key}_overlap"] <= 1.0 + 1e-6
-        assert m["frechet_distance"] >= 0
+        assert m["frechet_distance"] is None or m["frechet_distance"] >= 0
+        if m["num_pieces_with_notes"] < 2:  # a tiny model may write no notes: said so
+            assert "music_stats_note" in m and m["mean_overlap"] == 0.0
     assert {"unigram", "4gram"} <= set(metrics["baselines"])
     report = repo / "reports" / "evaluate"
     html = (report / "index.html").read_text()

@@ -107,9 +107,11 @@ def test_a_second_retrain_on_a_busy_workspace_fails_clearly(registered_project):
     from prefect.concurrency.sync import concurrency
 
     repo = registered_project["repo"]
-    with concurrency(flows.slot_name(repo), occupy=1, strict=True):  # a retrain holds it
-        with pytest.raises(flows.RetrainError, match="another retrain is running"):
-            flows.retrain(str(repo), wait_seconds=1)
+    with (
+        concurrency(flows.slot_name(repo), occupy=1, strict=True),  # a retrain holds it
+        pytest.raises(flows.RetrainError, match="another retrain is running"),
+    ):
+        flows.retrain(str(repo), wait_seconds=1)
 
 
 def test_overrides_are_validated_and_written_keeping_comments(tmp_path):

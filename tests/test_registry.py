@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from symusic import Score
@@ -84,6 +85,12 @@ def test_two_corpus_versions_make_two_tagged_model_versions(registered_project):
     assert register["version"] == "2" and register["champion"] == expected
 
 
+def _chain(repo, target: str) -> dict:
+    from cadenza.tracking.lineage import chain
+
+    return chain(_client(repo), target, NAME)
+
+
 def test_lineage_walks_from_version_to_files(registered_project):
     repo = registered_project["repo"]
     import yaml
@@ -92,7 +99,7 @@ def test_lineage_walks_from_version_to_files(registered_project):
         ("models:/cadenza-generator/1", "1", yaml.safe_load(registered_project["first_lock"])),
         ("2", "2", yaml.safe_load((repo / "dvc.lock").read_text())),
     ):
-        answer = json.loads(run_in(repo, "cadenza", "lineage", target, "--json").stdout)
+        answer = _chain(repo, target)
         assert answer["version"]["version"] == version
         stages = lock["stages"]
         corpus_out = stages["import"]["outs"][0]
@@ -106,15 +113,15 @@ def test_lineage_walks_from_version_to_files(registered_project):
         assert answer["params"]["pretrain"]["preset"] == "tiny"
         assert answer["validation_passed"] is True
         assert answer["quarantined"] == []
-    one = json.loads(run_in(repo, "cadenza", "lineage", "1", "--json").stdout)
-    two = json.loads(run_in(repo, "cadenza", "lineage", "2", "--json").stdout)
+    one = json.loads(run_in(repo, "cadenza", "lineage", "1", "--json").stdout)  # the CLI
+    two = _chain(repo, "2")
     assert one["num_files"] == 8 and two["num_files"] == 10
     assert {f["path"] for f in two["files"]} - {f["path"] for f in one["files"]} == {
         "new/added0.mid", "new/added1.mid",
     }  # fmt: skip
     assert one["git_commit"] != two["git_commit"]
     # By run id and by alias, the same chain; human output names every link.
-    by_run = json.loads(run_in(repo, "cadenza", "lineage", two["run"]["id"], "--json").stdout)
+    by_run = _chain(repo, two["run"]["id"])
     assert by_run["dvc"] == two["dvc"] and by_run["version"] is None
     text = run_in(repo, "cadenza", "lineage", "models:/cadenza-generator@challenger").stdout
     for needle in ("version 2", "git commit", "dvc.lock", "corpus:", "quarantine: 0 files"):
@@ -122,17 +129,20 @@ def test_lineage_walks_from_version_to_files(registered_project):
 
 
 def test_lineage_by_file_finds_the_versions_trained_on_it(registered_project):
+    from cadenza.tracking.lineage import versions_with_file
+
     repo = registered_project["repo"]
     added = registered_project["added"][0]
     answer = json.loads(run_in(repo, "cadenza", "lineage", "--file", str(added), "--json").stdout)
     assert [hit["version"] for hit in answer["versions"]] == ["2"]
     assert answer["versions"][0]["path"] == "new/added0.mid"
     old = repo / "data" / "raw" / "mine" / "synth0.mid"
-    answer = json.loads(run_in(repo, "cadenza", "lineage", "--file", str(old), "--json").stdout)
-    assert [hit["version"] for hit in answer["versions"]] == ["1", "2"]
+    hits = versions_with_file(_client(repo), NAME, old, None)
+    assert [hit["version"] for hit in hits] == ["1", "2"]
+    gone = Path("data/raw/mine/new/added1.mid")  # no such file here: matched by corpus path
+    assert [hit["version"] for hit in versions_with_file(_client(repo), NAME, gone, None)] == ["2"]
     stranger = make_midi(repo.parent / "stranger.mid", pitch=30)
-    text = run_in(repo, "cadenza", "lineage", "--file", str(stranger)).stdout
-    assert "no registered version" in text
+    assert versions_with_file(_client(repo), NAME, stranger, None) == []
     missing = run_in(repo, "cadenza", "lineage", "models:/cadenza-generator/9", check=False)
     assert missing.returncode == 1 and "models:/cadenza-generator/9" in missing.stderr
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -43,25 +44,36 @@ def _as_postgres_user(command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres_server(folder: Path):
+def postgres_server():
     bin_dir = _postgres_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt install postgresql)")
     pytest.importorskip("psycopg2", reason="psycopg2-binary is in the dev extras")
-    folder.mkdir(parents=True)
+    # Not under pytest's tmp_path: as root, its parents are closed to `nobody`.
+    folder = Path(tempfile.mkdtemp(prefix="cadenza-postgres-"))
     data, socket_dir = folder / "data", folder / "socket"
     socket_dir.mkdir()
     if os.geteuid() == 0:
         shutil.chown(folder, "nobody")
         shutil.chown(socket_dir, "nobody")
     port = _free_port()
-    subprocess.run(
+    initdb = subprocess.run(
         _as_postgres_user(
-            [str(bin_dir / "initdb"), "-D", str(data), "-U", "cadenza", "--auth=trust", "-E", "UTF8"]
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "cadenza",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ]
         ),
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert initdb.returncode == 0, initdb.stderr
     options = f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1"
     pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log")]
     subprocess.run(
@@ -70,13 +82,17 @@ def postgres_server(folder: Path):
     try:
         import psycopg2
 
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user="cadenza", dbname="postgres")
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=port, user="cadenza", dbname="postgres"
+        )
         connection.autocommit = True
         connection.cursor().execute("CREATE DATABASE mlflow")
         connection.close()
-        yield f"postgresql://cadenza@127.0.0.1:{port}/mlflow"
+        # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3: name the driver we ship.
+        yield f"postgresql+psycopg2://cadenza@127.0.0.1:{port}/mlflow"
     finally:
         subprocess.run(_as_postgres_user([*pg_ctl, "-m", "fast", "-w", "stop"]), check=False)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -115,7 +131,7 @@ def test_registry_and_promotion_against_mlflow_server_on_postgres(registered_pro
         ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", ".cadenza-registry.lock"),
     )
     with (
-        postgres_server(tmp_path / "postgres") as backend,
+        postgres_server() as backend,
         mlflow_server(backend, tmp_path / "artifacts", tmp_path / "mlflow.log") as uri,
     ):
         env = {"MLFLOW_TRACKING_URI": uri}
@@ -150,7 +166,7 @@ def test_registry_and_promotion_against_mlflow_server_on_postgres(registered_pro
         # The store is Postgres: the runs are rows there.
         import psycopg2
 
-        with psycopg2.connect(backend.replace("postgresql://", "postgresql://", 1)) as db:
+        with psycopg2.connect(backend.replace("postgresql+psycopg2://", "postgresql://")) as db:
             cursor = db.cursor()
             cursor.execute("SELECT count(*) FROM model_versions")
             assert cursor.fetchone()[0] == 2

@@ -208,7 +208,8 @@ def evaluate(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
             f"{name}: test NLL {m['test_nll']:.4f}, discriminative accuracy "
             f"{m['discriminative_accuracy']:.3f} [{m['discriminative_accuracy_ci_low']:.3f}, "
             f"{m['discriminative_accuracy_ci_high']:.3f}], AUC {m['discriminative_auc']:.3f}, "
-            f"mean overlap {m['mean_overlap']:.3f}, Frechet {m['frechet_distance']:.3f}"
+            f"mean overlap {m['mean_overlap']:.3f}, Frechet "
+            + ("n/a" if m["frechet_distance"] is None else f"{m['frechet_distance']:.3f}")
         )
     typer.echo(f"candidate: {metrics['candidate']}; report: {stage.report_path(paths)}")
 
@@ -249,8 +250,8 @@ def registry_status(
     settings, paths = _load(params, root)
     rows = reg.status(paths, settings.register_)
     table = Table(title=f"{settings.register_.model_name} ({len(rows)} versions)")
-    for column in ("version", "aliases", "test NLL", "disc. acc.", "corpus", "decision", "why"):
-        table.add_column(column)
+    for column in ("version", "aliases", "test NLL", "disc. acc.", "corpus", "decision"):
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
             row["version"],
@@ -259,9 +260,11 @@ def registry_status(
             row.get("metrics.discriminative_accuracy", "")[:5],
             f"{row.get('corpus', '')} {row.get('dvc.corpus_md5', '')[:8]}",
             row.get("decision", ""),
-            row.get("decision.reason", ""),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for row in rows:
+        console.print(f"version {row['version']}: {row.get('decision.reason', '')}")
 
 
 @registry_app.command("promote")

@@ -178,6 +178,21 @@ def compare_sets(real: list[PieceFeatures], fake: list[PieceFeatures]) -> dict:
     return result
 
 
+def unavailable() -> dict:
+    """compare_sets' keys for a generated set with fewer than 2 pieces with notes: overlaps
+    0 (nothing in common), the rest undefined (None)."""
+    result: dict[str, float | None] = {}
+    for name in SCALAR_FEATURES + VECTOR_FEATURES:
+        if name in SCALAR_FEATURES:
+            result[f"{name}_mean"] = None
+            result[f"{name}_real_mean"] = None
+        result[f"{name}_overlap"] = 0.0
+        result[f"{name}_kl"] = None
+    result["mean_overlap"] = 0.0
+    result["frechet_distance"] = None
+    return result
+
+
 def set_summary(features: list[PieceFeatures]) -> dict[str, float]:
     """Mean of each scalar feature over a set (for the real reference set)."""
     return {f"{n}_mean": float(_matrix(features, n).mean()) for n in SCALAR_FEATURES}

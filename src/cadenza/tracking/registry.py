@@ -135,7 +135,7 @@ def version_tags(evaluation: dict, record: dict) -> dict[str, str]:
         "metrics.test_nll": repr(metrics["test_nll"]),
         "metrics.discriminative_accuracy": repr(metrics["discriminative_accuracy"]),
         "metrics.discriminative_auc": repr(metrics["discriminative_auc"]),
-        "metrics.frechet_distance": repr(metrics["frechet_distance"]),
+        "metrics.frechet_distance": str(metrics["frechet_distance"]),
         "metrics.mean_overlap": repr(metrics["mean_overlap"]),
     }
 
