@@ -227,6 +227,7 @@ def retrain(
     push_outputs: `dvc push` the new outputs to the default remote at the end.
     """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
     logger = get_run_logger()
@@ -236,10 +237,14 @@ def retrain(
     name = slot_name(workspace)
     ensure_slot(name)
     started = time.perf_counter()
+    # wait_seconds 0: one attempt (a 423 "locked" answer fails at once); else wait that long.
+    waiting = {"timeout_seconds": wait_seconds} if wait_seconds > 0 else {"max_retries": 0}
     try:
-        with concurrency(name, occupy=1, timeout_seconds=max(wait_seconds, 0.1), strict=True):
+        with concurrency(name, occupy=1, strict=True, **waiting):
             result = _retrain_locked(workspace, corpus, preset, force, push_outputs, logger)
-    except TimeoutError:
+    except (TimeoutError, ConcurrencySlotAcquisitionError) as exc:
+        if isinstance(exc, ConcurrencySlotAcquisitionError) and "423" not in str(exc):
+            raise
         raise RetrainError(
             f"another retrain is running on {workspace} (Prefect concurrency limit '{name}'); "
             "wait for it, or pass wait_seconds to queue behind it"
