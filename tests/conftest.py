@@ -282,3 +282,27 @@ def registered_project(tmp_path_factory, chorale_dir, _mlflow_template, prefect_
         "corpus": corpus,
         "runs": runs,
     }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, server: subprocess.Popen, log, timeout: float) -> None:
+    """Poll url until it answers; fail with the server's output if it dies or times out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert server.poll() is None, log()[-3000:]
+            assert time.monotonic() < deadline, f"{url} did not answer in {timeout:.0f} s"
+            time.sleep(0.5)

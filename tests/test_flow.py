@@ -149,3 +149,51 @@ def test_deployment_definitions(prefect_harness):
         stored = client.read_deployment(deployment_id)
     assert stored.schedules[0].schedule.cron == "0 3 * * *"
     assert stored.parameters == {"root": str(PROJECT)}
+
+
+def test_cli_retrain_prints_the_champion(registered_project):
+    from prefect.settings import PREFECT_API_URL
+
+    from .conftest import run_in
+
+    repo = registered_project["repo"]
+    done = run_in(
+        repo, "cadenza", "retrain", "--no-push", env={"PREFECT_API_URL": PREFECT_API_URL.value()}
+    )
+    assert "retrain: nothing changed" in done.stdout
+    assert "champion cadenza-generator version" in done.stdout
+    assert "reports/evaluate/index.html" in done.stdout.replace("\n", "")
+
+
+def test_schedule_serve_registers_a_cron_deployment(registered_project):
+    """`cadenza schedule serve` (flow.serve) registers the schedule, then waits for runs."""
+    import subprocess
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from cadenza.pipeline import dvc_env
+
+    env = {**dvc_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    repo = registered_project["repo"]
+    server = subprocess.Popen(
+        ["cadenza", "schedule", "serve", "--cron", "*/5 * * * *", "--name", "every-5"],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    deployment = client.read_deployment_by_name("retrain/every-5")
+                    break
+                except Exception:  # noqa: BLE001 - not registered yet
+                    assert server.poll() is None, server.stderr.read()[-3000:]
+                    assert time.monotonic() < deadline, "no deployment after 90 s"
+                    time.sleep(1)
+        assert deployment.schedules[0].schedule.cron == "*/5 * * * *"
+        assert deployment.parameters == {"root": str(repo.resolve())}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

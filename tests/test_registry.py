@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +16,7 @@ from symusic import Score
 from cadenza.config import RegisterSettings
 from cadenza.tracking.registry import gate
 
-from .conftest import make_midi, run_in
+from .conftest import free_port, make_midi, run_in, wait_for_http
 
 pytestmark = pytest.mark.integration
 NAME = "cadenza-generator"
@@ -205,12 +203,6 @@ def test_racing_promotions_leave_one_champion(registered_project):
     assert _version(client, str(holders[0])).tags["decision"] == "promoted"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(port: int, records: list[dict]) -> tuple[int, dict]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations",
@@ -230,22 +222,16 @@ def test_mlflow_models_serve_returns_midi(registered_project, tmp_path):
     repo = registered_project["repo"]
     env = dvc_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
          "local", "--host", "127.0.0.1", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-3000:]
-                assert time.monotonic() < deadline, "server did not answer /ping in 120 s"
-                time.sleep(0.5)
+        wait_for_http(
+            f"http://127.0.0.1:{port}/ping", server, lambda: server.stderr.read().decode(), 120
+        )
         primer = base64.b64encode((registered_project["corpus"] / "synth1.mid").read_bytes())
         status, body = _post(
             port,

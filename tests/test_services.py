@@ -9,16 +9,13 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import run_in
+from .conftest import free_port, run_in, wait_for_http
 
 pytestmark = pytest.mark.services
 NAME = "cadenza-generator"
@@ -30,12 +27,6 @@ def _postgres_bin() -> Path | None:
         return Path(os.path.realpath(found)).parent
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     return Path(candidates[-1]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _as_postgres_user(command: list[str]) -> list[str]:
@@ -56,7 +47,7 @@ def postgres_server():
     if os.geteuid() == 0:
         shutil.chown(folder, "nobody")
         shutil.chown(socket_dir, "nobody")
-    port = _free_port()
+    port = free_port()
     initdb = subprocess.run(
         _as_postgres_user(
             [
@@ -99,7 +90,7 @@ def postgres_server():
 def mlflow_server(backend: str, artifacts: Path, log: Path):
     from cadenza.pipeline import dvc_env
 
-    port = _free_port()
+    port = free_port()
     with log.open("w") as out:
         server = subprocess.Popen(
             ["mlflow", "server", "--backend-store-uri", backend,
@@ -108,15 +99,7 @@ def mlflow_server(backend: str, artifacts: Path, log: Path):
             env=dvc_env(), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                    break
-                except OSError:
-                    assert server.poll() is None, log.read_text()[-3000:]
-                    assert time.monotonic() < deadline, "MLflow server not up in 180 s"
-                    time.sleep(1)
+            wait_for_http(f"http://127.0.0.1:{port}/health", server, log.read_text, 180)
             yield f"http://127.0.0.1:{port}"
         finally:
             server.terminate()

@@ -43,6 +43,8 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
         force=True,
     )
+    for noisy in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.callback()
@@ -460,9 +462,28 @@ def retrain(
         result = flows.retrain(str(resolved), corpus, preset, force, wait, push)
     except flows.RetrainError as exc:
         raise _fail(str(exc)) from None
-    _, paths = _load(resolved / "params.yaml", resolved)
+    settings, paths = _load(resolved / "params.yaml", resolved)
     pipeline_mod.print_summary(paths)
+    _print_champion(paths, settings.register_.model_name)
     typer.echo(f"retrain: {result['note']} in {result['seconds']:.0f} s")
+
+
+def _print_champion(paths, name: str) -> None:
+    """The champion's own numbers, from its registry tags (it may predate this run)."""
+    from cadenza.tracking.registry import champion_version, client_for
+
+    champion = champion_version(client_for(paths), name)
+    if champion is None:
+        typer.echo(f"no champion yet for {name}: see `cadenza registry status`")
+        return
+    tags = champion.tags
+    typer.echo(
+        f"champion {name} version {champion.version}: test NLL "
+        f"{float(tags.get('metrics.test_nll', 'nan')):.4f}, discriminative accuracy "
+        f"{float(tags.get('metrics.discriminative_accuracy', 'nan')):.3f} (0.5 is best), "
+        f"candidate {tags.get('candidate', '?')}, corpus {tags.get('corpus', '?')} "
+        f"{tags.get('dvc.corpus_md5', '')[:12]}, run {champion.run_id}"
+    )
 
 
 schedule_app = typer.Typer(help="Scheduled retraining.")

@@ -21,17 +21,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-STAGES = (
-    "import",
-    "validate",
-    "split",
-    "tokenize",
-    "pretrain",
-    "pretrain_discriminator",
-    "adversarial",
-    "evaluate",
-    "register",
-)
+from cadenza.pipeline import STAGES
+
 SERVICE_STAGES = {"evaluate", "register"}  # talk to the MLflow registry: retried
 SKIPPED = "didn't change, skipping"
 

@@ -10,6 +10,18 @@ from pathlib import Path
 
 from cadenza.paths import Paths
 
+STAGES = (
+    "import",
+    "validate",
+    "split",
+    "tokenize",
+    "pretrain",
+    "pretrain_discriminator",
+    "adversarial",
+    "evaluate",
+    "register",
+)  # dvc.yaml's stages in DAG order
+
 
 class PipelineError(RuntimeError):
     """A DVC command failed; the message says which and how to look closer."""
@@ -52,17 +64,8 @@ def print_summary(paths: Paths) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    stages = (
-        "import",
-        "validate",
-        "split",
-        "tokenize",
-        "pretrain",
-        "pretrain_discriminator",
-        "adversarial",
-    )
     imported, validated, split, tokenized, pretrained, discriminator, adversarial = (
-        _metrics(paths, s) for s in stages
+        _metrics(paths, s) for s in STAGES[:7]
     )
     table = Table(title=f"Cadenza pipeline: corpus '{paths.corpus}'")
     table.add_column("stage")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cadenza.paths import Paths
+from cadenza.stages.common import file_digest
 from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
 
 LINEAGE_FILE = "lineage.json"
@@ -24,14 +25,6 @@ LINEAGE_FILE = "lineage.json"
 
 def params_hash(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_record(paths: Paths, params: dict) -> dict:
@@ -60,7 +53,7 @@ def build_record(paths: Paths, params: dict) -> dict:
             "splits_md5": dvc_lock_hash(paths.root, "split", "data/interim/splits.csv"),
             "tokens_md5": dvc_lock_hash(paths.root, "tokenize", "data/tokens"),
         },
-        "manifest_sha256": _sha256(paths.manifest_path),
+        "manifest_sha256": file_digest(paths.manifest_path),
         "validation_passed": bool(validation.get("suite_success", False)),
         "num_files": int(len(files)),
         "num_usable": int((files["status"] == "ok").sum()),
@@ -140,7 +133,7 @@ def chain(client, target: str, model_name: str) -> dict:
 def versions_with_file(client, model_name: str, file: Path | None, sha256: str | None) -> list:
     """Every registry version whose corpus held the file (matched by content, or by path
     within the corpus when only a path is given that no longer exists)."""
-    digest = sha256 or (_sha256(file) if file is not None and file.is_file() else None)
+    digest = sha256 or (file_digest(file) if file is not None and file.is_file() else None)
     hits = []
     for mv in client.search_model_versions(f"name='{model_name}'"):
         try:

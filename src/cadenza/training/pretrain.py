@@ -192,6 +192,7 @@ def train(
     if state is not None and state.get("fingerprint", "") != fingerprint:
         log.warning("%s/last was trained with other settings or data: starting afresh", out_dir)
         state = None
+        torch.manual_seed(config.seed + dist.rank)  # the same initial weights as a clean run
         model = TransformerXL(model_config)
         optimizer = build_optimizer(model, config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
