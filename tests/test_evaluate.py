@@ -116,3 +116,26 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     assert run.data.metrics["mle.test_nll"] == pytest.approx(metrics["mle"]["test_nll"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"lineage.json", "report"} <= artifacts
+
+
+def test_gallery_renders_wav_where_fluidsynth_is_installed(tmp_path, chorale_dir):
+    from cadenza.evaluation import gallery
+
+    if gallery.find_renderer() is None:
+        pytest.skip("FluidSynth and a GM soundfont are not installed (apt install fluidsynth "
+                    "fluid-soundfont-gm)")  # fmt: skip
+    scores = {"real": [Score(str(p)) for p in sorted(chorale_dir.glob("*.mid"))[:1]]}
+    made = gallery.write_gallery(scores, tmp_path / "samples", render_audio=True)
+    item = made.items["real"][0]
+    assert made.audio_note == "" and item.wav is not None
+    assert item.wav.read_bytes()[:4] == b"RIFF" and item.wav.stat().st_size > 10_000
+    gallery.write_report(tmp_path / "index.html", "t", {}, made)
+    assert "<audio controls src='samples/real/real_0.wav'>" in (tmp_path / "index.html").read_text()
+
+
+def test_gallery_without_audio_says_why(tmp_path, chorale_dir):
+    from cadenza.evaluation import gallery
+
+    scores = {"real": [Score(str(p)) for p in sorted(chorale_dir.glob("*.mid"))[:1]]}
+    made = gallery.write_gallery(scores, tmp_path / "samples", render_audio=False)
+    assert made.items["real"][0].wav is None and "switched off" in made.audio_note
