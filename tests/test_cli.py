@@ -76,3 +76,23 @@ def test_pretrain_before_tokenize_says_what_to_do(tmp_path):
     )
     assert result.exit_code == 1
     assert "run `cadenza tokenize` first" in result.output
+
+
+def test_register_before_evaluate_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(
+        app, ["register", "--params", str(PROJECT / "params.yaml"), "--root", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "run `cadenza evaluate` first" in result.output
+
+
+def test_unreachable_mlflow_server_fails_fast_naming_it(tmp_path, monkeypatch):
+    from .conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    common = ["--params", str(PROJECT / "params.yaml"), "--root", str(tmp_path)]
+    for command in (["registry", "status"], ["lineage", "1"]):
+        result = CliRunner().invoke(app, [*command, *common])
+        assert result.exit_code == 1, result.output
+        assert f"MLflow server {uri}" in result.output and "does not answer" in result.output

@@ -225,7 +225,7 @@ def register(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
     settings, paths = _load(params, root)
     try:
         decision = reg.register(paths, settings.register_)
-    except reg.RegistryError as exc:
+    except (reg.RegistryError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     name = settings.register_.model_name
     if not decision.new_version:
@@ -250,7 +250,10 @@ def registry_status(
     from cadenza.tracking import registry as reg
 
     settings, paths = _load(params, root)
-    rows = reg.status(paths, settings.register_)
+    try:
+        rows = reg.status(paths, settings.register_)
+    except ConnectionError as exc:
+        raise _fail(str(exc)) from None
     table = Table(title=f"{settings.register_.model_name} ({len(rows)} versions)")
     for column in ("version", "aliases", "test NLL", "disc. acc.", "corpus", "decision"):
         table.add_column(column, no_wrap=True)
@@ -285,7 +288,7 @@ def registry_promote(
     settings, paths = _load(params, root)
     try:
         decision = reg.promote(paths, settings.register_, version, force)
-    except reg.RegistryError as exc:
+    except (reg.RegistryError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - MLflow's "no such version"
         raise _fail(f"{settings.register_.model_name} version {version}: {exc}") from None
@@ -304,7 +307,7 @@ def registry_rollback(
     settings, paths = _load(params, root)
     try:
         old, new = reg.rollback(paths, settings.register_)
-    except reg.RegistryError as exc:
+    except (reg.RegistryError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"champion: version {old} -> version {new}")
 
@@ -331,8 +334,11 @@ def lineage(
 
     settings, paths = _load(params, root)
     if (target is None) == (file is None):
-        raise _fail("give a model (models:/..., version or run id) or --file, not both", 2)
-    client = client_for(paths)
+        raise _fail("give either a model (models:/..., a version or a run id) or --file", 2)
+    try:
+        client = client_for(paths)
+    except ConnectionError as exc:
+        raise _fail(str(exc)) from None
     name = settings.register_.model_name
     try:
         if file is not None:
@@ -460,7 +466,7 @@ def retrain(
     resolved = root.resolve()
     try:
         result = flows.retrain(str(resolved), corpus, preset, force, wait, push)
-    except flows.RetrainError as exc:
+    except (flows.RetrainError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     settings, paths = _load(resolved / "params.yaml", resolved)
     pipeline_mod.print_summary(paths)

@@ -283,21 +283,13 @@ def _retrain_locked(workspace: Path, corpus, preset, force: bool, push_outputs, 
 
 
 def _start_parent_run(workspace: Path) -> str | None:
-    import mlflow
     from prefect.runtime import flow_run
 
-    from cadenza.tracking.runs import EXPERIMENT, tracking_uri
+    from cadenza.tracking.runs import client, experiment_id
 
-    client = mlflow.MlflowClient(tracking_uri(workspace))
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        is_local = tracking_uri(workspace).startswith("sqlite")
-        artifacts = (workspace / "mlartifacts").resolve().as_uri() if is_local else None
-        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    else:
-        experiment_id = experiment.experiment_id
-    run = client.create_run(
-        experiment_id,
+    mlflow_client = client(workspace)
+    run = mlflow_client.create_run(
+        experiment_id(mlflow_client, workspace),
         run_name="retrain",
         tags={"cadenza.stage": "retrain", "prefect.flow_run_id": str(flow_run.id or "")},
     )
@@ -307,15 +299,13 @@ def _start_parent_run(workspace: Path) -> str | None:
 def _end_parent_run(workspace: Path, run_id: str | None, results: list[dict], status: str):
     if run_id is None:
         return
-    import mlflow
+    from cadenza.tracking.runs import client
 
-    from cadenza.tracking.runs import tracking_uri
-
-    client = mlflow.MlflowClient(tracking_uri(workspace))
+    mlflow_client = client(workspace)
     for result in results:
-        client.log_metric(run_id, f"seconds.{result['stage']}", result["seconds"])
-        client.set_tag(run_id, f"status.{result['stage']}", result["status"])
-    client.set_terminated(run_id, status=status)
+        mlflow_client.log_metric(run_id, f"seconds.{result['stage']}", result["seconds"])
+        mlflow_client.set_tag(run_id, f"status.{result['stage']}", result["status"])
+    mlflow_client.set_terminated(run_id, status=status)
 
 
 def serve(root: Path, cron: str, name: str = "nightly-retrain") -> None:

@@ -232,17 +232,15 @@ def _baselines(paths: Paths) -> dict[str, float]:
 def _stage_run_tags(paths: Paths, tokens_md5: str) -> dict[str, str]:
     """Tags cadenza.run.<stage> = the latest MLflow run of each training stage on these
     tokens (the runs this evaluation's models came from)."""
-    import mlflow
+    from cadenza.tracking.runs import EXPERIMENT, client
 
-    from cadenza.tracking.runs import EXPERIMENT, tracking_uri
-
-    client = mlflow.MlflowClient(tracking_uri(paths.root))
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    mlflow_client = client(paths.root)
+    experiment = mlflow_client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return {}
     tags = {}
     for stage in ("pretrain", "pretrain_discriminator", "adversarial"):
-        runs = client.search_runs(
+        runs = mlflow_client.search_runs(
             [experiment.experiment_id],
             f"tags.`cadenza.stage` = '{stage}' and tags.`dvc.tokens_md5` = '{tokens_md5}'",
             order_by=["attributes.start_time DESC"],

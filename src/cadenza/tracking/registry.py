@@ -18,7 +18,6 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from cadenza.config import RegisterSettings
 from cadenza.io import write_json
@@ -43,17 +42,12 @@ class Decision:
 
 
 def client_for(paths: Paths):
-    import logging
     import os
 
-    import mlflow
+    from cadenza.tracking.runs import client
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-    from cadenza.tracking.runs import tracking_uri
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    return mlflow.MlflowClient(tracking_uri(paths.root), registry_uri=tracking_uri(paths.root))
+    return client(paths.root)
 
 
 @contextlib.contextmanager
@@ -265,7 +259,3 @@ def status(paths: Paths, settings: RegisterSettings) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda row: -int(row["version"]))
-
-
-def registry_file(paths: Paths) -> Path:
-    return paths.metrics_path("register")

@@ -17,17 +17,56 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+class TrackingUnreachable(ConnectionError):
+    """The MLflow server in MLFLOW_TRACKING_URI does not answer."""
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, naming the server, instead of MLflow's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy may guard /health): let MLflow speak for itself
+    except OSError as exc:
+        raise TrackingUnreachable(
+            f"MLflow server {uri} (MLFLOW_TRACKING_URI) does not answer: {exc}; start it, or "
+            "unset MLFLOW_TRACKING_URI to track in the project's mlflow.db"
+        ) from None
+
+
+def client(root: Path):
+    """An MlflowClient on the project's store (tracking and registry), checked reachable."""
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def experiment_id(mlflow_client, root: Path) -> str:
+    """The `cadenza` experiment, created on first use (artifacts in mlartifacts/ when the
+    store is the local SQLite file; the server's own artifact store otherwise)."""
+    experiment = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    is_local = tracking_uri(root).startswith("sqlite")
+    artifacts = (root / "mlartifacts").resolve().as_uri() if is_local else None
+    return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+
+
 @contextlib.contextmanager
 def stage_run(root: Path, stage: str, tags: dict[str, str], params: dict) -> Iterator[object]:
     """An MLflow run for one stage (nested under CADENZA_PARENT_RUN_ID when a flow set it)."""
     import mlflow
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    experiment_id(client(root), root)
     mlflow.set_tracking_uri(tracking_uri(root))
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = (root / "mlartifacts").resolve().as_uri()
-        is_local = mlflow.get_tracking_uri().startswith("sqlite")
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts if is_local else None)
     mlflow.set_experiment(EXPERIMENT)
     parent = os.environ.get("CADENZA_PARENT_RUN_ID")
     all_tags = {"cadenza.stage": stage, **tags}
