@@ -176,8 +176,9 @@ TINY_STAGES = {
         "eval_interval": 2, "checkpoint_interval": 2,
     },
     "evaluate": {
-        "num_chunks": 8, "chunk_len": 16, "warmup_tokens": 8, "num_pieces": 4, "piece_len": 64,
-        "gallery_size": 2, "folds": 2, "bootstrap": 50, "render_audio": False,
+        "num_samples": 12, "sample_len": 48, "window_len": 16, "num_bins": 2,
+        "min_documents": 2, "num_pieces": 4, "piece_len": 48, "gallery_size": 2, "folds": 2,
+        "cv_repeats": 1, "bootstrap": 20, "generation_batch": 8, "render_audio": False,
     },
 }  # fmt: skip
 

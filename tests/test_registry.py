@@ -31,16 +31,26 @@ def _tags(accuracy=0.8, nll=1.0, validation="true", status="ok") -> dict:
     }
 
 
+def _challenge(difference=-0.1, p_value=0.01, champion_nll=1.0):
+    from cadenza.tracking.challenge import Challenge
+
+    comparison = {"difference": difference, "ci_low": difference - 0.05,
+                  "ci_high": difference + 0.05, "p_value": p_value, "probe": "music"}  # fmt: skip
+    return Challenge(comparison, champion_nll, "stored samples")
+
+
 def test_gate_rules():
-    settings = RegisterSettings(min_accuracy_gain=0.05, max_nll_increase=0.02)
+    settings = RegisterSettings(alpha=0.05, max_nll_increase=0.02)
     assert gate(_tags(), None, settings)[0]
-    assert gate(_tags(accuracy=0.7), _tags(accuracy=0.8), settings)[0]
-    ok, why = gate(_tags(accuracy=0.77), _tags(accuracy=0.8), settings)  # gain 0.03 < 0.05
-    assert not ok and "closer to 0.5" in why
-    ok, why = gate(_tags(accuracy=0.3), _tags(accuracy=0.8), settings)  # |gap| 0.2 < 0.3
-    assert ok
-    ok, why = gate(_tags(accuracy=0.6, nll=1.03), _tags(accuracy=0.8, nll=1.0), settings)
+    assert gate(_tags(), _tags(), settings, _challenge())[0]
+    ok, why = gate(_tags(), _tags(), settings, _challenge(p_value=0.2))
+    assert not ok and "not lower at alpha 0.05" in why
+    ok, why = gate(_tags(), _tags(), settings, _challenge(difference=0.1, p_value=0.01))
+    assert not ok and "not lower" in why  # significantly worse is not better
+    ok, why = gate(_tags(nll=1.03), _tags(), settings, _challenge(champion_nll=1.0))
     assert not ok and "test NLL" in why
+    ok, why = gate(_tags(), _tags(), settings, None)
+    assert not ok and "no paired comparison" in why
     ok, why = gate(_tags(validation="false"), None, settings)
     assert not ok and "validation" in why
     assert gate(_tags(validation="false"), None, RegisterSettings(require_validation=False))[0]
@@ -236,7 +246,7 @@ def test_mlflow_models_serve_returns_midi(registered_project, tmp_path):
         status, body = _post(
             port,
             [
-                {"num_tokens": 48, "temperature": 1.0, "top_k": 0, "seed": 1},
+                {"num_tokens": 48},  # every other field has a default
                 {
                     "num_tokens": 48,
                     "temperature": 0.9,
@@ -253,7 +263,9 @@ def test_mlflow_models_serve_returns_midi(registered_project, tmp_path):
             assert score.note_num() == prediction["num_notes"]
         assert primed["num_notes"] > 0  # the primer's opening is part of the piece
         status, body = _post(port, [{"num_tokens": 0, "temperature": 1.0, "top_k": 0, "seed": 0}])
-        assert status == 400 and "num_tokens" in json.dumps(body)
+        assert status == 400 and body["message"] == "num_tokens: 0 is outside 1..8192", body
+        status, body = _post(port, [{"num_tokens": 8, "top_p": 1.5}])
+        assert status == 400 and body["message"] == "top_p: 1.5 must be in (0, 1]", body
     finally:
         server.terminate()
         server.wait(timeout=30)

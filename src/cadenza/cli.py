@@ -224,7 +224,7 @@ def register(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
 
     settings, paths = _load(params, root)
     try:
-        decision = reg.register(paths, settings.register_)
+        decision = reg.register(paths, settings.register_, settings.evaluate)
     except (reg.RegistryError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     name = settings.register_.model_name
@@ -244,6 +244,7 @@ def registry_status(
     params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")
 ) -> None:
     """Every version of the generator with its aliases, metrics and gate decision."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -254,22 +255,36 @@ def registry_status(
         rows = reg.status(paths, settings.register_)
     except ConnectionError as exc:
         raise _fail(str(exc)) from None
-    table = Table(title=f"{settings.register_.model_name} ({len(rows)} versions)")
-    for column in ("version", "aliases", "test NLL", "disc. acc.", "corpus", "decision"):
+    console = Console(width=min(Console().width, 80))  # fits an 80-column terminal
+    table = Table(
+        title=f"{settings.register_.model_name} ({len(rows)} versions)",
+        box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+    )  # fmt: skip
+    for column in ("ver", "aliases", "NLL", "acc.", "vs champion", "corpus", "decision"):
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
             row["version"],
-            ", ".join(row["aliases"]),
+            ",".join(row["aliases"]),
             row.get("metrics.test_nll", "")[:6],
             row.get("metrics.discriminative_accuracy", "")[:5],
-            f"{row.get('corpus', '')} {row.get('dvc.corpus_md5', '')[:8]}",
+            _comparison_cell(row),
+            row.get("dvc.corpus_md5", "")[:8],
             row.get("decision", ""),
         )
-    console = Console()
     console.print(table)
     for row in rows:
         console.print(f"version {row['version']}: {row.get('decision.reason', '')}")
+
+
+def _comparison_cell(row: dict) -> str:
+    """'-0.041 p.02' (challenger - champion accuracy, p-value) when a comparison was made."""
+    try:
+        diff = float(row["comparison.difference"])
+        p_value = float(row["comparison.p_value"])
+    except (KeyError, ValueError):
+        return ""
+    return f"{diff:+.3f} p{p_value:.2f}".replace("p0.", "p.")
 
 
 @registry_app.command("promote")
@@ -287,7 +302,7 @@ def registry_promote(
 
     settings, paths = _load(params, root)
     try:
-        decision = reg.promote(paths, settings.register_, version, force)
+        decision = reg.promote(paths, settings.register_, version, force, settings.evaluate)
     except (reg.RegistryError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - MLflow's "no such version"

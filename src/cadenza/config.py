@@ -265,37 +265,61 @@ class AdversarialSettings(_Section):
 
 
 class EvaluateSettings(_Section):
-    """`evaluate` stage: NLL, the discriminative metric, music statistics, samples gallery."""
+    """`evaluate` stage: test NLL, probes of real vs generated windows, music statistics,
+    paired comparisons, position bins, samples gallery."""
 
-    num_chunks: int = Field(64, ge=4)
-    """Generated chunks per model for the discriminative metric (as many real test chunks)."""
-    chunk_len: int = Field(64, ge=8)
-    """Tokens per chunk; must not exceed pretrain_discriminator.seq_len."""
-    warmup_tokens: int = Field(64, ge=0)
-    """Generated and dropped before each chunk, so chunks start mid-stream like real ones."""
+    num_samples: int = Field(256, ge=4)
+    """Generated samples per model, each started at [BOS]; one window per position bin each."""
+    sample_len: int = Field(1024, ge=16)
+    """Tokens per generated sample (special tokens suppressed, so every sample is this long)."""
+    window_len: int = Field(256, ge=8)
+    """Tokens per window the probes read (real windows: the same offsets, the same length)."""
+    num_bins: int = Field(3, ge=1)
+    """Position bins: window starts split into this many equal ranges of [0, sample_len -
+    window_len]; accuracy is reported per bin."""
+    min_documents: int = Field(20, ge=2)
+    """When fewer test documents are long enough for the last bin, valid documents are added
+    (and the metrics say so)."""
     num_pieces: int = Field(32, ge=2)
-    """Pieces per model for music statistics (at most as many as test documents)."""
+    """Pieces per model for the set-level music statistics (first piece_len tokens)."""
     piece_len: int = Field(512, ge=16)
-    """Tokens per piece (generated pieces and real test openings alike)."""
+    """Tokens per piece (generated openings and real test openings alike)."""
     gallery_size: int = Field(4, ge=0)
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    generation_batch: int = Field(64, ge=1)
+    """Samples generated together (a batch's random numbers depend on seed and batch index)."""
     folds: int = Field(5, ge=2)
-    bootstrap: int = Field(1000, ge=10)
+    """Grouped cross-validation folds of each probe."""
+    cv_repeats: int = Field(2, ge=1)
+    """Cross-validations with reshuffled folds averaged for each point estimate."""
+    bootstrap: int = Field(100, ge=10)
+    """Cluster-bootstrap replicates (documents and samples resampled, probe refitted)."""
     candidate: Literal["auto", "gan", "mle"] = "auto"
-    """Which generator to register: auto = the one whose discriminative accuracy is closest
-    to 50% among those within register.max_nll_increase of the best test NLL."""
+    """Which generator to register: auto = the GAN when the paired comparison finds it harder
+    to tell from real than the MLE generator at register.alpha, within register.max_nll_increase
+    of its test NLL; otherwise the MLE generator."""
     render_audio: bool = True
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> EvaluateSettings:
+        if self.window_len > self.sample_len:
+            raise ValueError(
+                f"window_len {self.window_len} must not exceed sample_len {self.sample_len}"
+            )
+        return self
 
 
 class RegisterSettings(_Section):
     """Registration of the evaluated candidate and the promotion gate."""
 
     model_name: str = Field("cadenza-generator", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    min_accuracy_gain: float = Field(0.0, ge=0, le=0.5)
-    """delta: |accuracy - 0.5| must shrink by at least this against the champion's."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """The challenger is promoted only when the paired comparison (challenger - champion
+    discriminative accuracy) is below zero with its 95% CI, at p < alpha."""
     max_nll_increase: float = Field(0.02, ge=0)
     """epsilon: test NLL (nats/token) may exceed the champion's by at most this."""
     require_validation: bool = True
@@ -318,11 +342,6 @@ class Settings(_Section):
         if self.adversarial.chunk_len > self.pretrain_discriminator.seq_len:
             raise ValueError(
                 f"adversarial.chunk_len {self.adversarial.chunk_len} exceeds "
-                f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}"
-            )
-        if self.evaluate.chunk_len > self.pretrain_discriminator.seq_len:
-            raise ValueError(
-                f"evaluate.chunk_len {self.evaluate.chunk_len} exceeds "
                 f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}"
             )
         return self

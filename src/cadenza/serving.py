@@ -1,8 +1,9 @@
 """The generator as an MLflow pyfunc model: what `mlflow models serve` serves.
 
-Input: one row per request with num_tokens, temperature, top_k, seed and optionally primer
-(a MIDI file, base64). Output: one row per request with midi (base64 MIDI file), num_notes
-and num_tokens. The model folder carries the weights (safetensors), config.json,
+Input: one row per request with num_tokens (required), temperature (default 1.0), top_k (0),
+top_p (1.0), seed (0) and optionally primer (a MIDI file, base64). A bad field is an HTTP 400
+whose top-level `message` names it. Output: one row per request with midi (base64 MIDI
+file), num_notes and num_tokens. The model folder carries the weights (safetensors), config.json,
 tokenizer.json and the cadenza package itself, so it loads wherever torch, miditok and
 symusic are installed.
 """
@@ -15,6 +16,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import mlflow.exceptions
 import mlflow.pyfunc
 
 # The input schema is the explicit signature() below, not predict's type hints.
@@ -23,8 +25,22 @@ MAX_TOKENS = 8192
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 
 
-class RequestError(ValueError):
-    """A request field is missing or out of range."""
+class RequestError(mlflow.exceptions.MlflowException):
+    """A request field is missing or out of range: HTTP 400 whose top-level `message` is
+    exactly this error's text. (MLflow's scoring server prefixes an MlflowException's message
+    with the whole request, base64 primer included; the setter below keeps ours.)"""
+
+    def __init__(self, message: str) -> None:
+        self._field_message = message
+        super().__init__(message, error_code="INVALID_PARAMETER_VALUE")
+
+    @property
+    def message(self) -> str:
+        return self._field_message
+
+    @message.setter
+    def message(self, value: str) -> None:  # the scoring server's rewrite is dropped
+        pass
 
 
 def _field(row: dict, name: str, default, kind):
@@ -62,6 +78,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         num_tokens = _field(row, "num_tokens", 256, int)
         temperature = _field(row, "temperature", 1.0, float)
         top_k = _field(row, "top_k", 0, int)
+        top_p = _field(row, "top_p", 1.0, float)
         seed = _field(row, "seed", 0, int)
         if not 1 <= num_tokens <= MAX_TOKENS:
             raise RequestError(f"num_tokens: {num_tokens} is outside 1..{MAX_TOKENS}")
@@ -69,6 +86,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             raise RequestError(f"temperature: {temperature} must be > 0")
         if top_k < 0:
             raise RequestError(f"top_k: {top_k} must be >= 0")
+        if not 0 < top_p <= 1:
+            raise RequestError(f"top_p: {top_p} must be in (0, 1]")
         prompt: list[int] = []
         primer = row.get("primer")
         if isinstance(primer, str) and primer:
@@ -78,7 +97,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
                 raise RequestError(f"primer: not a base64 MIDI file ({exc})") from None
         score, ids = sample_score(
-            self.net, self.tokenizer, num_tokens, temperature, top_k, 1.0, seed, prompt
+            self.net, self.tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt
         )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sample.mid"
@@ -93,10 +112,11 @@ def signature():
 
     inputs = Schema(
         [
-            ColSpec("long", "num_tokens"),
-            ColSpec("double", "temperature"),
-            ColSpec("long", "top_k"),
-            ColSpec("long", "seed"),
+            ColSpec("long", "num_tokens"),  # only this one is required
+            ColSpec("double", "temperature", required=False),  # default 1.0
+            ColSpec("long", "top_k", required=False),  # default 0 (off)
+            ColSpec("double", "top_p", required=False),  # default 1.0 (off)
+            ColSpec("long", "seed", required=False),  # default 0
             ColSpec("string", "primer", required=False),
         ]
     )

@@ -104,9 +104,14 @@ def _row(cells: list[str], tag: str = "td") -> str:
 
 
 def write_report(
-    path: Path, title: str, table: dict[str, dict[str, str]], gallery: Gallery
+    path: Path,
+    title: str,
+    table: dict[str, dict[str, str]],
+    gallery: Gallery,
+    extra_html: str = "",
 ) -> None:
-    """table: row label -> {column: formatted value}; gallery paths are made relative."""
+    """table: row label -> {column: formatted value}; extra_html goes after the table;
+    gallery paths are made relative."""
     columns = list(dict.fromkeys(c for row in table.values() for c in row))
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -118,7 +123,9 @@ def write_report(
     ]
     for label, row in table.items():
         parts.append(_row([html.escape(label), *(html.escape(row.get(c, "")) for c in columns)]))
-    parts.append("</table><h2>Samples</h2>")
+    parts.append("</table>")
+    parts.append(extra_html)
+    parts.append("<h2>Samples</h2>")
     if gallery.audio_note:
         parts.append(f"<p><em>{html.escape(gallery.audio_note)}</em></p>")
     parts.append("<div class='sets'>")

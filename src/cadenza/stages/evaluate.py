@@ -1,19 +1,26 @@
-"""`evaluate` stage: compare the MLE and GAN generators on the test split.
+"""`evaluate` stage: compare the generators on matched real and generated windows.
 
-For each candidate: test NLL (nats/token, against the count baselines), the discriminative
-metric (a fresh logistic regression on frozen SpanBERT features tells real test chunks from
-generated chunks; 50% = indistinguishable), music statistics against real test pieces
-(overlapping areas and a Frechet distance), and a samples gallery with an HTML report.
-Picks the candidate to register and logs it as a pyfunc model in the stage's MLflow run,
-with lineage.json (tracking/lineage.py). Writes metrics/evaluate.json and reports/evaluate/.
+For each candidate (MLE and GAN generators): test NLL against the count baselines; the
+evaluation instrument (evaluation/instrument.py): num_samples samples from [BOS] with common
+random numbers, one window per position bin each, real test windows at the same offsets,
+read by several probes (learned encoder features, interpretable music statistics, both), the
+strongest probe as the headline `discriminative_accuracy`, CIs from a cluster bootstrap that
+refits, accuracy per position bin, and paired comparisons between models; set-level music
+statistics of the samples' openings against real test openings; a samples gallery with an
+HTML report. Picks the candidate to register (by the same paired evidence the gate uses) and
+logs it as a pyfunc model in the stage's MLflow run, with lineage.json (tracking/lineage.py).
+Writes metrics/evaluate.json and reports/evaluate/ (including windows.npz, which `register`
+reads to compare the candidate with the champion on the same windows).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +32,8 @@ from cadenza.stages.common import lineage_tags, log_final, tracked
 
 log = logging.getLogger(__name__)
 CANDIDATES = ("mle", "gan")
-
-
-def real_chunks(tokens: np.ndarray, count: int, length: int, seed: int) -> np.ndarray:
-    """count windows of length tokens from the flat test stream, at random offsets."""
-    if len(tokens) < length:
-        raise ValueError(
-            f"the test split has {len(tokens)} tokens, fewer than evaluate.chunk_len {length}"
-        )
-    starts = np.random.default_rng(seed).integers(0, len(tokens) - length + 1, count)
-    return np.stack([np.asarray(tokens[s : s + length], dtype=np.int64) for s in starts])
+WINDOWS_FILE = "windows.npz"
+PROBES = ("learned", "music", "combined")
 
 
 def real_pieces(tokenizer, tokens, offsets, count: int, length: int) -> list:
@@ -59,20 +58,117 @@ def real_pieces(tokenizer, tokens, offsets, count: int, length: int) -> list:
     return pieces
 
 
-def generate_batch(net, tokenizer, count: int, length: int, settings, seed: int, device):
-    """(count, length) sampled continuations of [BOS], in batches."""
-    import torch
+@dataclass
+class Context:
+    """What every model's windows are scored against: the plan, the real windows and their
+    features, the frozen encoder and the tokenizer."""
 
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for start in range(0, count, 64):
-        batch = min(64, count - start)
-        prompt = torch.full((batch, 1), tokenizer["BOS_None"], dtype=torch.long, device=device)
-        sequence = net.generate(
-            prompt, length, settings.temperature, settings.top_k, 1.0, generator
-        )
-        out.append(sequence[:, 1:].cpu().numpy())
-    return np.concatenate(out)
+    settings: EvaluateSettings
+    plan: object
+    real: object  # windows.RealWindows
+    real_set: object  # instrument.WindowSet
+    encoder: object
+    tokenizer: object
+    device: object
+    splits: list[str]
+
+    def fingerprint(self) -> str:
+        """Identity of the generated samples: plan, seeds, sampling and vocabulary."""
+        s = self.settings
+        keys = (s.num_samples, s.sample_len, s.window_len, s.num_bins, s.seed, s.temperature,
+                s.top_k, s.top_p, s.generation_batch, len(self.tokenizer.vocab))  # fmt: skip
+        return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
+
+
+def prepare_encoder(settings: EvaluateSettings, paths: Paths, device, plan=None) -> Context:
+    """The context without real windows: plan (made from settings unless given), the frozen
+    encoder of models/discriminator, the tokenizer of the pipeline's generators."""
+    from cadenza.evaluation import windows
+    from cadenza.generate import load_generator
+    from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
+    from cadenza.training import checkpoint
+
+    config = checkpoint.read_config(paths.discriminator_dir)["model"]
+    encoder = Discriminator(DiscriminatorConfig(**config))
+    checkpoint.load_weights(encoder, paths.discriminator_dir)
+    encoder.to(device)
+    _, tokenizer = load_generator(paths.generator_mle_dir)
+    if plan is None:
+        plan = windows.make_plan(
+            settings.num_samples, settings.sample_len, settings.window_len, settings.num_bins,
+            settings.seed,
+        )  # fmt: skip
+    return Context(settings, plan, None, None, encoder, tokenizer, device, [])
+
+
+def prepare(settings: EvaluateSettings, paths: Paths, device) -> Context:
+    """The context with real windows (test documents; valid ones added when too few are long
+    enough for the last bin) and their features."""
+    from cadenza.evaluation import windows
+    from cadenza.evaluation.instrument import window_set
+    from cadenza.tokens.stage import load_split
+
+    context = prepare_encoder(settings, paths, device)
+    plan, tokenizer = context.plan, context.tokenizer
+    bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
+    docs, context.splits = windows.documents(*load_split(paths.tokens_dir, "test"), bos), ["test"]
+    longest_needed = int(plan.offsets[:, -1].max()) + plan.window_len
+    long_enough = sum(len(d) - 1 >= longest_needed for d in docs)
+    if long_enough < settings.min_documents:
+        log.warning(
+            "evaluate: %d test documents hold %d tokens (evaluate.min_documents %d): adding "
+            "the valid split's documents to the real windows",
+            long_enough, longest_needed, settings.min_documents,
+        )  # fmt: skip
+        docs += windows.documents(*load_split(paths.tokens_dir, "valid"), bos)
+        context.splits.append("valid")
+    context.real = windows.real_windows(docs, plan, eos, settings.seed)
+    features, music = features_of(context, context.real.tokens)
+    context.real_set = window_set(plan, features, context.real.documents, music)
+    return context
+
+
+def features_of(context: Context, tokens: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Per-probe features and the music-statistics matrix of (S, K, W) windows."""
+    from cadenza.evaluation import discriminative, window_stats
+
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    learned = discriminative.encoder_features(context.encoder, flat, context.device)
+    music = window_stats.features_of_windows(context.tokenizer, flat)
+    features = {"learned": learned, "music": music, "combined": np.hstack([learned, music])}
+    return features, music
+
+
+def test_nll(net, paths: Paths, device) -> float:
+    from cadenza.tokens.stage import load_split
+    from cadenza.training.pretrain import evaluate_nll
+
+    tokens, _ = load_split(paths.tokens_dir, "test")
+    return evaluate_nll(net, tokens, net.config.seg_len, device)
+
+
+def model_windows(context: Context, net, seed: int, samples: np.ndarray | None = None):
+    """(samples, WindowSet) of one model: generated with the context's plan and seed (or the
+    given samples, generated earlier with the same fingerprint)."""
+    from cadenza.evaluation import windows
+    from cadenza.evaluation.instrument import window_set
+
+    s = context.settings
+    if samples is None:
+        samples = windows.generate_samples(
+            net, context.tokenizer, context.plan, s.temperature, s.top_k, s.top_p, seed,
+            context.device, s.generation_batch,
+        )  # fmt: skip
+    features, music = features_of(context, windows.cut(samples, context.plan))
+    groups = np.repeat(np.arange(context.plan.num_samples), context.plan.num_bins)
+    return samples, window_set(context.plan, features, groups, music)
+
+
+def instrument_for(context: Context):
+    from cadenza.evaluation.instrument import Instrument
+
+    s = context.settings
+    return Instrument(context.plan, context.real_set, s.folds, s.cv_repeats, s.bootstrap, s.seed)
 
 
 def run(
@@ -84,12 +180,11 @@ def run(
 ) -> dict:
     import torch
 
-    from cadenza.evaluation import discriminative, gallery, music_stats
+    from cadenza.evaluation import gallery, music_stats, report
+    from cadenza.evaluation.instrument import compare
     from cadenza.generate import clean_ids, load_generator
-    from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
     from cadenza.tokens.stage import load_split
-    from cadenza.training import checkpoint
-    from cadenza.training.pretrain import evaluate_nll, resolve_device
+    from cadenza.training.pretrain import resolve_device
 
     started = time.perf_counter()
     device = resolve_device(settings.device)
@@ -98,89 +193,65 @@ def run(
         if not (folder / "model.safetensors").is_file():
             raise FileNotFoundError(f"{folder}: no {name} generator; run the pipeline first")
     test_tokens, test_offsets = load_split(paths.tokens_dir, "test")
-    discriminator_config = DiscriminatorConfig(
-        **checkpoint.read_config(paths.discriminator_dir)["model"]
-    )
-    if settings.chunk_len > discriminator_config.max_len:
-        raise ValueError(
-            f"evaluate.chunk_len {settings.chunk_len} exceeds the discriminator's max_len "
-            f"{discriminator_config.max_len}"
-        )
-    probe = Discriminator(discriminator_config)
-    checkpoint.load_weights(probe, paths.discriminator_dir)
-    probe.to(device)
-
-    _, tokenizer = load_generator(paths.generator_mle_dir)
-    real = real_chunks(test_tokens, settings.num_chunks, settings.chunk_len, settings.seed)
-    real_features = discriminative.encoder_features(probe, real, device)
+    context = prepare(settings, paths, device)
+    tokenizer = context.tokenizer
     real_scores = real_pieces(
         tokenizer, test_tokens, test_offsets, settings.num_pieces, settings.piece_len
     )
     real_stats = [f for f in map(music_stats.piece_features, real_scores) if f is not None]
-    num_pieces = len(real_scores)
-    log.info("evaluate: %d real chunks, %d real pieces", len(real), num_pieces)
+    log.info(
+        "evaluate: %d real windows from %d documents (%s), %d real pieces",
+        context.real.tokens.shape[0] * context.plan.num_bins, context.real.num_documents,
+        "+".join(context.splits), len(real_scores),
+    )  # fmt: skip
 
-    metrics: dict = {"num_chunks": len(real), "chunk_len": settings.chunk_len}
+    metrics: dict = {
+        "num_samples": settings.num_samples,
+        "num_windows": settings.num_samples * context.plan.num_bins,
+        "window_len": settings.window_len,
+        "sample_len": settings.sample_len,
+        "real_splits": context.splits,
+        "real_documents": context.real.num_documents,
+        "real_documents_per_bin": context.real.eligible,
+        "samples_fingerprint": context.fingerprint(),
+    }
     metrics["real"] = music_stats.set_summary(real_stats) if real_stats else {}
-    baselines = _baselines(paths)
-    metrics["baselines"] = baselines
+    metrics["baselines"] = _baselines(paths)
     gallery_scores = {"real": real_scores[: settings.gallery_size]}
+    sets, samples = {}, {}
+    seed = settings.seed + 1  # common random numbers: same seeds for every candidate
     for name in CANDIDATES:
         net, _ = load_generator(folders[name])
         net.to(device)
-        seed = settings.seed + 1  # common random numbers: same seeds for every candidate
-        result: dict = {
-            "test_nll": evaluate_nll(net, test_tokens, net.config.seg_len, device),
-        }
+        nll = test_nll(net, paths, device)
         with torch.no_grad():
-            chunks = generate_batch(
-                net,
-                tokenizer,
-                settings.num_chunks,
-                settings.warmup_tokens + settings.chunk_len,
-                settings,
-                seed,
-                device,
-            )[:, settings.warmup_tokens :]
-            fake_features = discriminative.encoder_features(probe, chunks, device)
-            verdict = discriminative.classify(
-                real_features, fake_features, settings.folds, settings.bootstrap, settings.seed
-            )
-            result.update(verdict.to_dict("discriminative_"))
-            pieces = generate_batch(
-                net, tokenizer, num_pieces, settings.piece_len, settings, seed + 1, device
-            )
-        scores = [tokenizer.decode(clean_ids(tokenizer, row.tolist())) for row in pieces]
-        fake_stats = [f for f in map(music_stats.piece_features, scores) if f is not None]
-        result["num_pieces_with_notes"] = len(fake_stats)
-        if len(fake_stats) >= 2 and len(real_stats) >= 2:
-            result.update(music_stats.compare_sets(real_stats, fake_stats))
-        else:  # a model that writes no notes is a result, not an error
-            result.update(music_stats.unavailable())
-            result["music_stats_note"] = (
-                f"{len(fake_stats)} of {len(scores)} generated pieces and {len(real_stats)} "
-                "real pieces have notes: statistics need 2 of each"
-            )
-            log.warning("evaluate %s: %s", name, result["music_stats_note"])
-        metrics[name] = result
+            samples[name], sets[name] = model_windows(context, net, seed)
+        openings = samples[name][: settings.num_pieces, : settings.piece_len]
+        scores = [tokenizer.decode(clean_ids(tokenizer, row.tolist())) for row in openings]
+        metrics[name] = {"test_nll": nll, **_set_statistics(real_stats, scores, name)}
         gallery_scores[name] = scores[: settings.gallery_size]
-        log.info(
-            "evaluate %s: test NLL %.4f, discriminative accuracy %.3f",
-            name,
-            result["test_nll"],
-            result["discriminative_accuracy"],
-        )
+        log.info("evaluate %s: test NLL %.4f", name, nll)
 
-    candidate = choose_candidate(metrics, settings.candidate, register.max_nll_increase)
+    results, probe_scores = instrument_for(context).evaluate(sets)
+    for name in CANDIDATES:
+        metrics[name].update(results[name])
+    metrics["comparisons"] = {"gan_vs_mle": compare(probe_scores, "gan", "mle")}
+    candidate = choose_candidate(metrics, settings.candidate, register)
     metrics["candidate"] = candidate
     report_dir = paths.root / "reports" / "evaluate"
     if report_dir.exists():
         shutil.rmtree(report_dir)
-    samples = gallery.write_gallery(gallery_scores, report_dir / "samples", settings.render_audio)
-    metrics["audio"] = samples.audio_note or "rendered with FluidSynth"
+    report_dir.mkdir(parents=True)
+    save_windows(report_dir / WINDOWS_FILE, context, samples, sets)
+    figures = report.figures(metrics, CANDIDATES, report_dir)
+    samples_gallery = gallery.write_gallery(
+        gallery_scores, report_dir / "samples", settings.render_audio
+    )
+    metrics["audio"] = samples_gallery.audio_note or "rendered with FluidSynth"
     gallery.write_report(
         report_dir / "index.html", f"Cadenza evaluation: corpus '{paths.corpus}'",
-        _report_table(metrics), samples,
+        _report_table(metrics), samples_gallery,
+        extra_html=report.html_sections(metrics, CANDIDATES, figures, report_dir),
     )  # fmt: skip
     metrics["seconds"] = time.perf_counter() - started
 
@@ -207,14 +278,55 @@ def run(
     return metrics
 
 
-def choose_candidate(metrics: dict, rule: str, max_nll_increase: float) -> str:
-    """The generator to register: as asked, or (auto) the one whose discriminative accuracy
-    is closest to 50% among those within max_nll_increase of the best test NLL."""
+def _set_statistics(real_stats: list, scores: list, name: str) -> dict:
+    """Set-level music statistics of generated openings against real ones."""
+    from cadenza.evaluation import music_stats
+
+    fake_stats = [f for f in map(music_stats.piece_features, scores) if f is not None]
+    result: dict = {"num_pieces_with_notes": len(fake_stats)}
+    if len(fake_stats) >= 2 and len(real_stats) >= 2:
+        result.update(music_stats.compare_sets(real_stats, fake_stats))
+    else:  # a model that writes no notes is a result, not an error
+        result.update(music_stats.unavailable())
+        result["music_stats_note"] = (
+            f"{len(fake_stats)} of {len(scores)} generated pieces and {len(real_stats)} "
+            "real pieces have notes: statistics need 2 of each"
+        )
+        log.warning("evaluate %s: %s", name, result["music_stats_note"])
+    return result
+
+
+def save_windows(path: Path, context: Context, samples: dict, sets: dict) -> None:
+    """Everything `register` needs to score another model on the same windows."""
+    arrays = {
+        "offsets": context.plan.offsets,
+        "bin_edges": context.plan.bin_edges,
+        "real_tokens": context.real.tokens.astype(np.int32),
+        "real_documents": context.real.documents,
+        "fingerprint": np.array(context.fingerprint()),
+    }
+    for probe in PROBES:
+        arrays[f"real_{probe}"] = context.real_set.features[probe].astype(np.float32)
+    for name in samples:
+        arrays[f"samples_{name}"] = samples[name].astype(np.int32)
+        for probe in PROBES:
+            arrays[f"{name}_{probe}"] = sets[name].features[probe].astype(np.float32)
+    np.savez_compressed(path, **arrays)
+
+
+def choose_candidate(metrics: dict, rule: str, register: RegisterSettings) -> str:
+    """The generator to register: as asked, or (auto) the GAN when the paired comparison
+    finds it harder to tell from real than the MLE generator (difference < 0 at p < alpha)
+    and its test NLL is within max_nll_increase of the MLE's; otherwise the MLE generator."""
+    from cadenza.evaluation.instrument import evidence_for
+
     if rule != "auto":
         return rule
-    best_nll = min(metrics[name]["test_nll"] for name in CANDIDATES)
-    eligible = [n for n in CANDIDATES if metrics[n]["test_nll"] <= best_nll + max_nll_increase]
-    return min(eligible, key=lambda n: abs(metrics[n]["discriminative_accuracy"] - 0.5))
+    gan_wins, _ = evidence_for(
+        metrics["comparisons"]["gan_vs_mle"], metrics["gan"]["test_nll"],
+        metrics["mle"]["test_nll"], register.alpha, register.max_nll_increase,
+    )  # fmt: skip
+    return "gan" if gan_wins else "mle"
 
 
 def _baselines(paths: Paths) -> dict[str, float]:
@@ -256,6 +368,9 @@ def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
     for key, value in metrics.items():
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            for index, item in enumerate(value):
+                flat.update(_flat(item, f"{prefix}{key}.{index}."))
         elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[f"{prefix}{key}"] = value
     return flat
@@ -265,31 +380,34 @@ def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _ci(m: dict, key: str) -> str:
+    return f"{m[key]:.3f} [{m[key + '_ci_low']:.3f}, {m[key + '_ci_high']:.3f}]"
+
+
 def _report_table(metrics: dict) -> dict[str, dict[str, str]]:
     table = {}
     for name in CANDIDATES:
         m = metrics[name]
-        table[name + (" (candidate)" if metrics["candidate"] == name else "")] = {
+        row = {
             "test NLL": f"{m['test_nll']:.4f}",
-            "discriminative acc. [95% CI]": (
-                f"{m['discriminative_accuracy']:.3f} "
-                f"[{m['discriminative_accuracy_ci_low']:.3f}, "
-                f"{m['discriminative_accuracy_ci_high']:.3f}]"
-            ),
-            "AUC": f"{m['discriminative_auc']:.3f}",
+            "discriminative acc. [95% CI]": _ci(m, "discriminative_accuracy"),
+            "strongest probe": m["discriminative_probe"],
+        }
+        for probe, values in m["probes"].items():
+            row[f"{probe} probe"] = (
+                f"{values['accuracy']:.3f} [{values['ci_low']:.3f}, {values['ci_high']:.3f}]"
+            )
+        row.update({
             "mean overlap": _fmt(m["mean_overlap"], ".3f"),
             "Frechet": _fmt(m["frechet_distance"], ".3f"),
-            "pitch range": _fmt(m["pitch_range_mean"], ".1f"),
-            "polyphony": _fmt(m["polyphony_mean"], ".2f"),
             "scale consistency": _fmt(m["scale_consistency_mean"], ".3f"),
-            "empty beats": _fmt(m["empty_beat_rate_mean"], ".3f"),
-        }
+            "polyphony": _fmt(m["polyphony_mean"], ".2f"),
+        })  # fmt: skip
+        table[name + (" (candidate)" if metrics["candidate"] == name else "")] = row
     real = metrics["real"]
     table["real test pieces"] = {
-        "pitch range": _fmt(real.get("pitch_range_mean"), ".1f"),
-        "polyphony": _fmt(real.get("polyphony_mean"), ".2f"),
         "scale consistency": _fmt(real.get("scale_consistency_mean"), ".3f"),
-        "empty beats": _fmt(real.get("empty_beat_rate_mean"), ".3f"),
+        "polyphony": _fmt(real.get("polyphony_mean"), ".2f"),
     }
     for name, value in metrics["baselines"].items():
         table[f"{name} baseline"] = {"test NLL": f"{value:.4f}"}

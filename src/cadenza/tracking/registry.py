@@ -2,11 +2,14 @@
 
 Each evaluated candidate becomes a version of `cadenza-generator` (register.model_name)
 carrying tags: git.commit, dvc hashes of corpus/manifest/tokens, params.hash, run_id, the
-metrics the gate reads, and the gate's decision and reason. The new version gets alias
-`challenger`; it also gets `champion` when the gate holds:
+metrics the gate reads, and the gate's decision, reason and paired comparison. The new version
+gets alias `challenger`; it also gets `champion` when the gate holds:
 - its evaluation exists and its data validation passed (never overridden, not even by force);
-- |discriminative accuracy - 0.5| at least register.min_accuracy_gain below the champion's;
-- test NLL at most register.max_nll_increase above the champion's.
+- against the champion, paired on the current evaluation's windows (tracking/challenge.py:
+  the champion is re-evaluated when the corpus, split or tokenizer changed since its own
+  evaluation), the challenger's discriminative accuracy is lower with p < register.alpha;
+- its test NLL is at most register.max_nll_increase above the champion's on the same split.
+A model registered against itself never wins: identical samples give a difference of 0.
 Promotions take a lock next to the store, so two at once are serialised: each compares
 against the champion the other left, and exactly one champion remains.
 """
@@ -19,7 +22,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from cadenza.config import RegisterSettings
+from cadenza.config import EvaluateSettings, RegisterSettings
 from cadenza.io import write_json
 from cadenza.paths import Paths
 
@@ -39,6 +42,7 @@ class Decision:
     champion: str | None
     previous_champion: str | None
     new_version: bool
+    comparison: dict | None = None  # challenger vs champion, when one was made
 
 
 def client_for(paths: Paths):
@@ -80,8 +84,13 @@ def _number(tags: dict, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def gate(candidate: dict, champion: dict | None, settings: RegisterSettings) -> tuple[bool, str]:
-    """(promote?, why) from the version tags of the candidate and of the champion."""
+def gate(
+    candidate: dict, champion: dict | None, settings: RegisterSettings, challenge=None
+) -> tuple[bool, str]:
+    """(promote?, why) from the version tags and the paired comparison with the champion
+    (a tracking.challenge.Challenge, or None when there is none)."""
+    from cadenza.evaluation.instrument import evidence_for
+
     accuracy = _number(candidate, "metrics.discriminative_accuracy")
     nll = _number(candidate, "metrics.test_nll")
     if candidate.get("evaluation.status") != "ok" or accuracy is None or nll is None:
@@ -90,26 +99,16 @@ def gate(candidate: dict, champion: dict | None, settings: RegisterSettings) -> 
         return False, "data validation did not pass for this version's corpus"
     if champion is None:
         return True, "no champion yet; evaluation and validation passed"
-    champ_accuracy = _number(champion, "metrics.discriminative_accuracy")
-    champ_nll = _number(champion, "metrics.test_nll")
-    if champ_accuracy is None or champ_nll is None:
-        return True, "the champion carries no metrics to beat"
-    gap, champ_gap = abs(accuracy - 0.5), abs(champ_accuracy - 0.5)
-    if gap > champ_gap - settings.min_accuracy_gain:
+    if challenge is None:
         return False, (
-            f"discriminative accuracy {accuracy:.3f} is not closer to 0.5 than the champion's "
-            f"{champ_accuracy:.3f} by at least {settings.min_accuracy_gain} "
-            f"(|gap| {gap:.3f} vs {champ_gap:.3f})"
+            "no paired comparison with the champion on the current test split (this version "
+            "is not the workspace's current evaluation): re-evaluate it, or promote with --force"
         )
-    if nll > champ_nll + settings.max_nll_increase:
-        return False, (
-            f"test NLL {nll:.4f} exceeds the champion's {champ_nll:.4f} "
-            f"by more than {settings.max_nll_increase}"
-        )
-    return True, (
-        f"discriminative accuracy {accuracy:.3f} vs champion {champ_accuracy:.3f} "
-        f"(|gap| {gap:.3f} < {champ_gap:.3f}); test NLL {nll:.4f} vs {champ_nll:.4f}"
-    )
+    promote, why = evidence_for(
+        challenge.comparison, nll, challenge.champion_nll, settings.alpha,
+        settings.max_nll_increase,
+    )  # fmt: skip
+    return promote, f"vs champion {champion.get('version', '')}: {why}".replace("  ", " ")
 
 
 def version_tags(evaluation: dict, record: dict) -> dict[str, str]:
@@ -124,17 +123,23 @@ def version_tags(evaluation: dict, record: dict) -> dict[str, str]:
         "run_id": evaluation["mlflow_run_id"],
         "corpus": record["corpus"],
         "candidate": candidate,
+        "samples.fingerprint": evaluation.get("samples_fingerprint", ""),
         "evaluation.status": "ok",
         "validation.passed": str(record["validation_passed"]).lower(),
         "metrics.test_nll": repr(metrics["test_nll"]),
         "metrics.discriminative_accuracy": repr(metrics["discriminative_accuracy"]),
+        "metrics.discriminative_accuracy_ci_low": repr(metrics["discriminative_accuracy_ci_low"]),
+        "metrics.discriminative_accuracy_ci_high": repr(metrics["discriminative_accuracy_ci_high"]),
+        "metrics.discriminative_probe": metrics["discriminative_probe"],
         "metrics.discriminative_auc": repr(metrics["discriminative_auc"]),
         "metrics.frechet_distance": str(metrics["frechet_distance"]),
         "metrics.mean_overlap": repr(metrics["mean_overlap"]),
     }
 
 
-def register(paths: Paths, settings: RegisterSettings) -> Decision:
+def register(
+    paths: Paths, settings: RegisterSettings, evaluate: EvaluateSettings | None = None
+) -> Decision:
     """Register the last evaluation's candidate (once) and run the promotion gate."""
     evaluation_path = paths.metrics_path("evaluate")
     if not evaluation_path.is_file():
@@ -174,7 +179,10 @@ def register(paths: Paths, settings: RegisterSettings) -> Decision:
                 evaluation["model_uri"], name, tags=version_tags(evaluation, record)
             )
             client.set_registered_model_alias(name, CHALLENGER, mv.version)
-            decision = _decide(client, name, str(mv.version), settings, new_version=True)
+            decision = _decide(
+                client, name, str(mv.version), settings, new_version=True,
+                context=(paths, evaluate or EvaluateSettings()),
+            )  # fmt: skip
     write_json(paths.metrics_path("register"), {"model_name": name, **asdict(decision)})
     return decision
 
@@ -194,17 +202,69 @@ def _ensure_model(client, name: str) -> None:
 
 
 def _decide(
-    client, name: str, version: str, settings: RegisterSettings, new_version: bool, force=False
-) -> Decision:
+    client, name: str, version: str, settings: RegisterSettings, new_version: bool,
+    force: bool = False, context: tuple[Paths, EvaluateSettings] | None = None,
+) -> Decision:  # fmt: skip
     """Gate one version against the current champion; set aliases and tags. Call locked."""
     tags = client.get_model_version(name, version).tags
     version = str(version)
     champion = champion_version(client, name)
     if champion is not None and str(champion.version) == version:
         return Decision(version, True, "already the champion", version, None, new_version)
-    promote, reason = gate(tags, None if champion is None else champion.tags, settings)
+    champion_tags = None if champion is None else {**champion.tags, "version": champion.version}
+    challenge = None
+    if champion is not None and not force and context is not None:
+        challenge = _challenge(client, name, tags, champion, *context)
+        if isinstance(challenge, str):  # the champion could not be scored: why
+            return _record(client, name, version, False, challenge, champion, new_version)
+    promote, reason = gate(tags, champion_tags, settings, challenge)
     if force and not promote and not reason.startswith(("evaluation", "data validation")):
         promote, reason = True, f"forced by hand over the gate ({reason})"
+    if challenge is None:
+        return _record(client, name, version, promote, reason, champion, new_version)
+    _tag_comparison(client, name, version, challenge, str(champion.version))
+    decision = _record(client, name, version, promote, reason, champion, new_version)
+    decision.comparison = {
+        "champion_version": str(champion.version),
+        "champion_test_nll": challenge.champion_nll,
+        "champion_scored_from": challenge.how,
+        **challenge.comparison,
+    }
+    return decision
+
+
+def _challenge(client, name, tags, champion, paths: Paths, evaluate: EvaluateSettings):
+    """The paired comparison with the champion, or a sentence saying why there is none."""
+    from cadenza.tracking.challenge import ChallengeError, challenge
+
+    current = json.loads(paths.metrics_path("evaluate").read_text()) if paths.metrics_path(
+        "evaluate"
+    ).is_file() else {}  # fmt: skip
+    if current.get("mlflow_run_id") != tags.get("run_id"):
+        return None
+    try:
+        return challenge(paths, evaluate, client, name, champion, tags.get("dvc.tokens_md5", ""))
+    except ChallengeError as exc:
+        return f"not compared with champion {champion.version}: {exc}"
+
+
+def _tag_comparison(client, name: str, version: str, challenge, champion: str) -> None:
+    c = challenge.comparison
+    values = {
+        "comparison.champion_version": champion,
+        "comparison.probe": c["probe"],
+        "comparison.difference": repr(c["difference"]),
+        "comparison.ci_low": repr(c["ci_low"]),
+        "comparison.ci_high": repr(c["ci_high"]),
+        "comparison.p_value": repr(c["p_value"]),
+        "comparison.champion_test_nll": repr(challenge.champion_nll),
+        "comparison.champion_scored_from": challenge.how,
+    }
+    for key, value in values.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _record(client, name, version, promote: bool, reason: str, champion, new_version: bool):
     previous = None if champion is None else str(champion.version)
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -217,11 +277,18 @@ def _decide(
     )
 
 
-def promote(paths: Paths, settings: RegisterSettings, version: str, force: bool = False):
+def promote(
+    paths: Paths,
+    settings: RegisterSettings,
+    version: str,
+    force: bool = False,
+    evaluate: EvaluateSettings | None = None,
+):
     client = client_for(paths)
     with registry_lock(paths):
         client.get_model_version(settings.model_name, version)  # raises when absent
-        return _decide(client, settings.model_name, version, settings, False, force)
+        context = (paths, evaluate or EvaluateSettings())
+        return _decide(client, settings.model_name, version, settings, False, force, context)
 
 
 def rollback(paths: Paths, settings: RegisterSettings) -> tuple[str, str]:

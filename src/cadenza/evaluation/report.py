@@ -1,0 +1,107 @@
+"""The evaluation report's figures and tables: every probe's accuracy with its CI, the
+position-bin curve with error bars, the paired comparisons and the music checks per bin."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+PROBES_PNG = "probes.png"
+POSITIONS_PNG = "positions.png"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _error_bars(accuracies, intervals: list[dict]):
+    """(2, n) distances from each point down to ci_low and up to ci_high."""
+    import numpy as np
+
+    pairs = zip(accuracies, intervals, strict=True)
+    return np.array([[a - v["ci_low"], v["ci_high"] - a] for a, v in pairs]).T
+
+
+def figures(metrics: dict, models: tuple[str, ...], out_dir: Path) -> list[Path]:
+    """probes.png (accuracy per probe and model) and positions.png (accuracy per bin)."""
+    import numpy as np
+
+    plt = _plt()
+    probes = list(metrics[models[0]]["probes"])
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=90)
+    width = 0.8 / len(models)
+    for i, name in enumerate(models):
+        values = [metrics[name]["probes"][p] for p in probes]
+        acc = np.array([v["accuracy"] for v in values])
+        err = _error_bars(acc, values)
+        ax.bar(np.arange(len(probes)) + i * width, acc, width, yerr=err, capsize=3, label=name)
+    ax.axhline(0.5, color="grey", linestyle=":", label="indistinguishable")
+    ax.set_xticks(np.arange(len(probes)) + width * (len(models) - 1) / 2, probes)
+    ax.set_ylim(0.3, 1.02)
+    ax.set_ylabel("real-vs-generated accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / PROBES_PNG)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=90)
+    for name in models:
+        bins = metrics[name]["position_bins"]
+        centers = [(b["start"] + b["end"]) / 2 for b in bins]
+        acc = np.array([b["accuracy"] for b in bins])
+        err = _error_bars(acc, bins)
+        ax.errorbar(centers, acc, yerr=err, capsize=3, marker="o",
+                    label=f"{name} ({metrics[name]['position_probe']} probe)")  # fmt: skip
+    ax.axhline(0.5, color="grey", linestyle=":")
+    ax.set_xlabel("token position in the sample (window centre)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0.3, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / POSITIONS_PNG)
+    plt.close(fig)
+    return [out_dir / PROBES_PNG, out_dir / POSITIONS_PNG]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def html_sections(metrics: dict, models: tuple[str, ...], figs: list[Path], root: Path) -> str:
+    parts = ["<h2>Probes (95% CI, cluster bootstrap)</h2>"]
+    parts += [f"<p><img style='max-width:640px' src='{f.relative_to(root)}'></p>" for f in figs]
+    rows = [
+        [key, c["probe"], f"{c['accuracy_a']:.3f}", f"{c['accuracy_b']:.3f}",
+         f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+         f"{c['p_value']:.3f}"]
+        for key, c in metrics["comparisons"].items()
+    ]  # fmt: skip
+    parts.append("<h2>Paired comparisons (same real windows, same seeds)</h2>")
+    parts.append(_table(["pair a_vs_b", "probe", "acc. a", "acc. b", "a - b [95% CI]", "p"], rows))
+    parts.append("<h2>By position (real windows from the same bins)</h2>")
+    for name in models:
+        m = metrics[name]
+        rows = []
+        for b in m["position_bins"]:
+            checks = b["music"]
+            rows.append(
+                [f"{b['start']}-{b['end']}",
+                 f"{b['accuracy']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]",
+                 *(f"{checks[k]['generated']:.3f} / {checks[k]['real']:.3f}" for k in checks)]
+            )  # fmt: skip
+        checks = list(m["position_bins"][0]["music"])
+        parts.append(
+            f"<h3>{html.escape(name)}: slope {m['position_slope']:+.3f} per 1,000 tokens "
+            f"[{m['position_slope_ci_low']:+.3f}, {m['position_slope_ci_high']:+.3f}]</h3>"
+        )
+        parts.append(_table(["tokens", "accuracy", *(f"{k} (gen / real)" for k in checks)], rows))
+    return "".join(parts)
