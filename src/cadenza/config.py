@@ -268,13 +268,13 @@ class EvaluateSettings(_Section):
     """`evaluate` stage: test NLL, probes of real vs generated windows, music statistics,
     paired comparisons, position bins, samples gallery."""
 
-    num_samples: int = Field(256, ge=4)
+    num_samples: int = Field(128, ge=4)
     """Generated samples per model, each started at [BOS]; one window per position bin each."""
     sample_len: int = Field(1024, ge=16)
     """Tokens per generated sample (special tokens suppressed, so every sample is this long)."""
     window_len: int = Field(256, ge=8)
     """Tokens per window the probes read (real windows: the same offsets, the same length)."""
-    num_bins: int = Field(3, ge=1)
+    num_bins: int = Field(4, ge=1)
     """Position bins: window starts split into this many equal ranges of [0, sample_len -
     window_len]; accuracy is reported per bin."""
     min_documents: int = Field(20, ge=2)

@@ -112,17 +112,22 @@ class Instrument:
             centers.append((start + end) / 2)
             replicate_rows.append(result.replicates)
         accuracies = np.array([b["accuracy"] for b in bins])
-        replicate_slopes = [
-            probes.slope(np.array(centers), column)
-            for column in np.array(replicate_rows).T
-            if not np.isnan(column).any()
-        ] or [float("nan")]
+        point = probes.slope(np.array(centers), accuracies)
+        replicate_slopes = np.array(
+            [
+                probes.slope(np.array(centers), column)
+                for column in np.array(replicate_rows).T
+                if not np.isnan(column).any()
+            ]
+            or [point]
+        )
+        low, high = probes._percentiles(probes._centered(point, replicate_slopes))
         return {
             "position_bins": bins,
             "position_probe": probe,
-            "position_slope": probes.slope(np.array(centers), accuracies),
-            "position_slope_ci_low": float(np.nanpercentile(replicate_slopes, 2.5)),
-            "position_slope_ci_high": float(np.nanpercentile(replicate_slopes, 97.5)),
+            "position_slope": point,
+            "position_slope_ci_low": low,
+            "position_slope_ci_high": high,
         }
 
     def music_checks(self, fake: WindowSet, k: int) -> dict:

@@ -49,6 +49,9 @@ def make_draws(
     ]
 
 
+REGULARIZATION = 0.1  # inverse L2 strength: converges fast even when the sets separate
+
+
 def _classifier(regularization: float):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -58,7 +61,12 @@ def _classifier(regularization: float):
 
 
 def cross_validated(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int, regularization=1.0
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    folds: int,
+    seed: int,
+    regularization: float = REGULARIZATION,
 ) -> tuple[float, float]:
     """(accuracy, AUC) of out-of-fold predictions; groups never straddle folds. NaNs when a
     bootstrap replicate drew fewer than 2 distinct documents (or samples)."""
@@ -109,11 +117,11 @@ class ProbeScore:
     auc_replicates: np.ndarray
 
     def interval(self) -> tuple[float, float]:
-        return _percentiles(self.replicates)
+        return _shifted_interval(self.accuracy, self.replicates)
 
     def to_dict(self) -> dict:
         low, high = self.interval()
-        auc_low, auc_high = _percentiles(self.auc_replicates)
+        auc_low, auc_high = _shifted_interval(self.auc, self.auc_replicates)
         return {
             "accuracy": self.accuracy,
             "ci_low": low,
@@ -124,6 +132,22 @@ class ProbeScore:
         }
 
 
+def _shifted_interval(point: float, replicates: np.ndarray, clip=(0.0, 1.0)):
+    """The bootstrap's 95% spread placed around the point estimate: replicate CVs train on
+    fewer distinct documents (a resample repeats some), so their accuracies sit below the
+    full data's; the percentiles of (replicate - median) + point keep the spread without
+    that shift."""
+    low, high = _percentiles(_centered(point, replicates))
+    return max(low, clip[0]), min(high, clip[1])
+
+
+def _centered(point: float, replicates: np.ndarray) -> np.ndarray:
+    values = np.asarray(replicates)[~np.isnan(replicates)]
+    if not len(values):
+        raise ValueError("no bootstrap replicate could be scored: too few documents")
+    return values - np.median(values) + point
+
+
 def _percentiles(values: np.ndarray) -> tuple[float, float]:
     """The 95% percentile interval over replicates (those that could be scored)."""
     values = np.asarray(values)[~np.isnan(values)]
@@ -132,25 +156,25 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def score(data: ProbeInput, draws: list[Draw], folds: int, repeats: int, seed: int) -> ProbeScore:
-    """Repeated grouped CV on the data as drawn, and one CV per bootstrap replicate."""
+def score(
+    data: ProbeInput, draws: list[Draw], folds: int, repeats: int, seed: int, jobs: int = 0
+) -> ProbeScore:
+    """Repeated grouped CV on the data as drawn, and one CV per bootstrap replicate (spread
+    over `jobs` processes; 0 = one per core)."""
     if len(data.real) != len(data.fake):
         raise ValueError(
             f"need equal numbers of real and generated windows: {len(data.real)} vs "
             f"{len(data.fake)}"
         )
-    from threadpoolctl import threadpool_limits
-
-    x, y, groups = _rows(data, None)
     if min(len(np.unique(data.real_groups)), len(np.unique(data.fake_groups))) < 2:
         raise ValueError(
             "a probe needs windows from at least 2 real documents and 2 generated samples; "
             "raise evaluate.num_samples or add documents to the test split"
         )
-    # One BLAS thread: these fits are small, and threads fighting over 2 cores cost 10x.
-    with threadpool_limits(limits=1):
-        runs = [cross_validated(x, y, groups, folds, seed + r) for r in range(repeats)]
-        replicates = [cross_validated(*_rows(data, d), folds, seed) for d in draws]
+    runs = _in_one_thread(
+        lambda: [cross_validated(*_rows(data, None), folds, seed + r) for r in range(repeats)]
+    )
+    replicates = _replicates(data, draws, folds, seed, jobs)
     return ProbeScore(
         accuracy=float(np.mean([a for a, _ in runs])),
         auc=float(np.mean([u for _, u in runs])),
@@ -159,14 +183,43 @@ def score(data: ProbeInput, draws: list[Draw], folds: int, repeats: int, seed: i
     )
 
 
+def _in_one_thread(work):
+    """One BLAS thread: these fits are small, and threads fighting over 2 cores cost 10x."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return work()
+
+
+def _replicate_batch(data: ProbeInput, draws: list[Draw], folds: int, seed: int) -> list:
+    return _in_one_thread(lambda: [cross_validated(*_rows(data, d), folds, seed) for d in draws])
+
+
+def _replicates(data: ProbeInput, draws: list[Draw], folds: int, seed: int, jobs: int) -> list:
+    """Bootstrap replicates in order, in `jobs` worker processes (results do not depend on
+    how they are split: each replicate is its own draw and fold seed)."""
+    import os
+
+    jobs = jobs or os.cpu_count() or 1
+    if jobs == 1 or len(draws) * len(data.real) < 20_000:  # small: not worth the processes
+        return _replicate_batch(data, draws, folds, seed)
+    from joblib import Parallel, delayed
+
+    batches = [draws[i::jobs] for i in range(jobs)]
+    parts = Parallel(n_jobs=jobs)(delayed(_replicate_batch)(data, b, folds, seed) for b in batches)
+    out = [None] * len(draws)
+    for i, part in enumerate(parts):
+        out[i::jobs] = part
+    return out
+
+
 def paired_difference(a: ProbeScore, b: ProbeScore) -> dict:
     """accuracy_a - accuracy_b (negative: a is harder to tell from real), its 95% CI and
     two-sided p-value from the paired replicates (same draws for both)."""
     if len(a.replicates) != len(b.replicates):
         raise ValueError("paired comparison needs scores from the same bootstrap draws")
-    diffs = a.replicates - b.replicates
-    auc_diffs = a.auc_replicates - b.auc_replicates
-    diffs, auc_diffs = diffs[~np.isnan(diffs)], auc_diffs[~np.isnan(auc_diffs)]
+    diffs = _centered(a.accuracy - b.accuracy, a.replicates - b.replicates)
+    auc_diffs = _centered(a.auc - b.auc, a.auc_replicates - b.auc_replicates)
     low, high = _percentiles(diffs)
     auc_low, auc_high = _percentiles(auc_diffs)
     return {
