@@ -135,6 +135,37 @@ class Attention(nn.Module):
             )
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
+    def decode(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        qkv_weight: torch.Tensor,
+        ring: dict,
+        slot: int,
+        num_keys: int,
+    ) -> torch.Tensor:
+        """Generation fast path, one new token per row: x (B, 1, C). Its rotated key and value
+        go into `slot` of the ring buffers ring["k"], ring["v"] (B, H, W + 1, D); the query
+        attends to the first num_keys slots. The ring holds exactly the window (the token and
+        its W predecessors, in any order), so no mask is needed. qkv_weight (3C, C) is the
+        query and key/value weights stacked: one matmul instead of two. cos (D,) repeats the
+        rotary cosines over both halves; sin (D,) is (-sin, sin)."""
+        B, _, C = x.shape
+        qkv = F.linear(x, qkv_weight).view(B, 3 * self.n_heads, self.head_dim)  # (B, 3H, D)
+        # Queries and keys rotate together: x * cos + swap_halves(x) * (-sin, sin) is
+        # bit-identical to apply_rotary's (x1 cos - x2 sin, x1 sin + x2 cos) in fewer ops.
+        qk = qkv[:, : 2 * self.n_heads]
+        qk = qk * cos + qk.roll(self.head_dim // 2, dims=-1) * sin  # (B, 2H, D)
+        q = (qk[:, : self.n_heads] * self.head_dim**-0.5)[:, :, None]  # (B, H, 1, D)
+        ring["k"][:, :, slot] = qk[:, self.n_heads :]
+        ring["v"][:, :, slot] = qkv[:, 2 * self.n_heads :]
+        keys, values = ring["k"][:, :, :num_keys], ring["v"][:, :, :num_keys]
+        # Plain matmuls: for a single query, 2.8x faster than the CPU flash-attention kernel
+        # of scaled_dot_product_attention at batch 64, 2x slower (+9 us) at batch 1.
+        weights = (q @ keys.transpose(-2, -1)).softmax(dim=-1)  # (B, H, 1, num_keys)
+        return self.out((weights @ values).transpose(1, 2).reshape(B, 1, C))
+
     def _attend_with_memory(self, q, positions, keys, values, key_positions, window, memory):
         """Softmax over [memory; keys] without concatenating them: the memory tensors stay
         one shared storage for every step, so autograd saves them once per chunk instead of
@@ -184,6 +215,14 @@ class Block(nn.Module):
         )
         x = self._residual(x, attended)
         return self._residual(x, self.feed_forward(self.norm_ff(x)))
+
+    def decode(self, x, cos, sin, qkv_weight, ring, slot, num_keys) -> torch.Tensor:
+        """One generated token per row (see Attention.decode); eval mode (no dropout)."""
+        alpha = 1.0 if self.alpha is None else self.alpha
+        x = x + alpha * self.attention.decode(
+            self.norm_attn(x), cos, sin, qkv_weight, ring, slot, num_keys
+        )
+        return x + alpha * self.feed_forward(self.norm_ff(x))
 
 
 class TransformerXL(nn.Module):
@@ -317,6 +356,46 @@ class TransformerXL(nn.Module):
             for _ in self.blocks
         ]
 
+    def start_decoding(self, cache: list[dict], num_tokens: int) -> dict:
+        """State for decode_step after the prompt went through _forward_cached: per layer a
+        ring buffer (B, H, W + 1, D) holding the key of position p in slot p % (W + 1), the
+        rotary tables of positions 0..num_tokens-1, the stacked q/k/v weights (eval only:
+        the weights must not change while decoding)."""
+        ring_size = min(self.config.mem_len + 1, num_tokens)
+        rings = []
+        for c in cache:
+            B, H, _, D = c["k"].shape
+            ring = {n: c[n].new_zeros(B, H, ring_size, D) for n in ("k", "v")}
+            slots = c["pos"] % (self.config.mem_len + 1)  # < ring_size: positions < num_tokens
+            ring["k"].index_copy_(2, slots, c["k"])
+            ring["v"].index_copy_(2, slots, c["v"])
+            rings.append(ring)
+        positions = torch.arange(num_tokens, device=cache[0]["k"].device)
+        cos, sin = rotary_tables(
+            positions, self.config.d_model // self.config.n_heads, self.config.rope_base
+        )
+        return {
+            "rings": rings,
+            "cos": torch.cat([cos, cos], dim=-1),  # (num_tokens, D)
+            "sin": torch.cat([-sin, sin], dim=-1),
+            "qkv_weights": [
+                torch.cat([b.attention.query.weight, b.attention.key_value.weight])
+                for b in self.blocks
+            ],
+        }
+
+    def decode_step(self, tokens: torch.Tensor, position: int, state: dict) -> torch.Tensor:
+        """Logits (B, V) after one new token per row, tokens (B,) at `position`."""
+        ring_size = state["rings"][0]["k"].shape[2]
+        slot, num_keys = position % ring_size, min(position + 1, ring_size)
+        cos, sin = state["cos"][position], state["sin"][position]  # (D,)
+        h = self.embedding(tokens[:, None])  # (B, 1, C)
+        for block, ring, weight in zip(
+            self.blocks, state["rings"], state["qkv_weights"], strict=True
+        ):
+            h = block.decode(h, cos, sin, weight, ring, slot, num_keys)
+        return self.logits(h)[:, -1]
+
     @torch.no_grad()
     def generate(
         self,
@@ -331,21 +410,23 @@ class TransformerXL(nn.Module):
         """Extend prompt (B, P>=1) by num_tokens sampled tokens; returns (B, P + num_tokens).
 
         The prompt is read segment by segment (seg_len at a time) into the cache; then one
-        token per step, each step attending to the cached window only.
+        token per step through decode_step: a fixed ring buffer per layer (no copy of the
+        window per token), rotary tables computed once, query/key/value in one matmul.
         """
         was_training = self.training
         self.eval()
         cache = self.empty_cache(prompt.shape[0], prompt.device)
         chunk = prompt_chunk or self.config.seg_len
         for start in range(0, prompt.shape[1], chunk):
-            logits = self._forward_cached(prompt[:, start : start + chunk], cache, start)
+            logits = self._forward_cached(prompt[:, start : start + chunk], cache, start)[:, -1]
+        total = prompt.shape[1] + num_tokens
+        state = self.start_decoding(cache, total)
         out = [prompt]
-        position = prompt.shape[1]
-        for _ in range(num_tokens):
-            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
+        for position in range(prompt.shape[1], total):
+            next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             out.append(next_token[:, None])
-            logits = self._forward_cached(next_token[:, None], cache, position)
-            position += 1
+            if position < total - 1:  # the last token's logits would go unused
+                logits = self.decode_step(next_token, position, state)
         self.train(was_training)
         return torch.cat(out, dim=1)
 
