@@ -85,6 +85,19 @@ def window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int) -> 
     return (distance >= 0) & (distance <= window)
 
 
+Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Shared:
+    """Per call, alike in every layer: the queries' rotary tables (cos, sin), the window mask
+    of the keys (with document masking (B, 1, T, Tk), else (T, Tk)) and of the memory."""
+
+    rotary: Rotary
+    mask: torch.Tensor
+    memory_mask: torch.Tensor | None
+
+
 class Attention(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
@@ -100,11 +113,12 @@ class Attention(nn.Module):
         return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
 
     def project_keys(
-        self, h: torch.Tensor, positions: torch.Tensor
+        self, h: torch.Tensor, positions: torch.Tensor, rotary: Rotary | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated keys and values (B, H, L, D) of hidden states h (B, L, C) at positions (L,)."""
+        """Rotated keys and values (B, H, L, D) of hidden states h (B, L, C) at positions (L,);
+        `rotary` = rotary_tables(positions) when the caller already has them."""
         k, v = self.key_value(h).chunk(2, dim=-1)
-        cos, sin = rotary_tables(positions, self.head_dim, self.rope_base)
+        cos, sin = rotary or rotary_tables(positions, self.head_dim, self.rope_base)
         return apply_rotary(self._heads(k), cos, sin), self._heads(v)
 
     def forward(
@@ -117,19 +131,20 @@ class Attention(nn.Module):
         window: int,
         memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         doc_mask: torch.Tensor | None = None,
+        shared: Shared | None = None,
     ) -> torch.Tensor:
         """x (B, T, C) at positions (T,) attends to keys/values (B, H, Tk, D) at key_positions,
         and to a detached `memory` (keys, values, positions) when one is given. doc_mask
-        (B, T, Tk), True where allowed, further limits each row to its own document."""
+        (B, T, Tk), True where allowed, further limits each row to its own document.
+        `shared`: the query's rotary tables and the masks, computed once for all layers."""
         B, T, C = x.shape
-        cos, sin = rotary_tables(positions, self.head_dim, self.rope_base)
-        q = apply_rotary(self._heads(self.query(x)), cos, sin)  # (B, H, T, D)
+        if shared is None:
+            shared = self.shared(positions, key_positions, window, memory, doc_mask)
+        q = apply_rotary(self._heads(self.query(x)), *shared.rotary)  # (B, H, T, D)
         if memory is not None and memory[0].shape[2]:
-            y = self._attend_with_memory(q, positions, keys, values, key_positions, window, memory)
+            y = self._attend_with_memory(q, keys, values, memory, shared)
         else:
-            mask = window_mask(positions, key_positions, window)  # (T, Tk)
-            if doc_mask is not None:
-                mask = (mask[None] & doc_mask)[:, None]  # (B, 1, T, Tk)
+            mask = shared.mask  # (T, Tk) or with documents (B, 1, T, Tk)
             y = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
             )
@@ -166,20 +181,28 @@ class Attention(nn.Module):
         weights = (q @ keys.transpose(-2, -1)).softmax(dim=-1)  # (B, H, 1, num_keys)
         return self.out((weights @ values).transpose(1, 2).reshape(B, 1, C))
 
-    def _attend_with_memory(self, q, positions, keys, values, key_positions, window, memory):
+    def shared(self, positions, key_positions, window, memory=None, doc_mask=None) -> Shared:
+        """What every layer of one call needs alike: the rotary tables of the queries, the
+        window mask (with documents: (B, 1, T, Tk)) and, with a memory, its window mask."""
+        mask = window_mask(positions, key_positions, window)  # (T, Tk)
+        if doc_mask is not None:
+            mask = (mask[None] & doc_mask)[:, None]  # (B, 1, T, Tk)
+        memory_mask = None if memory is None else window_mask(positions, memory[2], window)
+        rotary = rotary_tables(positions, self.head_dim, self.rope_base)
+        return Shared(rotary, mask, memory_mask)
+
+    def _attend_with_memory(self, q, keys, values, memory, shared: Shared):
         """Softmax over [memory; keys] without concatenating them: the memory tensors stay
         one shared storage for every step, so autograd saves them once per chunk instead of
         a fresh (B, H, M + t, D) copy per generated token."""
-        mem_keys, mem_values, mem_positions = memory
+        mem_keys, mem_values, _ = memory
         scale = self.head_dim**-0.5
         scores = torch.cat(
             [
                 (q @ mem_keys.transpose(-2, -1) * scale).masked_fill(
-                    ~window_mask(positions, mem_positions, window), float("-inf")
+                    ~shared.memory_mask, float("-inf")
                 ),
-                (q @ keys.transpose(-2, -1) * scale).masked_fill(
-                    ~window_mask(positions, key_positions, window), float("-inf")
-                ),
+                (q @ keys.transpose(-2, -1) * scale).masked_fill(~shared.mask, float("-inf")),
             ],
             dim=-1,
         )  # (B, H, T, M + Tk)
@@ -208,11 +231,23 @@ class Block(nn.Module):
         return x + (self.alpha * branch if self.alpha is not None else branch)
 
     def forward(
-        self, x, positions, keys, values, key_positions, window, memory=None, doc_mask=None
+        self,
+        x,
+        positions,
+        keys,
+        values,
+        key_positions,
+        window,
+        memory=None,
+        doc_mask=None,
+        shared: Shared | None = None,
+        normed: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`normed` = norm_attn(x) when the caller already computed it (for the keys)."""
         attended = self.attention(
-            self.norm_attn(x), positions, keys, values, key_positions, window, memory, doc_mask
-        )
+            self.norm_attn(x) if normed is None else normed,
+            positions, keys, values, key_positions, window, memory, doc_mask, shared,
+        )  # fmt: skip
         x = self._residual(x, attended)
         return self._residual(x, self.feed_forward(self.norm_ff(x)))
 
@@ -265,14 +300,24 @@ class TransformerXL(nn.Module):
         doc_mask, doc_start = self._document_mask(tokens, mems, key_positions)
         h = self.dropout(self.embedding(tokens))  # (B, T, C)
         new_mems = []
+        # Rotary tables and masks are the same in every layer: computed once. Queries sit at
+        # key positions 0..T-1, the last T rows of the keys' tables.
+        D = self.config.d_model // self.config.n_heads
+        key_rotary = rotary_tables(key_positions, D, self.config.rope_base)
+        mask = window_mask(positions, key_positions, self.config.mem_len)  # (T, M+T)
+        if doc_mask is not None:
+            mask = (mask[None] & doc_mask)[:, None]  # (B, 1, T, M+T)
+        shared = Shared((key_rotary[0][M:], key_rotary[1][M:]), mask, None)
         for i, block in enumerate(self.blocks):
             context = h if mems is None else torch.cat([mems[i], h], dim=1)  # (B, M+T, C)
             new_mems.append(context[:, -self.config.mem_len :].detach())
-            normed = block.norm_attn(context)
-            keys, values = block.attention.project_keys(normed, key_positions)
-            h = block(
-                h, positions, keys, values, key_positions, self.config.mem_len, None, doc_mask
-            )
+            normed = block.norm_attn(context)  # (B, M+T, C)
+            keys, values = block.attention.project_keys(normed, key_positions, key_rotary)
+            # The block norms h again rather than take the strided view normed[:, M:]: with
+            # the view, a resumed run's weights differed from a straight run's in the last
+            # bits (tests/test_pretrain.py's SIGKILL test).
+            h = block(h, positions, keys, values, key_positions, self.config.mem_len,
+                      shared=shared)  # fmt: skip
         if doc_start is not None:
             new_mems.append(doc_start)
         return self.logits(h), new_mems
@@ -308,13 +353,19 @@ class TransformerXL(nn.Module):
         positions = torch.arange(start, start + T, device=tokens.device)
         h = self.embed(tokens)
         W = self.config.mem_len
+        # Every layer holds the same positions: rotary tables and masks computed once.
+        key_positions = torch.cat([cache[0]["pos"], positions])
+        memory_positions = cache[0]["mem_pos"]
+        shared = self.blocks[0].attention.shared(
+            positions, key_positions, W, (None, None, memory_positions)
+        )
         for block, c in zip(self.blocks, cache, strict=True):
-            k_new, v_new = block.attention.project_keys(block.norm_attn(h), positions)
+            normed = block.norm_attn(h)
+            k_new, v_new = block.attention.project_keys(normed, positions, shared.rotary)
             keys = torch.cat([c["k"], k_new], dim=2)  # live part (B, H, Tc+T, D)
             values = torch.cat([c["v"], v_new], dim=2)
-            key_positions = torch.cat([c["pos"], positions])
             memory = (c["mem_k"], c["mem_v"], c["mem_pos"])
-            h = block(h, positions, keys, values, key_positions, W, memory)
+            h = block(h, positions, keys, values, key_positions, W, memory, None, shared, normed)
             # The window needs only the last W keys for the next token: live ones first.
             c.update(k=keys[:, :, -W:], v=values[:, :, -W:], pos=key_positions[-W:])
             drop = max(0, c["mem_pos"].shape[0] + c["pos"].shape[0] - W)  # oldest memory first
