@@ -1,24 +1,33 @@
 """Training throughput: our Transformer-XL generator against a plain reference of the same
 width, depth and feed-forward size, measured in the same run.
 
-    python benchmarks/train_throughput.py [--preset cpu|gpu] [--steps N]
+    python benchmarks/train_throughput.py [--preset cpu|gpu] [--steps N] [--rounds R]
+        [--threads N] [--compile | --no-compile]
 
-The reference is a decoder-only stack of torch.nn.TransformerEncoderLayer (pre-norm, causal
-mask, fused fast path) over segments of seg_len tokens, without memory. Both train on
-random tokens with AdamW for the same number of steps; the script prints tokens/s of each,
-the ratio (ours / reference), and on CUDA the MFU (6N + attention FLOPs per token against
-the bf16 dense peak, 989 TFLOP/s for an H100 SXM). Imports only torch and cadenza.models,
-so it runs on a bare GPU box with PYTHONPATH=src.
+References, over segments of seg_len tokens without memory:
+- nanoGPT: a nanoGPT-style decoder of the same width, depth, heads and feed-forward size
+  with F.scaled_dot_product_attention(is_causal=True), the fast path
+  (benchmarks/nanogpt_reference.py): the main reference;
+- a stack of torch.nn.TransformerEncoderLayer (pre-norm, causal mask).
+All train on random tokens (one BOS every 40 tokens for our document masking) with AdamW
+and dropout 0.1 for the same number of steps; rounds alternate the models so a shared box
+slows them alike. The script prints the median tokens/s of each (min-max over rounds), the
+median per-round ratio ours / nanoGPT, and on CUDA the MFU (6N + attention FLOPs per token
+against the bf16 dense peak, 989 TFLOP/s for an H100 SXM). `--compile` on CPU also prints
+how long the first compiled steps took. Imports only torch and cadenza.models, so it runs
+on a bare GPU box with PYTHONPATH=src.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from nanogpt_reference import NanoGPT
 from torch import nn
 
 from cadenza.models.generator import GeneratorConfig, TransformerXL, flops_per_token
@@ -55,15 +64,8 @@ class Reference(nn.Module):
         return F.linear(self.norm(h), self.embedding.weight), None
 
 
-def measure(
-    model: nn.Module,
-    batch: int,
-    seg: int,
-    vocab: int,
-    steps: int,
-    device: torch.device,
-    compile_model: bool,
-) -> float:
+def make_step(model: nn.Module, device: torch.device, compile_model: bool):
+    """One AdamW training step of model on (B, T + 1) tokens, memory carried between calls."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = torch.compile(model) if compile_model else model
@@ -72,22 +74,30 @@ def measure(
         if device.type == "cuda"
         else contextlib.nullcontext()
     )
-    tokens = torch.randint(0, vocab, (batch, seg + 1), device=device)
-    mems, warmup = None, 3
-    for step in range(warmup + steps):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()  # sync: start the clock with an idle GPU
-            started = time.perf_counter()
+    mems = None
+
+    def step(tokens: torch.Tensor) -> None:
+        nonlocal mems
         with autocast:
             logits, mems = step_model(tokens[:, :-1], mems)
             loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    return step
+
+
+def timed_steps(step, tokens: torch.Tensor, steps: int, device: torch.device) -> float:
+    """Seconds for `steps` steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # sync: start the clock with an idle GPU
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(tokens)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * seg * steps / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -95,40 +105,70 @@ def main() -> None:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default=None, help="default: gpu on CUDA, else cpu"
     )
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=466, help="REMI vocabulary of the Bach corpus")
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile every model (default: on CUDA only)",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     preset = dict(PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")])
     batch = preset.pop("batch_size")
-    compile_model = device.type == "cuda" and not args.no_compile
-    config = GeneratorConfig(vocab_size=args.vocab, dropout=0.1, **preset)
+    compile_model = device.type == "cuda" if args.compile is None else args.compile
+    config = GeneratorConfig(vocab_size=args.vocab, dropout=0.1, bos_id=1, **preset)
     torch.manual_seed(0)
+    dims = (config.d_model, config.n_layers, config.n_heads, config.d_ff)
+    models = {
+        "nanoGPT (SDPA is_causal=True)": NanoGPT(args.vocab, *dims),
+        "nn.TransformerEncoderLayer": Reference(args.vocab, *dims),
+        f"ours (Transformer-XL, memory {config.mem_len})": TransformerXL(config),
+    }
+    tokens = torch.randint(2, args.vocab, (batch, config.seg_len + 1), device=device)
+    tokens[:, ::40] = 1  # documents of 40 tokens: our document mask is in play
+    steps = {name: make_step(model, device, compile_model) for name, model in models.items()}
+    warmup = {name: timed_steps(step, tokens, 3, device) for name, step in steps.items()}
+    speeds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            seconds = timed_steps(step, tokens, args.steps, device)
+            speeds[name].append(batch * config.seg_len * args.steps / seconds)
     ours = TransformerXL(config)
-    reference = Reference(args.vocab, config.d_model, config.n_layers, config.n_heads, config.d_ff)
-    ref_tps = measure(
-        reference, batch, config.seg_len, args.vocab, args.steps, device, compile_model
-    )
-    our_tps = measure(ours, batch, config.seg_len, args.vocab, args.steps, device, compile_model)
     print(
         f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(
-        f"model: {ours.num_parameters() / 1e6:.1f} M parameters, batch {batch} x seg "
-        f"{config.seg_len}, mem {config.mem_len}, compile {compile_model}"
+        f"model: {ours.num_parameters() / 1e6:.2f} M parameters, batch {batch} x seg "
+        f"{config.seg_len}, mem {config.mem_len}, compile {compile_model}; "
+        f"{args.rounds} rounds of {args.steps} steps"
     )
-    print(f"reference (nn.TransformerEncoderLayer, no memory): {ref_tps:12,.0f} tokens/s")
-    print(f"ours (Transformer-XL, memory {config.mem_len}):          {our_tps:12,.0f} tokens/s")
-    print(f"ratio ours / reference: {our_tps / ref_tps:.2f}")
+    for name, values in speeds.items():
+        print(
+            f"  {name:<36} {statistics.median(values):10,.0f} tokens/s "
+            f"(min {min(values):,.0f}, max {max(values):,.0f}); "
+            f"first 3 steps {warmup[name]:.1f} s"
+        )
+    names = list(speeds)
+    for reference in names[:2]:
+        ratios = [a / b for a, b in zip(speeds[names[2]], speeds[reference], strict=True)]
+        print(
+            f"ratio ours / {reference.split(' ')[0]}: {statistics.median(ratios):.2f} "
+            f"(per round {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
     if device.type == "cuda":
         flops = flops_per_token(config, ours.num_parameters())
         print(
             f"MFU (bf16 peak {H100_BF16_PEAK / 1e12:.0f} TFLOP/s): "
-            f"{our_tps * flops / H100_BF16_PEAK:.1%}"
+            f"{statistics.median(speeds[names[2]]) * flops / H100_BF16_PEAK:.1%}"
         )
 
 

@@ -7,7 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+# As `cadenza` does (cli.main), before torch loads OpenMP: idle threads sleep rather than spin,
+# so tests running beside other work on a 2-core box are not stalled 10x by spinning threads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 from cadenza.config import ImportSettings
 from cadenza.data import corpus_import

@@ -48,6 +48,52 @@ def test_cached_generation_equals_naive_recomputation(temperature, top_k, top_p)
     assert cached.shape == (2, 63)
 
 
+@pytest.mark.parametrize(("rezero", "mem_len"), [(True, 8), (False, 64)])
+def test_ring_buffer_decoding_equals_naive_recomputation(rezero, mem_len):
+    """The decode fast path (ring buffer, stacked q/k/v weights, rotation by swapped halves)
+    with ReZero residuals, and with a window longer than the whole sample (a ring that
+    never wraps), against recomputing the full sequence for every token."""
+    model = tiny(rezero=rezero, mem_len=mem_len)
+    if rezero:
+        for block in model.blocks:
+            block.alpha.data.fill_(0.5)
+    prompt = torch.randint(0, 40, (2, 3))
+    cached = model.generate(prompt, 30, generator=torch.Generator().manual_seed(3))
+    naive = model.generate_naive(prompt, 30, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(cached, naive)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 11])
+def test_decode_steps_give_the_full_forward_logits(prompt_len):
+    """decode_step's logits, token by token past several wraps of the ring (window 8),
+    against one full forward pass; weights scaled up so attention is far from uniform."""
+    model = tiny().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0 if p.dim() >= 2 else 1.0)
+    tokens = torch.randint(0, 40, (2, 40))
+    full, _ = model(tokens)
+    with torch.no_grad():
+        cache = model.empty_cache(2, torch.device("cpu"))
+        steps = [model._forward_cached(tokens[:, :prompt_len], cache, 0)[:, -1]]
+        state = model.start_decoding(cache, 40)
+        for position in range(prompt_len, 40):
+            steps.append(model.decode_step(tokens[:, position], position, state))
+    torch.testing.assert_close(
+        torch.stack(steps, 1), full[:, prompt_len - 1 :], atol=1e-4, rtol=1e-4
+    )
+
+
+def test_batched_generation_equals_one_row_at_a_time():
+    """Greedy decoding of a batch gives each row what it gets alone (no row sees another)."""
+    model = tiny()
+    prompts = torch.randint(0, 40, (3, 5))
+    batched = model.generate(prompts, 20, temperature=0.0)
+    for row in range(3):
+        alone = model.generate(prompts[row : row + 1], 20, temperature=0.0)
+        assert torch.equal(batched[row : row + 1], alone)
+
+
 def test_generates_4096_tokens_reusing_the_cache():
     model = tiny(d_model=16, n_heads=2, d_ff=32, n_layers=1)
     out = model.generate(

@@ -7,6 +7,7 @@ that `cadenza --help` answers at once.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -534,6 +535,11 @@ def summary(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(
 
 
 def main() -> None:
+    # Before anything loads torch's OpenMP runtime: idle OpenMP threads sleep instead of
+    # spinning. With spinning (libgomp's default), any other busy process on the box (the
+    # Prefect or MLflow server, a browser) stalls every parallel region: training 4.8x and
+    # batch-1 generation 11x slower at load 14 on 2 cores (benchmarks/thread_policy.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 
