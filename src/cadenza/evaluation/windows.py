@@ -128,16 +128,21 @@ def generate_samples(
         for b, start in enumerate(range(0, plan.num_samples, batch_size)):
             count = min(batch_size, plan.num_samples - start)
             generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+            bos = torch.full((count, 1), tokenizer["BOS_None"], dtype=torch.long, device=device)
+            # [BOS] through the cache, then the model's ring-buffer decode path, one token a step.
             cache = net.empty_cache(count, device)
-            token = torch.full((count, 1), tokenizer["BOS_None"], dtype=torch.long, device=device)
+            logits = net._forward_cached(bos, cache, 0)[:, -1]  # (B, V)
+            state = net.start_decoding(cache, plan.sample_len + 1)
             rows = []
-            for position in range(plan.sample_len):
-                logits = net._forward_cached(token, cache, position)[:, -1].float()  # (B, V)
+            for position in range(1, plan.sample_len + 1):
+                logits = logits.float()
                 logits[:, suppressed] = float("-inf")
                 probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                token = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
                 rows.append(token)
-            out.append(torch.cat(rows, dim=1).cpu().numpy())
+                if position < plan.sample_len:
+                    logits = net.decode_step(token, position, state)
+            out.append(torch.stack(rows, dim=1).cpu().numpy())
     return np.concatenate(out)
 
 
