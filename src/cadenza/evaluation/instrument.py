@@ -103,15 +103,18 @@ class Instrument:
         bins, centers, replicate_rows = [], [], []
         for k in range(self.plan.num_bins):
             start, end = self.plan.bin_span(k)
-            result = self.score(fake, probe, k)
+            entry = {"start": start, "end": end, "music": self.music_checks(fake, k)}
+            try:
+                result = self.score(fake, probe, k)
+            except ValueError as exc:  # a bin too few real documents reach: said, not scored
+                bins.append({**entry, "accuracy": None, "ci_low": None, "ci_high": None,
+                             "note": str(exc)})  # fmt: skip
+                continue
             low, high = result.interval()
-            bins.append(
-                {"start": start, "end": end, "accuracy": result.accuracy, "ci_low": low,
-                 "ci_high": high, "music": self.music_checks(fake, k)}
-            )  # fmt: skip
+            bins.append({**entry, "accuracy": result.accuracy, "ci_low": low, "ci_high": high})
             centers.append((start + end) / 2)
             replicate_rows.append(result.replicates)
-        accuracies = np.array([b["accuracy"] for b in bins])
+        accuracies = np.array([b["accuracy"] for b in bins if b["accuracy"] is not None])
         point = probes.slope(np.array(centers), accuracies)
         replicate_slopes = np.array(
             [

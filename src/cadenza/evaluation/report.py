@@ -51,7 +51,7 @@ def figures(metrics: dict, models: tuple[str, ...], out_dir: Path) -> list[Path]
 
     fig, ax = plt.subplots(figsize=(6, 3), dpi=90)
     for name in models:
-        bins = metrics[name]["position_bins"]
+        bins = [b for b in metrics[name]["position_bins"] if b["accuracy"] is not None]
         centers = [(b["start"] + b["end"]) / 2 for b in bins]
         acc = np.array([b["accuracy"] for b in bins])
         err = _error_bars(acc, bins)
@@ -93,9 +93,12 @@ def html_sections(metrics: dict, models: tuple[str, ...], figs: list[Path], root
         rows = []
         for b in m["position_bins"]:
             checks = b["music"]
+            accuracy = (
+                "n/a: " + b.get("note", "") if b["accuracy"] is None
+                else f"{b['accuracy']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
+            )  # fmt: skip
             rows.append(
-                [f"{b['start']}-{b['end']}",
-                 f"{b['accuracy']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]",
+                [f"{b['start']}-{b['end']}", accuracy,
                  *(f"{checks[k]['generated']:.3f} / {checks[k]['real']:.3f}" for k in checks)]
             )  # fmt: skip
         checks = list(m["position_bins"][0]["music"])
