@@ -139,7 +139,8 @@ class Attention(nn.Module):
         `shared`: the query's rotary tables and the masks, computed once for all layers."""
         B, T, C = x.shape
         if shared is None:
-            shared = self.shared(positions, key_positions, window, memory, doc_mask)
+            memory_positions = None if memory is None else memory[2]
+            shared = self.shared(positions, key_positions, window, memory_positions, doc_mask)
         q = apply_rotary(self._heads(self.query(x)), *shared.rotary)  # (B, H, T, D)
         if memory is not None and memory[0].shape[2]:
             y = self._attend_with_memory(q, keys, values, memory, shared)
@@ -181,13 +182,17 @@ class Attention(nn.Module):
         weights = (q @ keys.transpose(-2, -1)).softmax(dim=-1)  # (B, H, 1, num_keys)
         return self.out((weights @ values).transpose(1, 2).reshape(B, 1, C))
 
-    def shared(self, positions, key_positions, window, memory=None, doc_mask=None) -> Shared:
+    def shared(
+        self, positions, key_positions, window, memory_positions=None, doc_mask=None
+    ) -> Shared:
         """What every layer of one call needs alike: the rotary tables of the queries, the
         window mask (with documents: (B, 1, T, Tk)) and, with a memory, its window mask."""
         mask = window_mask(positions, key_positions, window)  # (T, Tk)
         if doc_mask is not None:
             mask = (mask[None] & doc_mask)[:, None]  # (B, 1, T, Tk)
-        memory_mask = None if memory is None else window_mask(positions, memory[2], window)
+        memory_mask = (
+            None if memory_positions is None else window_mask(positions, memory_positions, window)
+        )
         rotary = rotary_tables(positions, self.head_dim, self.rope_base)
         return Shared(rotary, mask, memory_mask)
 
@@ -356,9 +361,7 @@ class TransformerXL(nn.Module):
         # Every layer holds the same positions: rotary tables and masks computed once.
         key_positions = torch.cat([cache[0]["pos"], positions])
         memory_positions = cache[0]["mem_pos"]
-        shared = self.blocks[0].attention.shared(
-            positions, key_positions, W, (None, None, memory_positions)
-        )
+        shared = self.blocks[0].attention.shared(positions, key_positions, W, memory_positions)
         for block, c in zip(self.blocks, cache, strict=True):
             normed = block.norm_attn(h)
             k_new, v_new = block.attention.project_keys(normed, positions, shared.rotary)
