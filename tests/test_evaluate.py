@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from symusic import Score
 
-from cadenza.evaluation import discriminative, music_stats
+from cadenza.evaluation import music_stats
 
 from .conftest import make_midi
 
@@ -65,19 +65,6 @@ def test_set_comparison_is_zero_against_itself_and_grows_with_difference(chorale
         music_stats.compare_sets(real[:1], real)
 
 
-def test_classifier_separates_different_sets_and_not_identical_ones():
-    rng = np.random.default_rng(0)
-    real = rng.normal(0, 1, (60, 8))
-    far = discriminative.classify(real, rng.normal(1.5, 1, (60, 8)), bootstrap=200)
-    assert far.accuracy > 0.85 and far.auc > 0.9
-    assert far.accuracy_ci_low <= far.accuracy <= far.accuracy_ci_high
-    same = discriminative.classify(real, rng.normal(0, 1, (60, 8)), bootstrap=200)
-    assert same.accuracy_ci_low < 0.5 + 0.1 and same.accuracy < 0.7
-    assert same.num_real == same.num_generated == 60
-    with pytest.raises(ValueError, match="equal numbers"):
-        discriminative.classify(real, real[:10])
-
-
 def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     repo = registered_project["repo"]
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
@@ -88,7 +75,15 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         assert 0 <= m["discriminative_accuracy_ci_low"] <= m["discriminative_accuracy"]
         assert m["discriminative_accuracy"] <= m["discriminative_accuracy_ci_high"] <= 1
         assert 0 <= m["discriminative_auc"] <= 1
-        assert m["discriminative_num_real"] == m["discriminative_num_generated"] == 8
+        assert set(m["probes"]) == {"learned", "music", "combined"}
+        assert m["discriminative_accuracy"] == max(p["accuracy"] for p in m["probes"].values())
+        assert m["discriminative_probe"] in m["probes"]
+        assert m["num_windows"] == 12 * 2 and m["window_len"] == 16 and m["sample_len"] == 48
+        assert [(b["start"], b["end"]) for b in m["position_bins"]] == [(0, 31), (16, 48)]
+        for b in m["position_bins"]:
+            assert b["accuracy"] is None or b["ci_low"] <= b["accuracy"] <= b["ci_high"]
+            assert set(b["music"]) == {"scale_consistency", "used_pitch_classes",
+                                       "seconds_clusters", "voices_mean"}  # fmt: skip
         for key in ("pitch_range", "polyphony", "note_density", "mean_ioi", "scale_consistency",
                     "groove_consistency", "empty_beat_rate", "pitch_class_histogram",
                     "pitch_class_transitions"):  # fmt: skip
@@ -97,8 +92,18 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         if m["num_pieces_with_notes"] < 2:  # a tiny model may write no notes: said so
             assert "music_stats_note" in m and m["mean_overlap"] == 0.0
     assert {"unigram", "4gram"} <= set(metrics["baselines"])
+    pair = metrics["comparisons"]["gan_vs_mle"]
+    assert pair["difference"] == pytest.approx(pair["accuracy_a"] - pair["accuracy_b"])
+    assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1
+    assert pair["accuracy_a"] == metrics["gan"]["probes"][pair["probe"]]["accuracy"]
     report = repo / "reports" / "evaluate"
     html = (report / "index.html").read_text()
+    for figure in ("probes.png", "positions.png"):
+        assert (report / figure).read_bytes()[:4] == b"\x89PNG" and figure in html
+    assert "gan_vs_mle" in html and "Paired comparisons" in html
+    windows = np.load(report / "windows.npz")
+    assert windows["real_tokens"].shape == (12, 2, 16)
+    assert windows["samples_mle"].shape == windows["samples_gan"].shape == (12, 48)
     for name in ("real", "mle", "gan"):
         for i in range(2):
             midi = report / "samples" / name / f"{name}_{i}.mid"
@@ -116,6 +121,10 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     assert run.data.metrics["mle.test_nll"] == pytest.approx(metrics["mle"]["test_nll"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"lineage.json", "report"} <= artifacts
+    assert "report/positions.png" in {
+        a.path for a in client.list_artifacts(run.info.run_id, "report")
+    }
+    assert run.data.metrics["gan.position_bins.0.start"] == 0
 
 
 def test_gallery_renders_wav_where_fluidsynth_is_installed(tmp_path, chorale_dir):

@@ -166,8 +166,9 @@ def test_promote_rollback_and_refusals(registered_project):
     rolled = run_in(repo, "cadenza", "registry", "rollback")
     assert "version 2 -> version 1" in rolled.stdout
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
-    status = run_in(repo, "cadenza", "registry", "status").stdout
+    status = run_in(repo, "cadenza", "registry", "status", env={"COLUMNS": "200"}).stdout
     assert "champion" in status and "challenger" in status
+    assert max(len(line) for line in status.splitlines()) <= 80, status  # an 80-column terminal
 
     # A version whose data validation failed is never promoted, not even by force.
     client.set_model_version_tag(NAME, "2", "validation.passed", "false")
