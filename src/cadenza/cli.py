@@ -412,14 +412,23 @@ def generate(
         typer.Option(exists=True, dir_okay=False, help="MIDI file whose opening primes the model"),
     ] = None,
     primer_tokens: Annotated[int, typer.Option(min=1, help="tokens of the primer to use")] = 64,
+    audio: Annotated[
+        str | None, typer.Option(help="also write audio beside the MIDI: mp3 | ogg | wav")
+    ] = None,
+    synthesizer: Annotated[
+        str, typer.Option(help="tinysoundfont (pip) | fluidsynth (when installed)")
+    ] = "tinysoundfont",
 ) -> None:
-    """Sample a MIDI file from a trained generator."""
-    from cadenza.generate import generate_midi
+    """Sample a MIDI file from a trained generator (and, with --audio, render it)."""
+    from cadenza.generate import generate_midi, write_audio
 
     result = _run_stage(
         generate_midi, model, tokens, out, temperature, top_k, top_p, seed, primer, primer_tokens
     )
     typer.echo(f"wrote {result.out_path}: {len(result.token_ids)} tokens, {result.num_notes} notes")
+    if audio:
+        sound = _run_stage(write_audio, result.out_path, audio, synthesizer)
+        typer.echo(f"wrote {sound}")
 
 
 @app.command()

@@ -286,6 +286,11 @@ class EvaluateSettings(_Section):
     """Which generator to register: auto = the one whose discriminative accuracy is closest
     to 50% among those within register.max_nll_increase of the best test NLL."""
     render_audio: bool = True
+    """An audio file beside each piano roll in the report (see cadenza.audio)."""
+    synthesizer: Literal["tinysoundfont", "fluidsynth"] = "tinysoundfont"
+    """tinysoundfont (a wheel, with the GM soundfont shipped in pretty_midi) or fluidsynth
+    (only when installed; the soundfont: $CADENZA_SOUNDFONT or a system GM soundfont)."""
+    audio_format: Literal["mp3", "ogg", "wav"] = "mp3"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -84,6 +84,7 @@ def run(
 ) -> dict:
     import torch
 
+    from cadenza.audio import AudioSpec
     from cadenza.evaluation import discriminative, gallery, music_stats
     from cadenza.generate import clean_ids, load_generator
     from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
@@ -176,8 +177,11 @@ def run(
     report_dir = paths.root / "reports" / "evaluate"
     if report_dir.exists():
         shutil.rmtree(report_dir)
-    samples = gallery.write_gallery(gallery_scores, report_dir / "samples", settings.render_audio)
-    metrics["audio"] = samples.audio_note or "rendered with FluidSynth"
+    spec = AudioSpec(settings.synthesizer, settings.audio_format)
+    samples = gallery.write_gallery(
+        gallery_scores, report_dir / "samples", settings.render_audio, spec
+    )
+    metrics["audio"] = samples.audio_note or f"{spec.format} rendered with {spec.synthesizer}"
     gallery.write_report(
         report_dir / "index.html", f"Cadenza evaluation: corpus '{paths.corpus}'",
         _report_table(metrics), samples,
