@@ -177,7 +177,7 @@ TINY_STAGES = {
     },
     "evaluate": {
         "num_chunks": 8, "chunk_len": 16, "warmup_tokens": 8, "num_pieces": 4, "piece_len": 64,
-        "gallery_size": 2, "folds": 2, "bootstrap": 50, "render_audio": False,
+        "gallery_size": 2, "folds": 2, "bootstrap": 50, "render_audio": True,
     },
 }  # fmt: skip
 

@@ -105,7 +105,9 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
             assert Score(str(midi)).ticks_per_quarter > 0
             assert (report / "samples" / name / f"{name}_{i}.png").read_bytes()[:4] == b"\x89PNG"
             assert f"samples/{name}/{name}_{i}.png" in html
-    assert "audio rendering switched off" in html
+            assert f"src='samples/{name}/{name}_{i}.mp3'" in html
+            assert (report / "samples" / name / f"{name}_{i}.mp3").stat().st_size > 0
+    assert metrics["audio"] == "mp3 rendered with tinysoundfont"
     lock = (repo / "dvc.lock").read_text()
     assert "evaluate:" in lock and "register:" in lock
 
@@ -116,6 +118,8 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     assert run.data.metrics["mle.test_nll"] == pytest.approx(metrics["mle"]["test_nll"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"lineage.json", "report"} <= artifacts
+    kept = {a.path for a in client.list_artifacts(run.info.run_id, "report/samples/gan")}
+    assert "report/samples/gan/gan_0.mp3" in kept
 
 
 def test_gallery_writes_a_player_beside_each_piano_roll(tmp_path, chorale_dir):
