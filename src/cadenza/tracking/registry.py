@@ -6,7 +6,9 @@ metrics the gate reads, and the gate's decision and reason. The new version gets
 `challenger`; it also gets `champion` when the gate holds:
 - its evaluation exists and its data validation passed (never overridden, not even by force);
 - |discriminative accuracy - 0.5| at least register.min_accuracy_gain below the champion's;
-- test NLL at most register.max_nll_increase above the champion's.
+- test NLL at most register.max_nll_increase above the champion's;
+- optionally (register.listening_min_votes > 0), listeners preferred it to the champion in a
+  `cadenza listen` study (see listening_rule).
 Promotions take a lock next to the store, so two at once are serialised: each compares
 against the champion the other left, and exactly one champion remains.
 """
@@ -90,6 +92,8 @@ def gate(candidate: dict, champion: dict | None, settings: RegisterSettings) -> 
         return False, "data validation did not pass for this version's corpus"
     if champion is None:
         return True, "no champion yet; evaluation and validation passed"
+    if refusal := listening_rule(candidate, champion, settings):
+        return False, refusal
     champ_accuracy = _number(champion, "metrics.discriminative_accuracy")
     champ_nll = _number(champion, "metrics.test_nll")
     if champ_accuracy is None or champ_nll is None:
@@ -110,6 +114,31 @@ def gate(candidate: dict, champion: dict | None, settings: RegisterSettings) -> 
         f"discriminative accuracy {accuracy:.3f} vs champion {champ_accuracy:.3f} "
         f"(|gap| {gap:.3f} < {champ_gap:.3f}); test NLL {nll:.4f} vs {champ_nll:.4f}"
     )
+
+
+def listening_rule(candidate: dict, champion: dict, settings: RegisterSettings) -> str | None:
+    """Why listeners block the promotion (None when they do not, or the rule is off):
+    register.listening_min_votes > 0 asks for a `cadenza listen` study of the candidate
+    against this champion (matched by run id) with that many votes, the candidate preferred
+    in at least register.listening_min_preference of them."""
+    needed = settings.listening_min_votes
+    if needed == 0:
+        return None
+    if not candidate.get("listening.vs_run_id") or (
+        candidate.get("listening.vs_run_id") != champion.get("run_id")
+    ):
+        return f"no listening study against the champion yet (needs {needed} votes)"
+    votes = int(_number(candidate, "listening.votes") or 0)
+    share = _number(candidate, "listening.preference") or 0.0
+    low, high = _number(candidate, "listening.ci_low"), _number(candidate, "listening.ci_high")
+    heard = f"listeners preferred it in {share:.0%} of {votes} votes (95% CI {low:.0%}-{high:.0%})"
+    if votes < needed:
+        return f"{heard}: fewer than register.listening_min_votes {needed}"
+    if share < settings.listening_min_preference:
+        return (
+            f"{heard}: below register.listening_min_preference {settings.listening_min_preference}"
+        )
+    return None
 
 
 def version_tags(evaluation: dict, record: dict) -> dict[str, str]:
