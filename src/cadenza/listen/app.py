@@ -11,8 +11,8 @@ that id signed under another salt, so a form posted from another site (no cookie
 is refused. Anything invalid is answered 4xx and stores nothing.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the route signatures at run
+# time, and Request/Cookie/Form are imported inside create_app (cadenza --help stays instant).
 import hashlib
 import random
 import secrets
