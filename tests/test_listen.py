@@ -23,6 +23,7 @@ from .conftest import free_port, make_midi, wait_for_http
 
 NUM_PAIRS = 10
 CLIP_SECONDS = 3.0
+PLAYING = "const a = document.getElementById('clip-1'); return [a.currentTime, a.error];"
 
 
 @pytest.fixture(scope="session")
@@ -229,3 +230,61 @@ def test_twenty_concurrent_listeners_lose_and_double_no_vote(study, served):
     for row in rows:
         per_listener.setdefault(row["listener"], set()).add(row["pair_id"])
     assert len(per_listener) == 20 and all(p == set(study.pairs) for p in per_listener.values())
+
+
+def test_a_listener_in_headless_chromium_plays_and_votes_through_every_pair(study, served):
+    import os
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Debian's chromium is not installed: apt-get install chromium chromium-driver")
+    pytest.importorskip("selenium", reason="selenium is in the dev extras: pip install selenium")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, db = served
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio",
+                 "--window-size=1000,640"):  # fmt: skip
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
+    chosen = []
+    try:
+        browser.get(base + "/")
+        for index in range(NUM_PAIRS):
+            wait = WebDriverWait(browser, 20)
+            wait.until(
+                lambda b, i=index: f"Pair {i + 1} of" in b.find_element(By.ID, "progress").text
+            )
+            browser.find_element(By.CSS_SELECTOR, "button.play[data-clip='clip-1']").click()
+            wait.until(lambda b: b.execute_script(PLAYING)[0] > 0.2)  # decoded and playing
+            assert browser.execute_script(PLAYING)[1] is None
+            preferred = browser.find_elements(By.NAME, "preferred")[index % 3 == 0]
+            preferred.click()
+            browser.find_elements(By.NAME, "human")[0].click()
+            chosen.append(preferred.get_attribute("value"))
+            if index == 0:
+                png = browser.get_screenshot_as_png()
+                assert png[:4] == b"\x89PNG"
+                if folder := os.environ.get("CADENZA_SCREENSHOT_DIR"):
+                    Path(folder, "listen-page.png").write_bytes(png)
+            browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.ID, "done"))
+        assert f"all {NUM_PAIRS} pairs" in browser.find_element(By.ID, "done").text
+    finally:
+        browser.quit()
+    rows = votes.all_votes(votes.connect(db), study.name)
+    assert [row["preferred_clip"] for row in rows] == chosen
+    assert {row["pair_id"] for row in rows} == set(study.pairs)
+    assert len({row["listener"] for row in rows}) == 1
+    result = results.results(study, db)
+    wins_b = sum(study.clips[clip]["side"] == "b" for clip in chosen)
+    assert (result.num_votes, result.sides["b"].wins) == (NUM_PAIRS, wins_b)
+    assert result.sides["a"].wins + result.sides["b"].wins == NUM_PAIRS
+    print(
+        f"browser run: {result.num_votes} votes, source b preferred {wins_b}/{NUM_PAIRS} = "
+        f"{result.sides['b'].preference:.0%} (Wilson 95% CI {result.sides['b'].ci_low:.0%}-"
+        f"{result.sides['b'].ci_high:.0%})"
+    )
