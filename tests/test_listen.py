@@ -288,3 +288,72 @@ def test_a_listener_in_headless_chromium_plays_and_votes_through_every_pair(stud
         f"{result.sides['b'].preference:.0%} (Wilson 95% CI {result.sides['b'].ci_low:.0%}-"
         f"{result.sides['b'].ci_high:.0%})"
     )
+
+
+def _tags(**listening) -> dict:
+    base = {"metrics.discriminative_accuracy": "0.6", "metrics.test_nll": "1.0",
+            "validation.passed": "true", "evaluation.status": "ok", "run_id": "champ"}  # fmt: skip
+    return {**base, **{f"listening.{k}": str(v) for k, v in listening.items()}}
+
+
+def test_the_listening_rule_of_the_promotion_gate():
+    from cadenza.config import RegisterSettings
+    from cadenza.tracking.registry import gate
+
+    champion = {**_tags(), "metrics.discriminative_accuracy": "0.8"}
+    off = RegisterSettings()
+    assert gate(_tags(), champion, off)[0]  # the rule is off by default
+    rule = RegisterSettings(listening_min_votes=20, listening_min_preference=0.55)
+    ok, why = gate(_tags(), champion, rule)
+    assert not ok and "no listening study against the champion" in why
+    heard = {"vs_run_id": "champ", "ci_low": 0.4, "ci_high": 0.8}
+    ok, why = gate(_tags(**heard, preference=0.6, votes=12), champion, rule)
+    assert not ok and "fewer than register.listening_min_votes 20" in why
+    ok, why = gate(_tags(**heard, preference=0.5, votes=40), champion, rule)
+    assert not ok and "below register.listening_min_preference 0.55" in why
+    assert gate(_tags(**heard, preference=0.6, votes=40), champion, rule)[0]
+    stale = {**heard, "vs_run_id": "an-older-champion"}
+    assert not gate(_tags(**stale, preference=0.9, votes=40), champion, rule)[0]
+
+
+@pytest.mark.integration
+def test_a_study_of_two_registry_versions_tags_both_and_shows_in_status(
+    registered_project, tmp_path
+):
+    import mlflow
+    import yaml
+
+    from .conftest import run_in
+
+    repo = tmp_path / "repo"
+    shutil.copytree(registered_project["repo"], repo, ignore=shutil.ignore_patterns("*.lock"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["listen"].update(num_pairs=2, piece_tokens=64, clip_seconds=2.0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    built = run_in(repo, "cadenza", "listen", "build", "models:/cadenza-generator/1",
+                   "models:/cadenza-generator/2", "--out", "studies/v1-v2")  # fmt: skip
+    assert "2 pairs of 2 s mp3 clips" in built.stdout
+    study = load_study(repo / "studies" / "v1-v2")
+    assert study.manifest["sources"]["b"]["model_version"] == "2"
+    db = f"sqlite:///{tmp_path / 'votes.db'}"
+    for _ in range(2):  # two listeners prefer version 2 on both pairs
+        client = client_for(study, db)
+        for _ in range(2):
+            fields = form_fields(client.get("/").text)
+            b = next(c for c in fields["clips"] if study.clips[c]["side"] == "b")
+            vote = {"pair": fields["pair"], "preferred": b, "csrf": fields["csrf"]}
+            assert client.post("/vote", data=vote).status_code == 303
+    shown = run_in(repo, "cadenza", "listen", "results", "studies/v1-v2", "--db", db).stdout
+    assert "4 votes from 2 listeners" in shown
+    assert "models:/cadenza-generator/2: preferred in 4 of 4 votes, 100.0%" in shown
+    assert "logged to cadenza-generator v1" in shown and "logged to cadenza-generator v2" in shown
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    one, two = (client.get_model_version("cadenza-generator", v) for v in ("1", "2"))
+    assert two.tags["listening.vs"] == "cadenza-generator v1"
+    assert two.tags["listening.vs_run_id"] == one.run_id
+    assert float(two.tags["listening.preference"]) == 1.0 and two.tags["listening.votes"] == "4"
+    assert float(one.tags["listening.preference"]) == 0.0
+    assert client.get_run(two.run_id).data.metrics["listening_preference"] == 1.0
+    status = run_in(repo, "cadenza", "registry", "status", env={"COLUMNS": "250"}).stdout
+    assert "100% [51-100%] n=4 vs cadenza-generator v1" in status
