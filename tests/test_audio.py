@@ -59,6 +59,12 @@ def test_every_format_decodes_to_the_rendered_length(tmp_path, chorale_dir, audi
     assert rate == spec.sample_rate and 0.01 < np.sqrt((decoded**2).mean()) < 0.99
 
 
+def test_a_piece_without_notes_renders_as_silence(tmp_path):
+    Score(480).dump_midi(str(tmp_path / "empty.mid"))  # what an untrained generator may write
+    out = audio.render(tmp_path / "empty.mid", tmp_path / "empty.mp3", audio.AudioSpec())
+    assert audio.duration_seconds(out) == pytest.approx(audio.TAIL_SECONDS, abs=0.1)
+
+
 def test_fit_length_cuts_with_a_fade_or_pads_with_silence():
     rate = 1000
     loud = np.ones((3000, 2), dtype=np.float32)

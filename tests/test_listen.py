@@ -59,6 +59,7 @@ def test_clips_are_equal_length_and_nothing_served_names_a_source(study, tmp_pat
         path = study.clip_path(clip_id)
         assert re.fullmatch(r"[0-9a-f]{16}\.mp3", path.name)
         assert audio.duration_seconds(path) == pytest.approx(CLIP_SECONDS, abs=0.03)
+        assert b"source" not in path.read_bytes().lower()  # no tags naming where it came from
     client = client_for(study, f"sqlite:///{tmp_path / 'v.db'}")
     page = client.get("/").text
     for secret in ("low", "high", "source", "study", str(study.folder)):

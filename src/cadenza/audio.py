@@ -110,6 +110,10 @@ def _tinysoundfont(midi: Path, spec: AudioSpec) -> np.ndarray:
     import tinysoundfont
     from symusic import Score
 
+    score = Score(str(midi))
+    frames = max(1, int((score.to("second").end() + TAIL_SECONDS) * spec.sample_rate))
+    if score.note_num() == 0:  # TinySoundFont cannot load a file without events: silence
+        return np.zeros((frames, 2), dtype=np.float32)
     synth = tinysoundfont.Synth(samplerate=spec.sample_rate)
     soundfont_id = synth.sfload(str(find_soundfont(spec)))
     # Every channel gets a preset up front: a file without program changes still sounds (piano).
@@ -117,8 +121,6 @@ def _tinysoundfont(midi: Path, spec: AudioSpec) -> np.ndarray:
         synth.program_select(channel, soundfont_id, 0, 0, channel == DRUM_CHANNEL)
     sequencer = tinysoundfont.Sequencer(synth)
     sequencer.midi_load(str(midi))
-    seconds = Score(str(midi)).to("second").end() + TAIL_SECONDS
-    frames = max(1, int(seconds * spec.sample_rate))
     buffer = synth.generate(frames)
     return np.frombuffer(buffer, dtype=np.float32).reshape(-1, 2)[:frames].copy()
 
