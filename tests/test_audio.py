@@ -65,6 +65,19 @@ def test_a_piece_without_notes_renders_as_silence(tmp_path):
     assert audio.duration_seconds(out) == pytest.approx(audio.TAIL_SECONDS, abs=0.1)
 
 
+def test_a_piece_of_endless_rests_is_cut_to_max_seconds(tmp_path):
+    score = Score(480)
+    score.tempos.append(Tempo(0, 120.0))
+    track = Track("t", 0, False)
+    track.notes.extend([Note(0, 480, 60, 90), Note(480 * 2 * 3600 * 24, 480, 62, 90)])  # a day
+    score.tracks.append(track)
+    score.dump_midi(str(tmp_path / "long.mid"))
+    spec = audio.AudioSpec()
+    samples = audio.synthesize(tmp_path / "long.mid", spec, max_seconds=4.0)
+    assert len(samples) == int((0.5 + audio.TAIL_SECONDS) * spec.sample_rate)  # note 2 is cut
+    assert np.abs(samples[: spec.sample_rate]).max() > 0.01  # the first note sounds
+
+
 def test_fit_length_cuts_with_a_fade_or_pads_with_silence():
     rate = 1000
     loud = np.ones((3000, 2), dtype=np.float32)

@@ -34,6 +34,7 @@ SYSTEM_SOUNDFONTS = (
 )
 DRUM_CHANNEL = 9
 TAIL_SECONDS = 1.0  # rendered after the last note-off so releases ring out
+MAX_SECONDS = 600.0  # longer pieces are cut: an untrained model can write hours of rests
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,18 @@ def unavailable_reason(spec: AudioSpec) -> str:
     return ""
 
 
-def synthesize(midi: Path, spec: AudioSpec) -> np.ndarray:
-    """(frames, 2) float32 stereo samples of a MIDI file."""
-    if spec.synthesizer == "fluidsynth":
-        return _fluidsynth(midi, spec)
-    return _tinysoundfont(midi, spec)
+def synthesize(midi: Path, spec: AudioSpec, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """(frames, 2) float32 stereo samples of a MIDI file's first max_seconds (+ the tail)."""
+    from symusic import Score
+
+    score = Score(str(midi)).to("second")
+    with tempfile.TemporaryDirectory() as tmp:
+        if score.end() > max_seconds:
+            midi = Path(tmp) / "cut.mid"
+            score.clip(0, max_seconds, clip_end=True).dump_midi(str(midi))
+        if spec.synthesizer == "fluidsynth":
+            return _fluidsynth(midi, spec)
+        return _tinysoundfont(midi, spec)
 
 
 def _tinysoundfont(midi: Path, spec: AudioSpec) -> np.ndarray:
@@ -170,7 +178,7 @@ def write(samples: np.ndarray, path: Path, spec: AudioSpec) -> Path:
 
 def render(midi: Path, out: Path, spec: AudioSpec, seconds: float | None = None) -> Path:
     """Render a MIDI file to `out` (optionally cut or padded to exactly `seconds`)."""
-    samples = synthesize(Path(midi), spec)
+    samples = synthesize(Path(midi), spec, MAX_SECONDS if seconds is None else seconds)
     if seconds is not None:
         samples = fit_length(samples, seconds, spec.sample_rate)
     return write(samples, Path(out), spec)
