@@ -134,7 +134,7 @@ def test_gallery_writes_a_player_beside_each_piano_roll(tmp_path, chorale_dir):
     assert audio.duration_seconds(item.audio) == pytest.approx(seconds, abs=0.2)
     gallery.write_report(tmp_path / "index.html", "t", {}, made)
     page = (tmp_path / "index.html").read_text()
-    assert "<audio controls preload='none' src='samples/real/real_0.mp3'>" in page
+    assert "<audio controls preload='metadata' src='samples/real/real_0.mp3'>" in page
 
 
 def test_gallery_without_audio_says_why(tmp_path, chorale_dir):

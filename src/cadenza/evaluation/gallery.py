@@ -107,7 +107,9 @@ def write_report(
             parts.append(f"<p><img src='{rel(item.png)}' alt='{rel(item.midi)}'><br>")
             parts.append(f"<a href='{rel(item.midi)}'>{html.escape(item.midi.name)}</a>")
             if item.audio:
-                parts.append(f"<br><audio controls preload='none' src='{rel(item.audio)}'></audio>")
+                parts.append(
+                    f"<br><audio controls preload='metadata' src='{rel(item.audio)}'></audio>"
+                )
             parts.append("</p>")
         parts.append("</div>")
     parts.append("</div></body></html>\n")
