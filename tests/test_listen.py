@@ -357,4 +357,5 @@ def test_a_study_of_two_registry_versions_tags_both_and_shows_in_status(
     assert float(one.tags["listening.preference"]) == 0.0
     assert client.get_run(two.run_id).data.metrics["listening_preference"] == 1.0
     status = run_in(repo, "cadenza", "registry", "status", env={"COLUMNS": "250"}).stdout
-    assert "100% [51-100%] n=4 vs cadenza-generator v1" in status
+    assert "100% [51%-100%] n=4 vs cadenza-generator v1" in status
+    assert "0% [0%-49%] n=4 vs cadenza-generator v2" in status
