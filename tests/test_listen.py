@@ -241,8 +241,11 @@ def test_a_listener_in_headless_chromium_plays_and_votes_through_every_pair(stud
         pytest.skip("Debian's chromium is not installed: apt-get install chromium chromium-driver")
     pytest.importorskip("selenium", reason="selenium is in the dev extras: pip install selenium")
     from selenium import webdriver
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    between_pages = (NoSuchElementException, StaleElementReferenceException)
 
     base, db = served
     options = webdriver.ChromeOptions()
@@ -255,7 +258,7 @@ def test_a_listener_in_headless_chromium_plays_and_votes_through_every_pair(stud
     try:
         browser.get(base + "/")
         for index in range(NUM_PAIRS):
-            wait = WebDriverWait(browser, 20)
+            wait = WebDriverWait(browser, 20, ignored_exceptions=between_pages)
             wait.until(
                 lambda b, i=index: f"Pair {i + 1} of" in b.find_element(By.ID, "progress").text
             )
@@ -272,7 +275,9 @@ def test_a_listener_in_headless_chromium_plays_and_votes_through_every_pair(stud
                 if folder := os.environ.get("CADENZA_SCREENSHOT_DIR"):
                     Path(folder, "listen-page.png").write_bytes(png)
             browser.find_element(By.ID, "submit").click()
-        WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.ID, "done"))
+        WebDriverWait(browser, 20, ignored_exceptions=between_pages).until(
+            lambda b: b.find_elements(By.ID, "done")
+        )
         assert f"all {NUM_PAIRS} pairs" in browser.find_element(By.ID, "done").text
     finally:
         browser.quit()
