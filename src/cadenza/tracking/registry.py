@@ -130,7 +130,8 @@ def listening_rule(candidate: dict, champion: dict, settings: RegisterSettings) 
         return f"no listening study against the champion yet (needs {needed} votes)"
     votes = int(_number(candidate, "listening.votes") or 0)
     share = _number(candidate, "listening.preference") or 0.0
-    low, high = _number(candidate, "listening.ci_low"), _number(candidate, "listening.ci_high")
+    low = _number(candidate, "listening.ci_low") or 0.0
+    high = _number(candidate, "listening.ci_high") or 1.0
     heard = f"listeners preferred it in {share:.0%} of {votes} votes (95% CI {low:.0%}-{high:.0%})"
     if votes < needed:
         return f"{heard}: fewer than register.listening_min_votes {needed}"
