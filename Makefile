@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the synthesizer, without PyAudio (playback only; no Linux wheel): see pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps "tinysoundfont>=0.3.7,<0.4"
 	touch $@
 
 run: setup

@@ -182,7 +182,7 @@ TINY_STAGES = {
     "evaluate": {
         "num_samples": 12, "sample_len": 48, "window_len": 16, "num_bins": 2,
         "min_documents": 2, "num_pieces": 4, "piece_len": 48, "gallery_size": 2, "folds": 2,
-        "cv_repeats": 1, "bootstrap": 20, "generation_batch": 8, "render_audio": False,
+        "cv_repeats": 1, "bootstrap": 20, "generation_batch": 8, "render_audio": True,
     },
 }  # fmt: skip
 

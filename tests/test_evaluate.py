@@ -110,7 +110,9 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
             assert Score(str(midi)).ticks_per_quarter > 0
             assert (report / "samples" / name / f"{name}_{i}.png").read_bytes()[:4] == b"\x89PNG"
             assert f"samples/{name}/{name}_{i}.png" in html
-    assert "audio rendering switched off" in html
+            assert f"src='samples/{name}/{name}_{i}.mp3'" in html
+            assert (report / "samples" / name / f"{name}_{i}.mp3").stat().st_size > 0
+    assert metrics["audio"] == "mp3 rendered with tinysoundfont"
     lock = (repo / "dvc.lock").read_text()
     assert "evaluate:" in lock and "register:" in lock
 
@@ -125,21 +127,23 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         a.path for a in client.list_artifacts(run.info.run_id, "report")
     }
     assert run.data.metrics["gan.position_bins.0.start"] == 0
+    kept = {a.path for a in client.list_artifacts(run.info.run_id, "report/samples/gan")}
+    assert "report/samples/gan/gan_0.mp3" in kept
 
 
-def test_gallery_renders_wav_where_fluidsynth_is_installed(tmp_path, chorale_dir):
+def test_gallery_writes_a_player_beside_each_piano_roll(tmp_path, chorale_dir):
+    from cadenza import audio
     from cadenza.evaluation import gallery
 
-    if gallery.find_renderer() is None:
-        pytest.skip("FluidSynth and a GM soundfont are not installed (apt install fluidsynth "
-                    "fluid-soundfont-gm)")  # fmt: skip
     scores = {"real": [Score(str(p)) for p in sorted(chorale_dir.glob("*.mid"))[:1]]}
     made = gallery.write_gallery(scores, tmp_path / "samples", render_audio=True)
     item = made.items["real"][0]
-    assert made.audio_note == "" and item.wav is not None
-    assert item.wav.read_bytes()[:4] == b"RIFF" and item.wav.stat().st_size > 10_000
+    assert made.audio_note == "" and item.audio == tmp_path / "samples/real/real_0.mp3"
+    seconds = scores["real"][0].to("second").end() + audio.TAIL_SECONDS
+    assert audio.duration_seconds(item.audio) == pytest.approx(seconds, abs=0.2)
     gallery.write_report(tmp_path / "index.html", "t", {}, made)
-    assert "<audio controls src='samples/real/real_0.wav'>" in (tmp_path / "index.html").read_text()
+    page = (tmp_path / "index.html").read_text()
+    assert "<audio controls preload='metadata' src='samples/real/real_0.mp3'>" in page
 
 
 def test_gallery_without_audio_says_why(tmp_path, chorale_dir):
@@ -147,4 +151,4 @@ def test_gallery_without_audio_says_why(tmp_path, chorale_dir):
 
     scores = {"real": [Score(str(p)) for p in sorted(chorale_dir.glob("*.mid"))[:1]]}
     made = gallery.write_gallery(scores, tmp_path / "samples", render_audio=False)
-    assert made.items["real"][0].wav is None and "switched off" in made.audio_note
+    assert made.items["real"][0].audio is None and "switched off" in made.audio_note

@@ -168,10 +168,14 @@ def test_generate_writes_midi_with_and_without_primer(token_project, tmp_path, c
     primer = next(chorale_dir.glob("*.mid"))
     primed = tmp_path / "primed.mid"
     command = [*CADENZA, "generate", "-m", model_dir, "-n", "64", "-o", str(primed),
-               "--primer", str(primer), "--primer-tokens", "40"]  # fmt: skip
+               "--primer", str(primer), "--primer-tokens", "40", "--audio", "mp3"]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert Score(str(primed)).note_num() >= 5  # the primer's opening notes at least
+    from cadenza.audio import TAIL_SECONDS, duration_seconds
+
+    seconds = Score(str(primed)).to("second").end() + TAIL_SECONDS
+    assert duration_seconds(primed.with_suffix(".mp3")) == pytest.approx(seconds, abs=0.15)
     missing = subprocess.run(
         [*CADENZA, "generate", "-m", str(tmp_path)], capture_output=True, text=True
     )

@@ -261,7 +261,7 @@ def registry_status(
         title=f"{settings.register_.model_name} ({len(rows)} versions)",
         box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
     )  # fmt: skip
-    for column in ("ver", "aliases", "NLL", "acc.", "vs champion", "corpus", "decision"):
+    for column in ("ver", "aliases", "NLL", "acc.", "vs champion", "listeners", "decision"):
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
@@ -270,7 +270,7 @@ def registry_status(
             row.get("metrics.test_nll", "")[:6],
             row.get("metrics.discriminative_accuracy", "")[:5],
             _comparison_cell(row),
-            row.get("dvc.corpus_md5", "")[:8],
+            _listening_cell(row),
             row.get("decision", ""),
         )
     console.print(table)
@@ -286,6 +286,15 @@ def _comparison_cell(row: dict) -> str:
     except (KeyError, ValueError):
         return ""
     return f"{diff:+.3f} p{p_value:.2f}".replace("p0.", "p.")
+
+
+def _listening_cell(tags: dict) -> str:
+    """'62% [41-79%] n=20 vs cadenza-generator v1' from a version's listening.* tags."""
+    if "listening.preference" not in tags:
+        return ""
+    share, low, high = (float(tags[f"listening.{k}"]) for k in ("preference", "ci_low", "ci_high"))
+    return (f"{share:.0%} [{low:.0%}-{high:.0%}] n={tags.get('listening.votes', '?')} "
+            f"vs {tags.get('listening.vs', '?')}")  # fmt: skip
 
 
 @registry_app.command("promote")
@@ -428,14 +437,23 @@ def generate(
         typer.Option(exists=True, dir_okay=False, help="MIDI file whose opening primes the model"),
     ] = None,
     primer_tokens: Annotated[int, typer.Option(min=1, help="tokens of the primer to use")] = 64,
+    audio: Annotated[
+        str | None, typer.Option(help="also write audio beside the MIDI: mp3 | ogg | wav")
+    ] = None,
+    synthesizer: Annotated[
+        str, typer.Option(help="tinysoundfont (pip) | fluidsynth (when installed)")
+    ] = "tinysoundfont",
 ) -> None:
-    """Sample a MIDI file from a trained generator."""
-    from cadenza.generate import generate_midi
+    """Sample a MIDI file from a trained generator (and, with --audio, render it)."""
+    from cadenza.generate import generate_midi, write_audio
 
     result = _run_stage(
         generate_midi, model, tokens, out, temperature, top_k, top_p, seed, primer, primer_tokens
     )
     typer.echo(f"wrote {result.out_path}: {len(result.token_ids)} tokens, {result.num_notes} notes")
+    if audio:
+        sound = _run_stage(write_audio, result.out_path, audio, synthesizer)
+        typer.echo(f"wrote {sound}")
 
 
 @app.command()
@@ -506,6 +524,115 @@ def _print_champion(paths, name: str) -> None:
         f"candidate {tags.get('candidate', '?')}, corpus {tags.get('corpus', '?')} "
         f"{tags.get('dvc.corpus_md5', '')[:12]}, run {champion.run_id}"
     )
+
+
+listen_app = typer.Typer(help="Blind A/B listening tests whose votes feed the registry.")
+app.add_typer(listen_app, name="listen")
+DatabaseOption = Annotated[
+    str | None, typer.Option("--db", help="vote database URL (default: listen.database)")
+]
+StudyArgument = Annotated[Path, typer.Argument(help="study folder (from `cadenza listen build`)")]
+
+
+@listen_app.command("build")
+def listen_build(
+    source_a: Annotated[
+        str,
+        typer.Argument(
+            help="models:/NAME/N, models:/NAME@alias, a checkpoint folder or a folder of MIDI files"
+        ),
+    ],
+    source_b: Annotated[str, typer.Argument(help="the other source (e.g. the challenger)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="new study folder")],
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+) -> None:
+    """Render listen.num_pairs equal-length clips from each source and pair them blind."""
+    from cadenza.listen.study import build_study
+
+    settings, paths = _load(params, root)
+    study = _run_stage(build_study, out, source_a, source_b, settings.listen, paths.root)
+    typer.echo(
+        f"study {study.folder}: {len(study.pairs)} pairs of "
+        f"{settings.listen.clip_seconds:g} s {settings.listen.audio_format} clips"
+    )
+
+
+@listen_app.command("serve")
+def listen_serve(
+    study: StudyArgument,
+    db: DatabaseOption = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Serve the listening page (Ctrl-C stops); votes go to the database."""
+    from cadenza.listen.app import serve
+    from cadenza.listen.study import load_study
+
+    settings, _ = _load(params, Path("."))
+    found = _run_stage(load_study, study)
+    typer.echo(f"listening page: http://{host}:{port}/  ({len(found.pairs)} pairs)")
+    typer.echo(
+        f"raw votes: http://{host}:{port}/admin/votes.csv?token={found.manifest['admin_token']}"
+    )
+    _run_stage(serve, found, db or settings.listen.database, host, port)
+
+
+@listen_app.command("results")
+def listen_results(
+    study: StudyArgument,
+    db: DatabaseOption = None,
+    log: Annotated[bool, typer.Option(help="tag the registry versions in MLflow")] = True,
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+) -> None:
+    """Each source's preference with a Wilson 95% interval; logged onto registry versions."""
+    from cadenza.listen import results as results_mod
+    from cadenza.listen.study import load_study
+
+    settings, paths = _load(params, root)
+    found = _run_stage(load_study, study)
+    result = _run_stage(results_mod.results, found, db or settings.listen.database)
+    typer.echo(
+        f"study {result.study}: {result.num_votes} votes from {result.num_listeners} listeners"
+    )
+    for side in result.sides.values():
+        typer.echo(
+            f"  {side.source}: preferred in {side.wins} of {side.num_votes} votes, "
+            f"{side.preference:.1%} (Wilson 95% CI {side.ci_low:.1%}-{side.ci_high:.1%})"
+            + (
+                f"; sounds composed by a person in {side.human} of {side.num_human_answers} answers"
+                if side.num_human_answers
+                else ""
+            )
+        )
+    if log:
+        try:
+            written = results_mod.log_to_registry(found, result, paths.root)
+        except ConnectionError as exc:
+            raise _fail(str(exc)) from None
+        for version in written:
+            typer.echo(f"logged to {version}")
+
+
+@listen_app.command("export")
+def listen_export(
+    study: StudyArgument,
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write")],
+    db: DatabaseOption = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write the raw votes (with each clip's source side) as CSV."""
+    from cadenza.listen import votes
+    from cadenza.listen.study import load_study
+
+    settings, _ = _load(params, Path("."))
+    found = _run_stage(load_study, study)
+    engine = _run_stage(votes.connect, db or settings.listen.database)
+    rows = votes.all_votes(engine, found.name)
+    out.write_text(votes.to_csv(rows, found.clips))
+    typer.echo(f"wrote {out}: {len(rows)} votes")
 
 
 schedule_app = typer.Typer(help="Scheduled retraining.")

@@ -301,6 +301,11 @@ class EvaluateSettings(_Section):
     to tell from real than the MLE generator at register.alpha, within register.max_nll_increase
     of its test NLL; otherwise the MLE generator."""
     render_audio: bool = True
+    """An audio file beside each piano roll in the report (see cadenza.audio)."""
+    synthesizer: Literal["tinysoundfont", "fluidsynth"] = "tinysoundfont"
+    """tinysoundfont (a wheel, with the GM soundfont shipped in pretty_midi) or fluidsynth
+    (only when installed; the soundfont: $CADENZA_SOUNDFONT or a system GM soundfont)."""
+    audio_format: Literal["mp3", "ogg", "wav"] = "mp3"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -324,6 +329,32 @@ class RegisterSettings(_Section):
     """epsilon: test NLL (nats/token) may exceed the champion's by at most this."""
     require_validation: bool = True
     """Refuse promotion unless the data validation suite passed."""
+    listening_min_votes: int = Field(0, ge=0)
+    """Listening rule (0 = off): promote only when a `cadenza listen` study of the candidate
+    against the champion has at least this many votes..."""
+    listening_min_preference: float = Field(0.5, ge=0, le=1)
+    """...and listeners preferred the candidate in at least this share of them."""
+
+
+class ListenSettings(_Section):
+    """`cadenza listen`: blind A/B listening studies and their vote database."""
+
+    num_pairs: int = Field(10, ge=1, le=1000)
+    """Pairs per study (one clip from each source per pair)."""
+    clip_seconds: float = Field(10.0, gt=0, le=300)
+    """Every clip is cut (with a fade) or padded to exactly this length."""
+    piece_tokens: int = Field(512, ge=16)
+    """Tokens generated per piece when a source is a generator."""
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    synthesizer: Literal["tinysoundfont", "fluidsynth"] = "tinysoundfont"
+    audio_format: Literal["mp3", "ogg", "wav"] = "mp3"
+    ask_human: bool = True
+    """Also ask which clip sounds composed by a person."""
+    database: str = Field("sqlite:///listening.db", min_length=1)
+    """SQLAlchemy URL of the vote database: a SQLite file, or postgresql://user@host/db."""
+    seed: int = 0
 
 
 class Settings(_Section):
@@ -336,6 +367,7 @@ class Settings(_Section):
     adversarial: AdversarialSettings = Field(default_factory=AdversarialSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     register_: RegisterSettings = Field(default_factory=RegisterSettings, alias="register")
+    listen: ListenSettings = Field(default_factory=ListenSettings)
 
     @model_validator(mode="after")
     def _chunk_fits_discriminator(self) -> Settings:

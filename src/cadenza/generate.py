@@ -100,3 +100,21 @@ def generate_midi(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     score.dump_midi(str(out_path))
     return Generated(ids, int(score.note_num()), out_path)
+
+
+def write_audio(midi: Path, audio_format: str, synthesizer: str = "tinysoundfont") -> Path:
+    """Render `midi` to <midi stem>.<audio_format> beside it."""
+    from typing import get_args
+
+    from cadenza import audio
+
+    if audio_format not in audio.FORMATS:
+        raise ValueError(f"--audio {audio_format!r}: choose one of {', '.join(audio.FORMATS)}")
+    if synthesizer not in get_args(audio.Synthesizer):
+        raise ValueError(
+            f"--synthesizer {synthesizer!r}: choose one of {', '.join(get_args(audio.Synthesizer))}"
+        )
+    spec = audio.AudioSpec(synthesizer, audio_format)
+    if reason := audio.unavailable_reason(spec):
+        raise ValueError(reason)
+    return audio.render(midi, midi.with_suffix(spec.suffix), spec)

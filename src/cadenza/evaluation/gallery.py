@@ -1,42 +1,28 @@
-"""Samples gallery: MIDI files, piano-roll PNGs, WAV renders (when FluidSynth and a General
-MIDI soundfont are installed) and one HTML page comparing the models side by side."""
+"""Samples gallery: MIDI files, piano-roll PNGs, audio renders (cadenza.audio: TinySoundFont
+and a bundled General MIDI soundfont by default, MP3) and one HTML page comparing the models
+side by side, with a player under each piano roll."""
 
 from __future__ import annotations
 
 import html
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SOUNDFONTS = (
-    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
-    "/usr/share/sounds/sf2/default-GM.sf2",
-    "/usr/share/soundfonts/default.sf2",
-    "/usr/share/soundfonts/FluidR3_GM.sf2",
-)
+from cadenza.audio import AudioSpec
 
 
 @dataclass
 class GalleryItem:
     midi: Path
     png: Path
-    wav: Path | None
+    audio: Path | None
 
 
 @dataclass
 class Gallery:
     items: dict[str, list[GalleryItem]] = field(default_factory=dict)
     audio_note: str = ""
-
-
-def find_renderer() -> tuple[str, str] | None:
-    """(fluidsynth binary, soundfont) or None. CADENZA_SOUNDFONT names a soundfont."""
-    binary = shutil.which("fluidsynth")
-    candidates = [os.environ.get("CADENZA_SOUNDFONT", ""), *SOUNDFONTS]
-    soundfont = next((c for c in candidates if c and Path(c).is_file()), None)
-    return (binary, soundfont) if binary and soundfont else None
 
 
 def piano_roll_png(score, path: Path, title: str) -> None:
@@ -63,27 +49,18 @@ def piano_roll_png(score, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def render_wav(midi: Path, wav: Path, renderer: tuple[str, str]) -> bool:
-    binary, soundfont = renderer
-    completed = subprocess.run(
-        [binary, "-ni", "-F", str(wav), "-r", "22050", soundfont, str(midi)],
-        capture_output=True,
-        timeout=120,
-    )
-    return completed.returncode == 0 and wav.is_file()
+def write_gallery(
+    scores: dict[str, list], out_dir: Path, render_audio: bool, spec: AudioSpec | None = None
+) -> Gallery:
+    """scores: set name -> Scores. Writes <out_dir>/<set>/<set>_<i>.{mid,png,mp3|ogg|wav}."""
+    from cadenza import audio
 
-
-def write_gallery(scores: dict[str, list], out_dir: Path, render_audio: bool) -> Gallery:
-    """scores: set name -> Scores. Writes <out_dir>/<set>/<set>_<i>.{mid,png,wav}."""
-    renderer = find_renderer() if render_audio else None
+    spec = spec or AudioSpec()
     gallery = Gallery()
     if not render_audio:
         gallery.audio_note = "audio rendering switched off (evaluate.render_audio: false)"
-    elif renderer is None:
-        gallery.audio_note = (
-            "no WAV renders: FluidSynth and a General MIDI soundfont were not found "
-            "(apt install fluidsynth fluid-soundfont-gm, or set CADENZA_SOUNDFONT)"
-        )
+    elif reason := audio.unavailable_reason(spec):
+        gallery.audio_note = f"no audio: {reason}"
     for name, pieces in scores.items():
         folder = out_dir / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -93,9 +70,10 @@ def write_gallery(scores: dict[str, list], out_dir: Path, render_audio: bool) ->
             png = folder / f"{name}_{index}.png"
             score.dump_midi(str(midi))
             piano_roll_png(score, png, f"{name} #{index}")
-            wav = folder / f"{name}_{index}.wav"
-            has_wav = renderer is not None and render_wav(midi, wav, renderer)
-            gallery.items[name].append(GalleryItem(midi, png, wav if has_wav else None))
+            sound = None
+            if not gallery.audio_note:
+                sound = audio.render(midi, midi.with_suffix(spec.suffix), spec)
+            gallery.items[name].append(GalleryItem(midi, png, sound))
     return gallery
 
 
@@ -135,8 +113,10 @@ def write_report(
             rel = lambda p: html.escape(os.path.relpath(p, path.parent))  # noqa: E731
             parts.append(f"<p><img src='{rel(item.png)}' alt='{rel(item.midi)}'><br>")
             parts.append(f"<a href='{rel(item.midi)}'>{html.escape(item.midi.name)}</a>")
-            if item.wav:
-                parts.append(f"<br><audio controls src='{rel(item.wav)}'></audio>")
+            if item.audio:
+                parts.append(
+                    f"<br><audio controls preload='metadata' src='{rel(item.audio)}'></audio>"
+                )
             parts.append("</p>")
         parts.append("</div>")
     parts.append("</div></body></html>\n")

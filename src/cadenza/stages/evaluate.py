@@ -180,6 +180,7 @@ def run(
 ) -> dict:
     import torch
 
+    from cadenza.audio import AudioSpec
     from cadenza.evaluation import gallery, music_stats, report
     from cadenza.evaluation.instrument import compare
     from cadenza.generate import clean_ids, load_generator
@@ -244,10 +245,13 @@ def run(
     report_dir.mkdir(parents=True)
     save_windows(report_dir / WINDOWS_FILE, context, samples, sets)
     figures = report.figures(metrics, CANDIDATES, report_dir)
+    spec = AudioSpec(settings.synthesizer, settings.audio_format)
     samples_gallery = gallery.write_gallery(
-        gallery_scores, report_dir / "samples", settings.render_audio
+        gallery_scores, report_dir / "samples", settings.render_audio, spec
     )
-    metrics["audio"] = samples_gallery.audio_note or "rendered with FluidSynth"
+    metrics["audio"] = (
+        samples_gallery.audio_note or f"{spec.format} rendered with {spec.synthesizer}"
+    )
     gallery.write_report(
         report_dir / "index.html", f"Cadenza evaluation: corpus '{paths.corpus}'",
         _report_table(metrics), samples_gallery,

@@ -10,6 +10,8 @@ gets alias `challenger`; it also gets `champion` when the gate holds:
   evaluation), the challenger's discriminative accuracy is lower with p < register.alpha;
 - its test NLL is at most register.max_nll_increase above the champion's on the same split.
 A model registered against itself never wins: identical samples give a difference of 0.
+- optionally (register.listening_min_votes > 0), listeners preferred it to the champion in a
+  `cadenza listen` study (see listening_rule).
 Promotions take a lock next to the store, so two at once are serialised: each compares
 against the champion the other left, and exactly one champion remains.
 """
@@ -99,6 +101,8 @@ def gate(
         return False, "data validation did not pass for this version's corpus"
     if champion is None:
         return True, "no champion yet; evaluation and validation passed"
+    if refusal := listening_rule(candidate, champion, settings):
+        return False, refusal
     if challenge is None:
         return False, (
             "no paired comparison with the champion on the current test split (this version "
@@ -109,6 +113,32 @@ def gate(
         settings.max_nll_increase,
     )  # fmt: skip
     return promote, f"vs champion {champion.get('version', '')}: {why}".replace("  ", " ")
+
+
+def listening_rule(candidate: dict, champion: dict, settings: RegisterSettings) -> str | None:
+    """Why listeners block the promotion (None when they do not, or the rule is off):
+    register.listening_min_votes > 0 asks for a `cadenza listen` study of the candidate
+    against this champion (matched by run id) with that many votes, the candidate preferred
+    in at least register.listening_min_preference of them."""
+    needed = settings.listening_min_votes
+    if needed == 0:
+        return None
+    if not candidate.get("listening.vs_run_id") or (
+        candidate.get("listening.vs_run_id") != champion.get("run_id")
+    ):
+        return f"no listening study against the champion yet (needs {needed} votes)"
+    votes = int(_number(candidate, "listening.votes") or 0)
+    share = _number(candidate, "listening.preference") or 0.0
+    low = _number(candidate, "listening.ci_low") or 0.0
+    high = _number(candidate, "listening.ci_high") or 1.0
+    heard = f"listeners preferred it in {share:.0%} of {votes} votes (95% CI {low:.0%}-{high:.0%})"
+    if votes < needed:
+        return f"{heard}: fewer than register.listening_min_votes {needed}"
+    if share < settings.listening_min_preference:
+        return (
+            f"{heard}: below register.listening_min_preference {settings.listening_min_preference}"
+        )
+    return None
 
 
 def version_tags(evaluation: dict, record: dict) -> dict[str, str]:
