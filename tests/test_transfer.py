@@ -82,9 +82,7 @@ def test_mix_lists_every_source_under_its_own_folder(tmp_path):
     folders = {f.rel_path.split("/", 1)[0] for f in files}
     assert folders == {"josquin", "nottingham-dataset", "folder-extra"}
     assert all(f.piece.startswith(f.rel_path.split("/", 1)[0] + "/") for f in files)
-    assert {f.composer for f in files if f.rel_path.startswith("folder-extra/")} == {
-        "folder-extra"
-    }
+    assert {f.composer for f in files if f.rel_path.startswith("folder-extra/")} == {"folder-extra"}
     everything = list_mix(["music21:*"], ["bach"])
     names = {f.rel_path.split("/", 1)[0] for f in everything}
     assert "bach" not in names and {"palestrina", "essenFolksong", "trecento"} <= names
@@ -122,9 +120,7 @@ def _target_settings(init: str, **tokenize):
     return parse_settings(raw)
 
 
-def test_fine_tune_starts_from_the_base_and_lineage_chains_through_it(
-    base_project, tracking_uri
-):
+def test_fine_tune_starts_from_the_base_and_lineage_chains_through_it(base_project, tracking_uri):
     import mlflow
     import torch
 
@@ -208,3 +204,26 @@ def test_reimport_converts_only_the_new_file(base_project, tmp_path):
     assert (paths.raw_dir / "folder-extra" / "tune0.mid").read_bytes() == (
         extra / "tune0.mid"
     ).read_bytes()
+
+
+def test_batches_read_from_the_memory_map_match_the_concatenated_reference(tmp_path):
+    import numpy as np
+
+    from cadenza.training.data import SegmentBatches, epoch_stream
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 40, size=30)  # empty documents too
+    tokens = rng.integers(0, 500, size=int(lengths.sum())).astype(np.uint16)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    np.save(tmp_path / "train.npy", tokens)
+    mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
+    batches = SegmentBatches(mapped, offsets, batch_size=3, seg_len=7, seed=5, rank=1, world_size=2)
+    for step in range(3 * batches.batches_per_epoch):
+        epoch, index = divmod(step, batches.batches_per_epoch)
+        flat = epoch_stream(tokens, offsets, 5, epoch)
+        inputs, targets, new_epoch = batches.batch(step)
+        for row in range(3):
+            begin = (3 + row) * batches.stream_len + index * 7
+            assert inputs[row].tolist() == flat[begin : begin + 7].tolist()
+            assert targets[row].tolist() == flat[begin + 1 : begin + 8].tolist()
+        assert new_epoch == (index == 0)
