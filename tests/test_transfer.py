@@ -227,3 +227,19 @@ def test_batches_read_from_the_memory_map_match_the_concatenated_reference(tmp_p
             assert inputs[row].tolist() == flat[begin : begin + 7].tolist()
             assert targets[row].tolist() == flat[begin + 1 : begin + 8].tolist()
         assert new_epoch == (index == 0)
+
+
+def test_nightly_fetches_the_base_champion(base_project, tmp_path, monkeypatch):
+    from cadenza.stages.common import file_digest
+    from cadenza.tracking.registry import RegistryError, fetch_base_champion
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(base_project["root"] / "mlflow.db", tmp_path / "mlflow.db")
+    paths = Paths(root=tmp_path)
+    note = fetch_base_champion(paths, "cadenza-base")
+    assert "version 1 (champion) fetched" in note
+    built = base_project["root"] / "models" / "generator-base" / "model.safetensors"
+    assert file_digest(paths.base_model_dir / "model.safetensors") == file_digest(built)
+    assert "already in" in fetch_base_champion(paths, "cadenza-base")
+    with pytest.raises(RegistryError, match="cadenza-nothing has no champion"):
+        fetch_base_champion(paths, "cadenza-nothing")
