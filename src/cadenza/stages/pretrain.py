@@ -124,10 +124,10 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
     train_tokens, train_offsets = load_split(paths.tokens_dir, "train")
     valid_tokens, _ = load_split(paths.tokens_dir, "valid")
     test_tokens, _ = load_split(paths.tokens_dir, "test")
-    identity = fingerprint(
+    identity = fingerprint(  # a fine-tuning run also names its starting weights
         model_config.to_dict(),
         asdict(train_config),
-        base and base["weights_sha256"],
+        *([base["weights_sha256"]] if base else []),
         files=(paths.tokens_dir / "train.npy",),
     )
     out_dir = paths.generator_mle_dir
