@@ -217,6 +217,9 @@ def make_project(root: Path, corpus: Path, mlflow_db: Path) -> Path:
         root / "src" / "cadenza",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
+    shutil.copytree(  # dvc.yaml's pretrain depends on models/generator-<pretrain.init>
+        PROJECT_ROOT / "models" / "generator-scratch", root / "models" / "generator-scratch"
+    )
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     for name, values in project_params(Path("data/external/mine"), **TINY_STAGES).items():
         params.setdefault(name, {}).update(values)

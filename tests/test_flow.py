@@ -134,8 +134,13 @@ def test_deployment_definitions(prefect_harness):
     from prefect.flows import load_flow_from_entrypoint
 
     config = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
-    (deployment,) = config["deployments"]
+    deployment, base = config["deployments"]
     assert deployment["name"] == "nightly-retrain"
+    # The base model retrains weekly, before that night's retrain; same parameters shape.
+    assert base["name"] == "weekly-base-retrain" and base["schedules"][0]["cron"] == "0 1 * * 0"
+    base_flow = load_flow_from_entrypoint(str(PROJECT / base["entrypoint"]))
+    assert base_flow.name == "retrain-base"
+    assert set(base["parameters"]) <= set(base_flow.parameters.properties)
     assert deployment["schedules"][0]["cron"] == "0 3 * * *"
     entry_flow = load_flow_from_entrypoint(str(PROJECT / deployment["entrypoint"]))
     assert entry_flow.name == "retrain"

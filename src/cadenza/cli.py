@@ -33,6 +33,14 @@ ParamsOption = Annotated[
 RootOption = Annotated[
     Path, typer.Option("--root", help="project root: data/, metrics/ and reports/ live here.")
 ]
+ScopeOption = Annotated[
+    str,
+    typer.Option(
+        "--scope",
+        help="'base': run the stage for the base pipeline (base/params.yaml; outputs in "
+        "data/interim/base/, data/tokens-base/, models/generator-base/, metrics/base/)",
+    ),
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -60,16 +68,18 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(params: Path, root: Path):
+def _load(params: Path, root: Path, scope: str = ""):
     """Settings and paths, or a clear exit naming the bad key."""
     from cadenza.config import ParamsError, load_settings
     from cadenza.paths import Paths
 
+    if scope not in ("", "base"):
+        raise _fail(f"--scope {scope!r}: only 'base' (or nothing, the target) exists", code=2)
     try:
         settings = load_settings(params)
     except ParamsError as exc:
         raise _fail(str(exc), code=2) from None
-    return settings, Paths(root=root.resolve(), corpus=settings.import_.corpus)
+    return settings, Paths(root=root.resolve(), corpus=settings.import_.corpus, scope=scope)
 
 
 def _run_stage(stage, *args):
@@ -90,6 +100,7 @@ def _run_stage(stage, *args):
 def import_corpus(
     params: ParamsOption = Path("params.yaml"),
     root: RootOption = Path("."),
+    scope: ScopeOption = "",
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="convert every score again, ignoring the cache")
     ] = False,
@@ -97,7 +108,7 @@ def import_corpus(
     """Bring the corpus named in params.yaml into data/raw/<corpus>/ (MIDI + metadata.csv)."""
     from cadenza.data import corpus_import
 
-    settings, paths = _load(params, root)
+    settings, paths = _load(params, root, scope)
     result = _run_stage(corpus_import.run, settings.import_, paths, not no_cache)
     typer.echo(
         f"imported {result.num_files} files into {paths.raw_dir} "
@@ -107,23 +118,31 @@ def import_corpus(
 
 
 @app.command()
-def validate(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def validate(
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+    scope: ScopeOption = "",
+) -> None:
     """Inspect every file, quarantine bad ones, run the Great Expectations suite."""
     from cadenza.validation import stage
     from cadenza.validation.stage import summarize
 
-    settings, paths = _load(params, root)
+    settings, paths = _load(params, root, scope)
     result = _run_stage(stage.run, settings.validate_, paths)
     typer.echo(summarize(result))
     typer.echo(f"manifest: {paths.manifest_path}\nData Docs: {result.suite.docs_index}")
 
 
 @app.command()
-def split(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def split(
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+    scope: ScopeOption = "",
+) -> None:
     """Assign usable files to train/valid/test, grouped by piece (or composer)."""
     from cadenza.data import split as split_stage
 
-    settings, paths = _load(params, root)
+    settings, paths = _load(params, root, scope)
     result = _run_stage(split_stage.run, settings.split, paths)
     counts = ", ".join(
         f"{name} {n} files / {result.num_groups[name]} groups"
@@ -133,11 +152,15 @@ def split(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".
 
 
 @app.command()
-def tokenize(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def tokenize(
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+    scope: ScopeOption = "",
+) -> None:
     """Build the miditok tokenizer and encode every split into flat token arrays."""
     from cadenza.tokens import stage as tokenize_stage
 
-    settings, paths = _load(params, root)
+    settings, paths = _load(params, root, scope)
     result = _run_stage(tokenize_stage.run, settings.tokenize, paths)
     counts = ", ".join(
         f"{s} {n} tokens / {result.num_documents[s]} docs" for s, n in result.num_tokens.items()
@@ -146,14 +169,18 @@ def tokenize(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
 
 
 @app.command()
-def pretrain(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def pretrain(
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+    scope: ScopeOption = "",
+) -> None:
     """Train the Transformer-XL generator by NLL (resumes from models/generator-mle/last).
 
     Under `torchrun --nproc_per_node N` the same command trains with DDP.
     """
     from cadenza.stages import pretrain as pretrain_stage
 
-    settings, paths = _load(params, root)
+    settings, paths = _load(params, root, scope)
     result = _run_stage(pretrain_stage.run, settings.pretrain, paths)
     if result is not None:
         typer.echo(
@@ -218,14 +245,22 @@ def evaluate(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
 
 
 @app.command()
-def register(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
+def register(
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+    scope: ScopeOption = "",
+) -> None:
     """Register the evaluated candidate in the MLflow Model Registry and run the promotion
-    gate (alias `challenger`; `champion` when the gate holds). Idempotent per evaluation."""
+    gate (alias `challenger`; `champion` when the gate holds). Idempotent per evaluation.
+    With --scope base: register models/generator-base/ (as cadenza-base)."""
     from cadenza.tracking import registry as reg
 
-    settings, paths = _load(params, root)
+    settings, paths = _load(params, root, scope)
     try:
-        decision = reg.register(paths, settings.register_, settings.evaluate)
+        if scope:
+            decision = reg.register_base(paths, settings.register_)
+        else:
+            decision = reg.register(paths, settings.register_, settings.evaluate)
     except (reg.RegistryError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     name = settings.register_.model_name
@@ -390,8 +425,9 @@ def _print_file_lineage(answer: dict) -> None:
         typer.echo(f"{answer['file']}: no registered version was trained on data containing it")
         return
     for hit in answer["versions"]:
+        via = " (through its base model)" if hit.get("via") == "base" else ""
         typer.echo(
-            f"version {hit['version']} (run {hit['run_id']}): corpus {hit['corpus']} "
+            f"version {hit['version']} (run {hit['run_id']}): corpus {hit['corpus']}{via} "
             f"{hit['corpus_md5']}, as {hit['path']} [{hit['status']}, split {hit['split'] or '-'}]"
         )
 
@@ -417,6 +453,22 @@ def _print_chain(answer: dict) -> None:
     typer.echo(f"quarantine: {len(answer['quarantined'])} files")
     for entry in answer["quarantined"]:
         typer.echo(f"  {entry['path']}: {entry['reason_code']}")
+    base = answer.get("base")
+    if base:
+        record, version = base.get("lineage") or {}, base.get("version")
+        registered = (
+            f"{version['name']} version {version['version']}" if version else "unregistered"
+        )
+        typer.echo(
+            f"base model: {base['dir']} (weights sha256 {base['weights_sha256'][:16]}), "
+            f"{registered}, run {record.get('mlflow_run_id') or '-'}"
+        )
+        if record:
+            typer.echo(
+                f"  corpus:   {record['corpus']}: {record['num_files']} files, "
+                f"{record['num_usable']} usable, {len(record['quarantined'])} quarantined; "
+                f"dvc {record['dvc']['corpus_md5']}; git {record['git_commit'][:12]}"
+            )
 
 
 @app.command()

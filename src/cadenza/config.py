@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 # Sources the `import` stage understands; see cadenza.data.sources.
-SourceName = Literal["music21", "folder", "maestro", "lakh", "nesmdb", "pop909"]
+SourceName = Literal["music21", "folder", "maestro", "lakh", "nesmdb", "pop909", "mix"]
 
 
 class ParamsError(ValueError):
@@ -33,11 +33,17 @@ class ImportSettings(_Section):
     """Name of the imported corpus; its files land in data/raw/<corpus>/."""
     source: SourceName = "music21"
     """music21: a corpus shipped inside the music21 package; folder: a user's MIDI folder;
-    maestro / lakh / nesmdb / pop909: that data set's layout, unpacked under `path`."""
+    maestro / lakh / nesmdb / pop909: that data set's layout, unpacked under `path`;
+    mix: every source listed in `mix`, in one corpus."""
     music21_corpus: str = "bach"
     """With source=music21: the corpus directory inside music21 (bach, ryansMammoth, ...)."""
     path: str = "data/external"
     """With any other source: the folder to read, relative to the project root or absolute."""
+    mix: list[str] = ["music21:*"]
+    """With source=mix: the sources, each `<kind>:<name or folder>` (music21:palestrina,
+    music21:* for every music21 corpus, folder:data/external, lakh:/data/lmd_full, ...)."""
+    mix_exclude: list[str] = []
+    """music21 corpora that `music21:*` leaves out: the target (bach for the base corpus)."""
     limit: int = Field(0, ge=0)
     """Import at most this many files (in sorted order); 0 imports all."""
     num_workers: int = Field(0, ge=0)
@@ -179,6 +185,9 @@ class PretrainSettings(_Section):
     """torch.compile on CUDA (ignored on CPU)."""
     ngram_order: int = Field(4, ge=2, le=6)
     """Order of the n-gram baseline written next to the model's test NLL."""
+    init: Literal["scratch", "base"] = "scratch"
+    """scratch: random initial weights; base: start from models/generator-base/ (the base
+    pipeline's model, same preset and tokenizer), i.e. fine-tune it on this corpus."""
 
     @model_validator(mode="after")
     def _preset_exists(self) -> PretrainSettings:

@@ -255,12 +255,40 @@ def retrain(
     return result
 
 
+@task(name="fetch-base-champion", retries=2, retry_delay_seconds=5)
+def fetch_base_champion(root: str) -> str:
+    """pretrain.init = base: put the current champion of the base model (cadenza-base) into
+    models/generator-base/, so the target's pretraining starts from it (a service: retried)."""
+    from cadenza.config import load_settings
+    from cadenza.paths import Paths
+    from cadenza.tracking.registry import RegistryError
+    from cadenza.tracking.registry import fetch_base_champion as fetch
+
+    workspace = Path(root)
+    base_params = workspace / "base" / "params.yaml"
+    name = load_settings(base_params).register_.model_name if base_params.is_file() else ""
+    try:
+        note = fetch(Paths(workspace), name or "cadenza-base")
+    except RegistryError as exc:
+        raise RetrainError(str(exc)) from None
+    get_run_logger().info(note)
+    return note
+
+
+def uses_base(workspace: Path) -> bool:
+    from cadenza.config import load_settings
+
+    return load_settings(workspace / "params.yaml").pretrain.init == "base"
+
+
 def _retrain_locked(workspace: Path, corpus, preset, force: bool, push_outputs, logger) -> dict:
     overrides = apply_overrides(workspace, corpus, preset)
     if overrides:
         logger.info("params.yaml updated: %s", ", ".join(overrides))
+    if uses_base(workspace):
+        fetch_base_champion(str(workspace))
     if not force:
-        changed = changed_stages(workspace)
+        changed = [s for s in changed_stages(workspace) if s in STAGES]
         if not changed:
             logger.info("nothing changed: every stage is up to date; no new model version")
             return {"changed": False, "stages": [], "note": "nothing changed"}
@@ -282,7 +310,51 @@ def _retrain_locked(workspace: Path, corpus, preset, force: bool, push_outputs, 
     return {"changed": True, "stages": results, "note": f"retrained: {', '.join(ran) or 'none'}"}
 
 
-def _start_parent_run(workspace: Path) -> str | None:
+BASE_STAGES = tuple(
+    f"base/dvc.yaml:base_{stage}"
+    for stage in ("import", "validate", "split", "tokenize", "pretrain", "register")
+)
+
+
+@flow(name="retrain-base", log_prints=True)
+def retrain_base(
+    root: str = ".", force: bool = False, wait_seconds: float = 0.0, push_outputs: bool = True
+) -> dict:
+    """Rebuild the base model (base/dvc.yaml: mixed corpus -> models/generator-base/) where
+    anything changed, and register it as cadenza-base (champion when its gate holds). The
+    nightly `retrain` of a target with pretrain.init = base then starts from that champion.
+    Shares the workspace's concurrency limit with `retrain`."""
+    from prefect.concurrency.sync import concurrency
+
+    logger = get_run_logger()
+    workspace = Path(root).resolve()
+    if not (workspace / "base" / "dvc.yaml").is_file():
+        raise RetrainError(f"{workspace}: no base/dvc.yaml; point `root` at a Cadenza project")
+    name = slot_name(workspace)
+    ensure_slot(name)
+    started = time.perf_counter()
+    waiting = {"timeout_seconds": wait_seconds} if wait_seconds > 0 else {"max_retries": 0}
+    with concurrency(name, occupy=1, strict=True, **waiting):
+        parent = _start_parent_run(workspace, "retrain-base")
+        results, status = [], "FAILED"
+        try:
+            for stage in BASE_STAGES:
+                task_fn = run_stage
+                if stage.endswith("register"):
+                    task_fn = run_stage.with_options(retries=2, retry_delay_seconds=5)
+                results.append(task_fn(str(workspace), stage, force, parent))
+            if push_outputs:
+                results.append(push(str(workspace)))
+            status = "FINISHED"
+        finally:
+            _end_parent_run(workspace, parent, results, status)
+    ran = [r["stage"].split(":")[-1] for r in results if r["status"] == "ran"]
+    note = f"base retrained: {', '.join(ran) or 'nothing changed'}"
+    logger.info(note)
+    return {"stages": results, "note": note, "seconds": time.perf_counter() - started}
+
+
+def _start_parent_run(workspace: Path, stage: str = "retrain") -> str | None:
     from prefect.runtime import flow_run
 
     from cadenza.tracking.runs import client, experiment_id
@@ -290,8 +362,8 @@ def _start_parent_run(workspace: Path) -> str | None:
     mlflow_client = client(workspace)
     run = mlflow_client.create_run(
         experiment_id(mlflow_client, workspace),
-        run_name="retrain",
-        tags={"cadenza.stage": "retrain", "prefect.flow_run_id": str(flow_run.id or "")},
+        run_name=stage,
+        tags={"cadenza.stage": stage, "prefect.flow_run_id": str(flow_run.id or "")},
     )
     return run.info.run_id
 

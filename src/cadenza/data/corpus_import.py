@@ -21,7 +21,7 @@ from pathlib import Path
 from cadenza.config import ImportSettings
 from cadenza.data.archive import extract_archive, is_archive
 from cadenza.data.convert import convert_one, default_cache_dir
-from cadenza.data.sources import FOLDER_LISTERS, SourceFile, list_music21_corpus
+from cadenza.data.sources import FOLDER_LISTERS, SourceFile, list_mix, list_music21_corpus
 from cadenza.io import write_json
 from cadenza.paths import Paths
 from cadenza.progress import progress_bar
@@ -36,6 +36,7 @@ METADATA_COLUMNS = [
     "title",
     "license",
     "official_split",
+    "source_sha256",
 ]
 IMPORT_ERRORS_NAME = "import_errors.csv"
 
@@ -47,18 +48,84 @@ class ImportResult:
     num_failed: int
     seconds: float
     num_workers: int
+    num_converted: int = 0
+    """Files converted or copied in this run; the others were unchanged since the last import
+    (same source content hash) and were taken over from it."""
+    num_reused: int = 0
 
     @property
     def files_per_second(self) -> float:
         return self.num_files / self.seconds if self.seconds > 0 else 0.0
 
 
-def list_sources(settings: ImportSettings, source_dir: Path) -> list[SourceFile]:
+def list_sources(
+    settings: ImportSettings, source_dir: Path, resolve=lambda p: Path(p)
+) -> list[SourceFile]:
+    """The files to import; `limit` keeps the first files, or for a mix an evenly spaced
+    sample of the whole list, so every source keeps its share."""
     if settings.source == "music21":
         files = list_music21_corpus(settings.music21_corpus)
+    elif settings.source == "mix":
+        files = list_mix(settings.mix, settings.mix_exclude, resolve)
+        if settings.limit and settings.limit < len(files):
+            step = len(files) / settings.limit
+            return [files[int(i * step)] for i in range(settings.limit)]
+        return files
     else:
         files = FOLDER_LISTERS[settings.source](source_dir)
     return files[: settings.limit] if settings.limit else files
+
+
+def source_digest(item: SourceFile) -> str:
+    """sha256 of what a file is made from (the source file's bytes, or the ABC tune text)."""
+    import hashlib
+
+    digest = hashlib.sha256(item.convert.encode())
+    if item.convert == "abc":
+        digest.update(item.abc_text.encode())
+    else:
+        try:
+            with open(item.source_path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            return ""  # unreadable: never reused; the conversion reports why
+    return digest.hexdigest()
+
+
+def _previous_import(raw_dir: Path) -> dict[str, str]:
+    """{path: source_sha256} of the corpus imported last time (empty when none)."""
+    meta = raw_dir / "metadata.csv"
+    if not meta.is_file():
+        return {}
+    with meta.open(newline="", encoding="utf-8") as handle:
+        return {
+            row["path"]: row.get("source_sha256") or ""
+            for row in csv.DictReader(handle)
+            if row.get("source_sha256")
+        }
+
+
+def reuse_unchanged(
+    files: list[SourceFile], digests: dict[str, str], old_root: Path, staging: Path
+) -> set[str]:
+    """Link (or copy) the files whose source is unchanged since the last import into the
+    staging folder; return their paths. Only new or changed files are converted."""
+    previous = _previous_import(old_root)
+    reused = set()
+    for item in files:
+        digest = digests[item.rel_path]
+        old = old_root / item.rel_path
+        if not digest or previous.get(item.rel_path) != digest or not old.is_file():
+            continue
+        dest = staging / item.rel_path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(old, dest)
+        except OSError:
+            shutil.copyfile(old, dest)
+        reused.add(item.rel_path)
+    return reused
 
 
 def resolve_workers(num_workers: int) -> int:
@@ -126,7 +193,7 @@ def _import(
     settings: ImportSettings, paths: Paths, source_dir: Path, use_cache: bool
 ) -> ImportResult:
     started = time.perf_counter()
-    files = list_sources(settings, source_dir)
+    files = list_sources(settings, source_dir, paths.resolve)
     if not files:
         raise ValueError(f"import: the source {settings.source!r} has no files to import")
     duplicates = [path for path, n in Counter(f.rel_path for f in files).items() if n > 1]
@@ -141,8 +208,16 @@ def _import(
     log.info("importing %d files from %s with %d workers", len(files), settings.source, num_workers)
     try:
         cache_dir = default_cache_dir() if use_cache else None
-        errors = convert_all(files, staging, num_workers, cache_dir)
-        rows = [{"path": f.rel_path, **asdict(f)} for f in files if f.rel_path not in errors]
+        digests = {f.rel_path: source_digest(f) for f in files}
+        reused = reuse_unchanged(files, digests, paths.raw_dir, staging) if use_cache else set()
+        todo = [f for f in files if f.rel_path not in reused]
+        log.info("%d files unchanged since the last import, %d to convert", len(reused), len(todo))
+        errors = convert_all(todo, staging, num_workers, cache_dir)
+        rows = [
+            {"path": f.rel_path, **asdict(f), "source_sha256": digests[f.rel_path]}
+            for f in files
+            if f.rel_path not in errors
+        ]
         _write_csv(staging / "metadata.csv", METADATA_COLUMNS, rows)
         failures = [
             {"path": f.rel_path, "source": f.source, "error": errors[f.rel_path]}
@@ -161,6 +236,8 @@ def _import(
         num_failed=len(errors),
         seconds=time.perf_counter() - started,
         num_workers=num_workers,
+        num_converted=len(todo),
+        num_reused=len(reused),
     )
     write_json(
         paths.metrics_path("import"),

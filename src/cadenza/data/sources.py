@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -107,6 +107,11 @@ def split_abc_tunes(text: str) -> list[tuple[str, str]]:
     return tunes
 
 
+def _abc_field(tune_text: str, field: str) -> str:
+    match = re.search(rf"^{field}:\s*(.+)$", tune_text, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
 def _abc_title(tune_text: str, fallback: str) -> str:
     match = re.search(r"^T:\s*(.+)$", tune_text, re.MULTILINE)
     return match.group(1).strip() if match else fallback
@@ -139,7 +144,7 @@ def list_music21_corpus(name: str) -> list[SourceFile]:
                         piece=f"{stem_rel}-{number}",
                         convert="abc",
                         abc_text=tune,
-                        composer="traditional",
+                        composer=_abc_field(tune, "C") or "traditional",
                         title=_abc_title(tune, f"{stem_rel} {number}"),
                         license=MUSIC21_LICENSE,
                     )
@@ -351,3 +356,70 @@ FOLDER_LISTERS = {
     "nesmdb": list_nesmdb,
     "pop909": list_pop909,
 }
+
+
+MIX_KINDS = ("music21", *FOLDER_LISTERS)
+
+
+def _mix_entry(entry: str) -> tuple[str, str]:
+    kind, sep, arg = entry.partition(":")
+    if not sep or kind not in MIX_KINDS or not arg:
+        raise SourceError(
+            f"import.mix entry {entry!r}: expected <kind>:<name or folder> with kind one of "
+            f"{', '.join(MIX_KINDS)} (e.g. music21:palestrina, music21:*, folder:data/external)"
+        )
+    return kind, arg
+
+
+def _mix_label(kind: str, arg: str) -> str:
+    """The folder a source's files land in inside the mixed corpus."""
+    return arg if kind == "music21" else f"{kind}-{_slug(Path(arg).name) or 'root'}"
+
+
+def list_mix(entries: list[str], exclude: list[str], resolve=lambda p: Path(p)) -> list[SourceFile]:
+    """Several sources as one corpus: each source's files under a folder of its own
+    (music21 corpora by name, `music21:*` = every music21 corpus not in `exclude`; folders
+    and data-set layouts as `folder:<path>`, `lakh:<path>`, ...).
+
+    Paths and pieces are prefixed with that folder, so two sources never collide and a piece
+    never spans two sources; the composer of an unattributed file is its source's name.
+    """
+    if not entries:
+        raise SourceError("import.mix is empty: name at least one source (e.g. music21:*)")
+    sources: list[tuple[str, str]] = []
+    for entry in entries:
+        kind, arg = _mix_entry(entry)
+        if kind == "music21" and arg == "*":
+            known = available_music21_corpora()
+            unknown = sorted(set(exclude) - set(known))
+            if unknown:
+                raise SourceError(
+                    f"import.mix_exclude names {unknown}: no such music21 corpus; "
+                    f"available: {', '.join(known)}"
+                )
+            sources += [("music21", name) for name in known if name not in exclude]
+        else:
+            sources.append((kind, arg))
+    files: list[SourceFile] = []
+    seen: dict[str, str] = {}
+    for kind, arg in sources:
+        label = _mix_label(kind, arg)
+        if label in seen:
+            raise SourceError(
+                f"import.mix: {kind}:{arg} and {seen[label]} would share the folder "
+                f"{label!r}; list each source once (rename one folder if they differ)"
+            )
+        seen[label] = f"{kind}:{arg}"
+        listed = (
+            list_music21_corpus(arg) if kind == "music21" else FOLDER_LISTERS[kind](resolve(arg))
+        )
+        files += [
+            replace(
+                f,
+                rel_path=f"{label}/{f.rel_path}",
+                piece=f"{label}/{f.piece}",
+                composer=f.composer or label,
+            )
+            for f in listed
+        ]
+    return files

@@ -18,7 +18,12 @@ def lineage_tags(paths: Paths, **extra: str) -> dict[str, str]:
 
     return {
         "git.commit": git_commit(paths.root),
-        "dvc.tokens_md5": dvc_lock_hash(paths.root, "tokenize", "data/tokens"),
+        "dvc.tokens_md5": dvc_lock_hash(
+            paths.root,
+            paths.stage_name("tokenize"),
+            paths.relative(paths.tokens_dir),
+            paths.dvc_lock_path,
+        ),
         **extra,
     }
 

@@ -104,6 +104,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
     import torch
 
     from cadenza.models.generator import TransformerXL
+    from cadenza.stages import transfer
     from cadenza.tokens.stage import load_split
     from cadenza.tokens.tokenizer import load_tokenizer
     from cadenza.training import checkpoint
@@ -112,21 +113,43 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
 
     tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
     vocab_size = len(tokenizer)
+    model_config, train_config = build_configs(settings, vocab_size, tokenizer["BOS_None"])
+    use_base = settings.init == "base" and not paths.scope
+    if settings.init == "base" and paths.scope:
+        raise ValueError(
+            f"pretrain.init = base in the {paths.scope} pipeline: a base starts from scratch"
+        )
+    # Checked before any token array is read: a wrong base fails in a second.
+    base = transfer.prepare(paths, model_config.to_dict()) if use_base else None
     train_tokens, train_offsets = load_split(paths.tokens_dir, "train")
     valid_tokens, _ = load_split(paths.tokens_dir, "valid")
     test_tokens, _ = load_split(paths.tokens_dir, "test")
-    model_config, train_config = build_configs(settings, vocab_size, tokenizer["BOS_None"])
-    identity = fingerprint(
-        model_config.to_dict(), asdict(train_config), files=(paths.tokens_dir / "train.npy",)
+    identity = fingerprint(  # a fine-tuning run also names its starting weights
+        model_config.to_dict(),
+        asdict(train_config),
+        *([base["weights_sha256"]] if base else []),
+        files=(paths.tokens_dir / "train.npy",),
     )
     out_dir = paths.generator_mle_dir
     is_main = int(os.environ.get("RANK", "0")) == 0
-    extra = {"preset": settings.preset}
+    extra = {"preset": settings.preset, "init": settings.init}
+    if base:
+        extra["init_from"] = {k: base[k] for k in ("dir", "weights_sha256")}
     if is_main:  # the checkpoint folder is self-contained: it carries its tokenizer
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(paths.tokens_dir / "tokenizer.json", out_dir / "tokenizer.json")
+        record = out_dir / transfer.BASE_RECORD
+        if base:
+            write_json(record, base)
+        else:
+            record.unlink(missing_ok=True)
 
-    tags = lineage_tags(paths, **{"cadenza.preset": settings.preset})
+    tags = lineage_tags(paths, **{"cadenza.preset": settings.preset, "cadenza.init": settings.init})
+    if base:
+        tags["cadenza.base.weights_sha256"] = base["weights_sha256"]
+        if base["lineage"]:
+            tags["cadenza.base.run_id"] = base["lineage"].get("mlflow_run_id", "")
+            tags["cadenza.base.corpus"] = base["lineage"]["corpus"]
     params = {
         "pretrain": settings.model_dump(exclude={"presets"}),
         "preset": settings.selected.model_dump(),
@@ -142,6 +165,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             log_metrics=recorder if is_main else None,
             extra_config=extra,
             fingerprint=identity,
+            init_from=paths.base_model_dir if base else None,
         )
         if not is_main:
             return None
@@ -167,12 +191,24 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
         }
-        curve = paths.root / "reports" / "pretrain" / "loss.csv"
+        curve = paths.reports_dir / "pretrain" / "loss.csv"
         recorder.write(curve, result.resumed_from)
+        if log_metrics:
+            import mlflow
+
+            metrics["mlflow_run_id"] = mlflow.active_run().info.run_id
+        if paths.scope:  # a base: its folder says what it was trained on, for the lineage
+            from cadenza.tracking.lineage import build_record
+
+            record = build_record(paths, {"pretrain": settings.model_dump(mode="json")})
+            record["mlflow_run_id"] = metrics.get("mlflow_run_id", "")
+            record["test_nll"] = test_nll
+            write_json(out_dir / transfer.LINEAGE, record)
         write_json(paths.metrics_path("pretrain"), metrics)
         if log_metrics:
-            files = [out_dir / n for n in ("model.safetensors", "config.json", "tokenizer.json")]
-            log_final(metrics, {"generator-mle": files, "": [curve]})
+            names = ("model.safetensors", "config.json", "tokenizer.json", transfer.LINEAGE)
+            files = [out_dir / n for n in names]
+            log_final(metrics, {out_dir.name: files, "": [curve]})
     return PretrainResult(
         test_nll,
         uni,

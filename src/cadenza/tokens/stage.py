@@ -23,7 +23,7 @@ from cadenza.config import TokenizeSettings
 from cadenza.io import write_json
 from cadenza.paths import Paths
 from cadenza.progress import progress_bar
-from cadenza.tokens.encode import EncodedFile, EncodeJob, encode_file, init_worker
+from cadenza.tokens.encode import EncodeJob, encode_file, init_worker
 from cadenza.tokens.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -54,34 +54,67 @@ def load_split(tokens_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _encode_all(jobs: list[EncodeJob], tokenizer_path: Path, workers: int) -> list[EncodedFile]:
-    results = []
+def _encode_all(jobs: list[EncodeJob], tokenizer_path: Path, workers: int):
+    """EncodedFile per job, in job order, as they come (a generator: nothing piles up)."""
     with progress_bar("tokenize", total=len(jobs)) as advance:
         if workers <= 1:
             init_worker(str(tokenizer_path))
             for job in jobs:
-                results.append(encode_file(job))
+                yield encode_file(job)
                 advance()
-            return results
+            return
         with ProcessPoolExecutor(
             workers, initializer=init_worker, initargs=(str(tokenizer_path),)
         ) as pool:
             for encoded in pool.map(encode_file, jobs, chunksize=8):
-                results.append(encoded)
+                yield encoded
                 advance()
-    return results
 
 
-def _write_split(
-    tokens_dir: Path, split: str, encoded: list[EncodedFile], dtype
-) -> tuple[int, int]:
-    documents = [doc for item in encoded for doc in item.documents]
-    lengths = np.array([len(doc) for doc in documents], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.concatenate(documents).astype(dtype) if documents else np.zeros(0, dtype=dtype)
-    np.save(tokens_dir / f"{split}.npy", flat)  # into the staging folder: swapped in whole
+@dataclass
+class SplitSummary:
+    num_tokens: int
+    num_documents: int
+    num_notes: int
+    num_skipped: int
+    errors: list[str]
+
+
+def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
+    """Stream documents to disk as they are encoded: a raw file first, then the .npy (copied
+    in blocks), so memory stays bounded by one file's tokens whatever the corpus size."""
+    raw_path = tokens_dir / f".{split}.raw"
+    lengths: list[int] = []
+    notes, skipped, errors = 0, 0, []
+    with raw_path.open("wb") as raw:
+        for item in encoded:
+            if item.error:
+                errors.append(f"{item.path}: {item.error}")
+                continue
+            notes += item.num_notes
+            skipped += item.num_skipped_transpositions
+            for doc in item.documents:
+                np.asarray(doc, dtype=dtype).tofile(raw)
+                lengths.append(len(doc))
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+    total = int(offsets[-1])
+    # into the staging folder: swapped in whole
+    if total == 0:  # an empty split: numpy cannot map zero bytes
+        raw_path.unlink()
+        np.save(tokens_dir / f"{split}.npy", np.zeros(0, dtype=dtype))
+        np.save(tokens_dir / f"{split}_offsets.npy", offsets)
+        return SplitSummary(0, len(lengths), notes, skipped, errors)
+    flat = np.lib.format.open_memmap(tokens_dir / f"{split}.npy", "w+", dtype, (total,))
+    block = 1 << 22
+    with raw_path.open("rb") as raw:
+        for start in range(0, total, block):
+            chunk = np.fromfile(raw, dtype=dtype, count=min(block, total - start))
+            flat[start : start + len(chunk)] = chunk
+    flat.flush()
+    del flat
+    raw_path.unlink()
     np.save(tokens_dir / f"{split}_offsets.npy", offsets)
-    return len(flat), len(documents)
+    return SplitSummary(total, len(lengths), notes, skipped, errors)
 
 
 def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
@@ -133,11 +166,11 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
             )
             for path in files[split]
         ]
-        encoded = _encode_all(jobs, tokenizer_path, workers)
-        errors += [f"{item.path}: {item.error}" for item in encoded if item.error]
-        skipped += sum(item.num_skipped_transpositions for item in encoded)
-        num_notes[split] = sum(item.num_notes for item in encoded)
-        num_tokens[split], num_documents[split] = _write_split(staging, split, encoded, dtype)
+        summary = _write_split(staging, split, _encode_all(jobs, tokenizer_path, workers), dtype)
+        errors += summary.errors
+        skipped += summary.num_skipped
+        num_notes[split] = summary.num_notes
+        num_tokens[split], num_documents[split] = summary.num_tokens, summary.num_documents
     if errors:
         shutil.rmtree(staging)
         raise ValueError("could not read files listed in the splits:\n" + "\n".join(errors[:10]))

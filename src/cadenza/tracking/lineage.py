@@ -48,10 +48,15 @@ def build_record(paths: Paths, params: dict) -> dict:
         "params_hash": params_hash(params),
         "corpus": paths.corpus,
         "dvc": {
-            "corpus_md5": dvc_lock_hash(paths.root, "import", f"data/raw/{paths.corpus}"),
-            "manifest_md5": dvc_lock_hash(paths.root, "validate", "data/interim/manifest.parquet"),
-            "splits_md5": dvc_lock_hash(paths.root, "split", "data/interim/splits.csv"),
-            "tokens_md5": dvc_lock_hash(paths.root, "tokenize", "data/tokens"),
+            f"{name}_md5": dvc_lock_hash(
+                paths.root, paths.stage_name(stage), paths.relative(out), paths.dvc_lock_path
+            )
+            for name, stage, out in (
+                ("corpus", "import", paths.raw_dir),
+                ("manifest", "validate", paths.manifest_path),
+                ("splits", "split", paths.splits_path),
+                ("tokens", "tokenize", paths.tokens_dir),
+            )
         },
         "manifest_sha256": file_digest(paths.manifest_path),
         "validation_passed": bool(validation.get("suite_success", False)),
@@ -64,7 +69,18 @@ def build_record(paths: Paths, params: dict) -> dict:
         "quarantined": [
             {"path": r.path, "reason_code": r.reason_code} for r in quarantined.itertuples()
         ],
+        **({"base": base} if (base := _base_of(paths)) else {}),
     }
+
+
+def _base_of(paths: Paths) -> dict | None:
+    """The base record of the target's pretrained model (pretrain.init = base), if any."""
+    from cadenza.stages.transfer import BASE_RECORD
+
+    record = paths.generator_mle_dir / BASE_RECORD
+    if paths.scope or not record.is_file():
+        return None
+    return json.loads(record.read_text())
 
 
 @dataclass
@@ -113,6 +129,9 @@ def chain(client, target: str, model_name: str) -> dict:
     ref, run_id = resolve(client, target, model_name)
     run = client.get_run(run_id)
     record = load_record(client, run_id)
+    base = (record.get("base") or {}).get("lineage")
+    if base:
+        record["base"]["version"] = _base_version(client, base.get("mlflow_run_id", ""))
     return {
         "target": target,
         "version": None if ref is None else ref.__dict__,
@@ -130,6 +149,16 @@ def chain(client, target: str, model_name: str) -> dict:
     }
 
 
+def _base_version(client, run_id: str) -> dict | None:
+    """The registry version (cadenza-base or whatever name) made from a base run."""
+    if not run_id:
+        return None
+    for mv in client.search_model_versions(f"run_id='{run_id}'"):
+        full = client.get_model_version(mv.name, mv.version)
+        return {"name": full.name, "version": str(full.version), "aliases": list(full.aliases)}
+    return None
+
+
 def versions_with_file(client, model_name: str, file: Path | None, sha256: str | None) -> list:
     """Every registry version whose corpus held the file (matched by content, or by path
     within the corpus when only a path is given that no longer exists)."""
@@ -140,15 +169,19 @@ def versions_with_file(client, model_name: str, file: Path | None, sha256: str |
             record = load_record(client, mv.run_id)
         except FileNotFoundError:
             continue
-        for entry in record["files"]:
-            same = entry["sha256"] == digest if digest else _path_match(file, entry["path"])
-            if same:
+        base = (record.get("base") or {}).get("lineage") or None
+        for via, corpus_record in (("target", record), ("base", base)):
+            if corpus_record is None:
+                continue
+            entry = _find(corpus_record["files"], file, digest)
+            if entry is not None:
                 hits.append(
                     {
                         "version": str(mv.version),
                         "run_id": mv.run_id,
-                        "corpus": record["corpus"],
-                        "corpus_md5": record["dvc"]["corpus_md5"],
+                        "via": via,
+                        "corpus": corpus_record["corpus"],
+                        "corpus_md5": corpus_record["dvc"]["corpus_md5"],
                         "path": entry["path"],
                         "status": entry["status"],
                         "split": entry["split"],
@@ -156,6 +189,13 @@ def versions_with_file(client, model_name: str, file: Path | None, sha256: str |
                 )
                 break
     return sorted(hits, key=lambda hit: int(hit["version"]))
+
+
+def _find(files: list[dict], file: Path | None, digest: str | None) -> dict | None:
+    for entry in files:
+        if entry["sha256"] == digest if digest else _path_match(file, entry["path"]):
+            return entry
+    return None
 
 
 def _path_match(file: Path | None, corpus_path: str) -> bool:

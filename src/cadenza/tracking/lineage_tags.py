@@ -26,9 +26,10 @@ def git_commit(root: Path) -> str:
     return f"{head}-dirty" if dirty else head
 
 
-def dvc_lock_hash(root: Path, stage: str, out_path: str) -> str:
-    """md5 that dvc.lock records for an output of a stage; 'unknown' when not recorded."""
-    lock_path = root / "dvc.lock"
+def dvc_lock_hash(root: Path, stage: str, out_path: str, lock_path: Path | None = None) -> str:
+    """md5 that dvc.lock (or lock_path) records for an output of a stage; 'unknown' when not
+    recorded."""
+    lock_path = lock_path or root / "dvc.lock"
     if not lock_path.is_file():
         return "unknown"
     lock = yaml.safe_load(lock_path.read_text()) or {}

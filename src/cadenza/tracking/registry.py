@@ -356,3 +356,140 @@ def status(paths: Paths, settings: RegisterSettings) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda row: -int(row["version"]))
+
+
+def base_gate(candidate: dict, champion: dict | None, settings: RegisterSettings):
+    """(promote?, why) for a base model: validation passed, and on the same tokenized corpus
+    its test NLL is at most max_nll_increase above the champion's (a new corpus is a new
+    base: its NLL is not comparable, so it is promoted on validation alone)."""
+    nll = _number(candidate, "metrics.test_nll")
+    if nll is None:
+        return False, "no test NLL: no promotion without one"
+    if settings.require_validation and candidate.get("validation.passed") != "true":
+        return False, "data validation did not pass for the base corpus"
+    if champion is None:
+        return True, "no base champion yet; validation passed"
+    champ_nll = _number(champion, "metrics.test_nll")
+    if champion.get("dvc.tokens_md5") != candidate.get("dvc.tokens_md5") or champ_nll is None:
+        return True, f"a new base corpus (test NLL {nll:.4f}, not comparable with the champion's)"
+    if nll > champ_nll + settings.max_nll_increase:
+        return False, (
+            f"test NLL {nll:.4f} exceeds the base champion's {champ_nll:.4f} by more than "
+            f"{settings.max_nll_increase} on the same corpus"
+        )
+    return True, f"test NLL {nll:.4f} vs base champion {champ_nll:.4f} on the same corpus"
+
+
+def register_base(paths: Paths, settings: RegisterSettings) -> Decision:
+    """Register the base pipeline's model (models/generator-base/, logged by its pretrain run)
+    as a version of register.model_name (cadenza-base), once per run; gate its promotion."""
+    from cadenza.stages.common import file_digest
+    from cadenza.stages.transfer import LINEAGE
+
+    base_dir = paths.generator_mle_dir
+    lineage_path = base_dir / LINEAGE
+    if not lineage_path.is_file():
+        raise RegistryError(f"{lineage_path}: no base model; run the base pretrain stage first")
+    record = json.loads(lineage_path.read_text())
+    run_id = record.get("mlflow_run_id")
+    if not run_id:
+        raise RegistryError(
+            f"{lineage_path}: the base was trained without MLflow tracking; re-run its pretrain"
+        )
+    client = client_for(paths)
+    name = settings.model_name
+    tags = {
+        "git.commit": record["git_commit"],
+        "corpus": record["corpus"],
+        "dvc.corpus_md5": record["dvc"]["corpus_md5"],
+        "dvc.tokens_md5": record["dvc"]["tokens_md5"],
+        "validation.passed": str(record["validation_passed"]).lower(),
+        "metrics.test_nll": repr(record["test_nll"]),
+        "num_files": str(record["num_files"]),
+        "num_usable": str(record["num_usable"]),
+        "weights_sha256": file_digest(base_dir / "model.safetensors"),
+        "run_id": run_id,
+        "evaluation.status": "ok",
+    }
+    with registry_lock(paths):
+        _ensure_model(client, name)
+        existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        if existing:
+            version = str(existing[0].version)
+            champion = champion_version(client, name)
+            decision = Decision(
+                version,
+                champion is not None and str(champion.version) == version,
+                "already registered from this pretrain run: nothing changed",
+                None if champion is None else str(champion.version),
+                None,
+                new_version=False,
+            )
+        else:
+            source = f"{client.get_run(run_id).info.artifact_uri}/{base_dir.name}"
+            mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
+            version = str(mv.version)
+            client.set_registered_model_alias(name, CHALLENGER, version)
+            champion = champion_version(client, name)
+            promote_it, reason = base_gate(
+                tags, None if champion is None else champion.tags, settings
+            )
+            previous = None if champion is None else str(champion.version)
+            if promote_it:
+                client.set_registered_model_alias(name, CHAMPION, version)
+                if previous is not None:
+                    client.set_model_version_tag(name, version, "previous_champion", previous)
+            client.set_model_version_tag(
+                name, version, "decision", "promoted" if promote_it else "rejected"
+            )
+            client.set_model_version_tag(name, version, "decision.reason", reason)
+            decision = Decision(
+                version, promote_it, reason, version if promote_it else previous, previous, True
+            )
+    write_json(paths.metrics_path("register"), {"model_name": name, **asdict(decision)})
+    return decision
+
+
+def fetch_base_champion(paths: Paths, model_name: str) -> str:
+    """Make models/generator-base/ the base champion's weights (what a nightly retrain with
+    pretrain.init = base starts from). Returns what happened, in words."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from cadenza.stages.common import file_digest
+
+    client = client_for(paths)
+    champion = champion_version(client, model_name)
+    if champion is None:
+        raise RegistryError(
+            f"pretrain.init = base but {model_name} has no champion: build and register a base "
+            "first (`dvc repro base/dvc.yaml`, or the weekly-base-retrain deployment)"
+        )
+    target = paths.base_model_dir
+    weights = target / "model.safetensors"
+    wanted = champion.tags.get("weights_sha256", "")
+    if weights.is_file() and file_digest(weights) == wanted:
+        return f"{model_name} version {champion.version} (champion) is already in {target}"
+    from cadenza.tracking.runs import tracking_uri
+
+    paths.models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=paths.models_dir, prefix=".fetch-") as tmp:
+        import mlflow
+
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                champion.source, dst_path=tmp, tracking_uri=tracking_uri(paths.root)
+            )
+        )
+        if file_digest(local / "model.safetensors") != wanted:
+            raise RegistryError(
+                f"{model_name} version {champion.version}: downloaded weights do not match the "
+                "weights_sha256 tag; the artifact store may be corrupt"
+            )
+        staging = target.with_name(f".{target.name}.incoming")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(local, staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return f"{model_name} version {champion.version} (champion) fetched into {target}"

@@ -171,9 +171,13 @@ def train(
     log_metrics: LogFn | None = None,
     extra_config: dict | None = None,
     fingerprint: str = "",
+    init_from: Path | None = None,
 ) -> TrainResult:
     """Train (or resume from out_dir/last) until max_steps; keep the best weights by
     validation NLL in out_dir/model.safetensors.
+
+    init_from: a checkpoint folder whose weights a fresh run starts from (fine-tuning);
+    the caller makes sure its architecture and vocabulary match model_config.
 
     A saved state is resumed only when its fingerprint (config and data identity, chosen by
     the caller) matches; otherwise training starts afresh.
@@ -199,6 +203,8 @@ def train(
     if state is None and dist.is_main:  # a fresh run: best weights of another run are stale
         for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
             (out_dir / name).unlink(missing_ok=True)
+    if state is None and init_from is not None:
+        checkpoint.load_weights(model, init_from)  # every rank: the same starting weights
     start_step, best_nll, best_step, mems = 0, float("inf"), -1, None
     previous_seconds = 0.0  # training time of earlier (interrupted) sessions
     model.to(device)
