@@ -175,6 +175,8 @@ def test_instrument_finds_a_degraded_model_and_not_a_reseeded_one(setup):
           worse, same)  # fmt: skip
     assert worse["difference"] > 0 and worse["ci_low"] > 0 and worse["p_value"] < 0.05, worse
     assert same["p_value"] >= 0.05 and same["ci_low"] <= 0 <= same["ci_high"], same
+    assert set(worse["by_probe"]) == {"learned", "music"}  # every probe, paired too
+    assert worse["by_probe"][worse["probe"]]["difference"] == worse["difference"]
     itself = compare(scores, "model", "model")
     assert itself["difference"] == 0 and itself["p_value"] == 1.0
     assert not evidence_for(itself, 1.0, 1.0, 0.05, 0.02)[0]  # never wins against itself

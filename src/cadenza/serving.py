@@ -48,9 +48,12 @@ def _field(row: dict, name: str, default, kind):
     if value is None or (isinstance(value, float) and value != value):  # missing or NaN
         value = default
     try:
-        return kind(value)
+        converted = kind(value)
     except (TypeError, ValueError):
         raise RequestError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and converted != value:
+        raise RequestError(f"{name}: expected an integer, got {value!r}")
+    return converted
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
@@ -113,10 +116,13 @@ def signature():
     inputs = Schema(
         [
             ColSpec("long", "num_tokens"),  # only this one is required
+            # The optional integers are declared double: in a request whose records differ,
+            # a record without the field is NaN there, which a long column cannot hold.
+            # _field reads them back as int (and 2.5 is refused).
             ColSpec("double", "temperature", required=False),  # default 1.0
-            ColSpec("long", "top_k", required=False),  # default 0 (off)
+            ColSpec("double", "top_k", required=False),  # default 0 (off)
             ColSpec("double", "top_p", required=False),  # default 1.0 (off)
-            ColSpec("long", "seed", required=False),  # default 0
+            ColSpec("double", "seed", required=False),  # default 0
             ColSpec("string", "primer", required=False),
         ]
     )

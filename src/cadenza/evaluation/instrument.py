@@ -146,9 +146,19 @@ class Instrument:
 
 
 def compare(scores: dict, a: str, b: str) -> dict:
-    """Paired comparison of models a and b with the probe strongest on either of them."""
+    """Paired comparison of models a and b with the probe strongest on either of them (the
+    headline: a model cannot win by evading a weak probe), and with every probe under
+    `by_probe` (a saturated strongest probe hides what a weaker one still separates)."""
     probe = max(scores[a], key=lambda p: max(scores[a][p].accuracy, scores[b][p].accuracy))
-    return {"probe": probe, **probes.paired_difference(scores[a][probe], scores[b][probe])}
+    by_probe = {}
+    for name in scores[a]:
+        pair = probes.paired_difference(scores[a][name], scores[b][name])
+        by_probe[name] = {k: pair[k] for k in ("difference", "ci_low", "ci_high", "p_value")}
+    return {
+        "probe": probe,
+        **probes.paired_difference(scores[a][probe], scores[b][probe]),
+        "by_probe": by_probe,
+    }
 
 
 def evidence_for(

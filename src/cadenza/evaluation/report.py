@@ -87,6 +87,14 @@ def html_sections(metrics: dict, models: tuple[str, ...], figs: list[Path], root
     ]  # fmt: skip
     parts.append("<h2>Paired comparisons (same real windows, same seeds)</h2>")
     parts.append(_table(["pair a_vs_b", "probe", "acc. a", "acc. b", "a - b [95% CI]", "p"], rows))
+    rows = [
+        [key, probe, f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]",
+         f"{d['p_value']:.3f}"]
+        for key, c in metrics["comparisons"].items()
+        for probe, d in c.get("by_probe", {}).items()
+    ]  # fmt: skip
+    parts.append("<h3>Every probe</h3>")
+    parts.append(_table(["pair a_vs_b", "probe", "a - b [95% CI]", "p"], rows))
     parts.append("<h2>By position (real windows from the same bins)</h2>")
     for name in models:
         m = metrics[name]
