@@ -137,7 +137,6 @@ def _gan_project(token_project: Path, dest: Path, **adversarial) -> Path:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["pretrain_discriminator"] = TINY_DISCRIMINATOR
     params["adversarial"] = {**TINY_ADVERSARIAL, **adversarial}
-    params["evaluate"] = {"chunk_len": 16}  # scored by the tiny discriminator (seq_len 32)
     (dest / "params.yaml").write_text(yaml.safe_dump(params))
     return dest
 
