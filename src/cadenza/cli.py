@@ -255,8 +255,7 @@ def registry_status(
     except ConnectionError as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"{settings.register_.model_name} ({len(rows)} versions)")
-    columns = ("version", "aliases", "test NLL", "disc. acc.", "listeners", "corpus", "decision")
-    for column in columns:
+    for column in ("version", "aliases", "test NLL", "disc. acc.", "corpus", "decision"):
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
@@ -264,7 +263,6 @@ def registry_status(
             ", ".join(row["aliases"]),
             row.get("metrics.test_nll", "")[:6],
             row.get("metrics.discriminative_accuracy", "")[:5],
-            _listening_cell(row),
             f"{row.get('corpus', '')} {row.get('dvc.corpus_md5', '')[:8]}",
             row.get("decision", ""),
         )
@@ -272,10 +270,12 @@ def registry_status(
     console.print(table)
     for row in rows:
         console.print(f"version {row['version']}: {row.get('decision.reason', '')}")
+        if heard := _listening_cell(row):
+            console.print(f"version {row['version']}: listeners preferred it {heard}")
 
 
 def _listening_cell(tags: dict) -> str:
-    """'62% [41-79%] n=20 vs cadenza-generator v1' from a version's listening.* tags."""
+    """'62% [41%-79%] n=20 vs cadenza-generator v1' from a version's listening.* tags."""
     if "listening.preference" not in tags:
         return ""
     share, low, high = (float(tags[f"listening.{k}"]) for k in ("preference", "ci_low", "ci_high"))
