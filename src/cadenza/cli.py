@@ -296,7 +296,7 @@ def registry_status(
         title=f"{settings.register_.model_name} ({len(rows)} versions)",
         box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
     )  # fmt: skip
-    for column in ("ver", "aliases", "NLL", "acc.", "vs champion", "listeners", "decision"):
+    for column in ("ver", "aliases", "NLL", "acc.", "vs champion", "corpus", "decision"):
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
@@ -305,12 +305,14 @@ def registry_status(
             row.get("metrics.test_nll", "")[:6],
             row.get("metrics.discriminative_accuracy", "")[:5],
             _comparison_cell(row),
-            _listening_cell(row),
+            row.get("dvc.corpus_md5", "")[:8],
             row.get("decision", ""),
         )
     console.print(table)
     for row in rows:
         console.print(f"version {row['version']}: {row.get('decision.reason', '')}")
+        if heard := _listening_cell(row):
+            console.print(f"version {row['version']}: listeners preferred it {heard}")
 
 
 def _comparison_cell(row: dict) -> str:
@@ -324,7 +326,7 @@ def _comparison_cell(row: dict) -> str:
 
 
 def _listening_cell(tags: dict) -> str:
-    """'62% [41-79%] n=20 vs cadenza-generator v1' from a version's listening.* tags."""
+    """'62% [41%-79%] n=20 vs cadenza-generator v1' from a version's listening.* tags."""
     if "listening.preference" not in tags:
         return ""
     share, low, high = (float(tags[f"listening.{k}"]) for k in ("preference", "ci_low", "ci_high"))
