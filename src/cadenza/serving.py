@@ -31,8 +31,10 @@ class RequestError(mlflow.exceptions.MlflowException):
     with the whole request, base64 primer included; the setter below keeps ours.)"""
 
     def __init__(self, message: str) -> None:
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # HTTP 400
+
         self._field_message = message
-        super().__init__(message, error_code="INVALID_PARAMETER_VALUE")
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
     @property
     def message(self) -> str:
