@@ -304,22 +304,26 @@ def _tags(**listening) -> dict:
 
 def test_the_listening_rule_of_the_promotion_gate():
     from cadenza.config import RegisterSettings
+    from cadenza.tracking.challenge import Challenge
     from cadenza.tracking.registry import gate
 
     champion = {**_tags(), "metrics.discriminative_accuracy": "0.8"}
+    # The paired comparison favours the challenger: only the listening rule can stop it.
+    won = Challenge({"difference": -0.1, "ci_low": -0.2, "ci_high": -0.02, "p_value": 0.01,
+                     "probe": "music"}, 1.0, "stored samples")  # fmt: skip
     off = RegisterSettings()
-    assert gate(_tags(), champion, off)[0]  # the rule is off by default
+    assert gate(_tags(), champion, off, won)[0]  # the rule is off by default
     rule = RegisterSettings(listening_min_votes=20, listening_min_preference=0.55)
-    ok, why = gate(_tags(), champion, rule)
+    ok, why = gate(_tags(), champion, rule, won)
     assert not ok and "no listening study against the champion" in why
     heard = {"vs_run_id": "champ", "ci_low": 0.4, "ci_high": 0.8}
-    ok, why = gate(_tags(**heard, preference=0.6, votes=12), champion, rule)
+    ok, why = gate(_tags(**heard, preference=0.6, votes=12), champion, rule, won)
     assert not ok and "fewer than register.listening_min_votes 20" in why
-    ok, why = gate(_tags(**heard, preference=0.5, votes=40), champion, rule)
+    ok, why = gate(_tags(**heard, preference=0.5, votes=40), champion, rule, won)
     assert not ok and "below register.listening_min_preference 0.55" in why
-    assert gate(_tags(**heard, preference=0.6, votes=40), champion, rule)[0]
+    assert gate(_tags(**heard, preference=0.6, votes=40), champion, rule, won)[0]
     stale = {**heard, "vs_run_id": "an-older-champion"}
-    assert not gate(_tags(**stale, preference=0.9, votes=40), champion, rule)[0]
+    assert not gate(_tags(**stale, preference=0.9, votes=40), champion, rule, won)[0]
 
 
 @pytest.mark.integration
