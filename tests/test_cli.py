@@ -96,3 +96,11 @@ def test_unreachable_mlflow_server_fails_fast_naming_it(tmp_path, monkeypatch):
         result = CliRunner().invoke(app, [*command, *common])
         assert result.exit_code == 1, result.output
         assert f"MLflow server {uri}" in result.output and "does not answer" in result.output
+
+
+def test_openmp_threads_spin_on_a_free_box_and_sleep_on_a_busy_one():
+    from cadenza.cli import openmp_wait_policy
+
+    assert openmp_wait_policy(0.3, 2) is None  # idle: libgomp's spinning is faster
+    assert openmp_wait_policy(2.5, 2) is None  # our own previous stage's two threads
+    assert openmp_wait_policy(6.0, 2) == "PASSIVE"  # other work: spinning stalls 6-20x

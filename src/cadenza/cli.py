@@ -715,12 +715,22 @@ def summary(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(
     pipeline_mod.print_summary(paths)
 
 
+def openmp_wait_policy(load: float, cpus: int) -> str | None:
+    """OMP_WAIT_POLICY for torch's OpenMP threads on a box with this 1-minute load: spin
+    (libgomp's default, None) while the cores are ours, sleep (PASSIVE) when other work is
+    running. benchmarks/thread_policy.py on 2 cores: at load 5-14, spinning threads made
+    training 6x and batch-1 generation 20x slower than sleeping ones; on an idle box sleeping
+    cost 24% of training and 59% of batch-1 generation speed. Our own previous stage leaves
+    a load of about `cpus`, hence the margin."""
+    return "PASSIVE" if load > 1.5 * cpus else None
+
+
 def main() -> None:
-    # Before anything loads torch's OpenMP runtime: idle OpenMP threads sleep instead of
-    # spinning. With spinning (libgomp's default), any other busy process on the box (the
-    # Prefect or MLflow server, a browser) stalls every parallel region: training 4.8x and
-    # batch-1 generation 11x slower at load 14 on 2 cores (benchmarks/thread_policy.py).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Before anything loads torch's OpenMP runtime (an explicit OMP_WAIT_POLICY wins).
+    if "OMP_WAIT_POLICY" not in os.environ:
+        policy = openmp_wait_policy(os.getloadavg()[0], os.cpu_count() or 1)
+        if policy:
+            os.environ["OMP_WAIT_POLICY"] = policy
     app()
 
 
