@@ -84,6 +84,13 @@ def test_two_corpus_versions_make_two_tagged_model_versions(registered_project):
         assert mv.tags["decision.reason"]
     assert one.tags["decision"] == "promoted" and "no champion yet" in one.tags["decision.reason"]
     assert one.tags["dvc.corpus_md5"] != two.tags["dvc.corpus_md5"]
+    # The corpus changed, so the champion (version 1) was re-evaluated on version 2's windows
+    # and the paired comparison decided; its numbers are tags.
+    assert two.tags["comparison.champion_version"] == "1"
+    assert two.tags["comparison.champion_scored_from"] == "re-evaluated on the current test split"
+    low, high = (float(two.tags[f"comparison.ci_{k}"]) for k in ("low", "high"))
+    assert low <= float(two.tags["comparison.difference"]) <= high
+    assert 0 < float(two.tags["comparison.p_value"]) <= 1
     assert one.tags["git.commit"] != two.tags["git.commit"]
     assert "challenger" in two.aliases
     champion = client.get_model_version_by_alias(NAME, "champion")
