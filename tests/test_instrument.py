@@ -204,3 +204,14 @@ def test_bootstrap_p_value_and_evidence_rules():
     assert not ok and "test NLL" in why
     ok, why = evidence_for({**comparison, "p_value": 0.2}, 1.0, 1.0, 0.05, 0.02)
     assert not ok and "not lower at alpha 0.05" in why
+
+
+def test_bad_evaluate_settings_name_the_key():
+    from cadenza.config import ParamsError, parse_settings
+
+    with pytest.raises(ParamsError, match="window_len 300 must not exceed sample_len 200"):
+        parse_settings({"evaluate": {"window_len": 300, "sample_len": 200}})
+    with pytest.raises(ParamsError, match="evaluate.chunk_len"):  # the removed key, named
+        parse_settings({"evaluate": {"chunk_len": 64}})
+    with pytest.raises(ValueError, match="only 5 window starts fit"):
+        windows.make_plan(4, 20, 16, num_bins=8, seed=0)

@@ -293,12 +293,22 @@ def _retrain_locked(workspace: Path, corpus, preset, force: bool, push_outputs, 
             logger.info("nothing changed: every stage is up to date; no new model version")
             return {"changed": False, "stages": [], "note": "nothing changed"}
         logger.info("changed stages: %s", ", ".join(changed))
-    parent = _start_parent_run(workspace)
+    results = _run_stages(workspace, STAGES, SERVICE_STAGES, force, push_outputs, "retrain")
+    ran = [r["stage"] for r in results if r["status"] == "ran"]
+    return {"changed": True, "stages": results, "note": f"retrained: {', '.join(ran) or 'none'}"}
+
+
+def _run_stages(
+    workspace: Path, stages, retried, force: bool, push_outputs: bool, run_name: str
+) -> list[dict]:
+    """Each stage as a task (retried ones: twice, 5 s apart), then `dvc push`, all under one
+    parent MLflow run that is closed however the tasks end."""
+    parent = _start_parent_run(workspace, run_name)
     results, status = [], "FAILED"
     try:
-        for stage in STAGES:
+        for stage in stages:
             task_fn = run_stage
-            if stage in SERVICE_STAGES:
+            if stage in retried:
                 task_fn = run_stage.with_options(retries=2, retry_delay_seconds=5)
             results.append(task_fn(str(workspace), stage, force, parent))
         if push_outputs:
@@ -306,8 +316,7 @@ def _retrain_locked(workspace: Path, corpus, preset, force: bool, push_outputs, 
         status = "FINISHED"
     finally:
         _end_parent_run(workspace, parent, results, status)
-    ran = [r["stage"] for r in results if r["status"] == "ran"]
-    return {"changed": True, "stages": results, "note": f"retrained: {', '.join(ran) or 'none'}"}
+    return results
 
 
 BASE_STAGES = tuple(
@@ -335,19 +344,8 @@ def retrain_base(
     started = time.perf_counter()
     waiting = {"timeout_seconds": wait_seconds} if wait_seconds > 0 else {"max_retries": 0}
     with concurrency(name, occupy=1, strict=True, **waiting):
-        parent = _start_parent_run(workspace, "retrain-base")
-        results, status = [], "FAILED"
-        try:
-            for stage in BASE_STAGES:
-                task_fn = run_stage
-                if stage.endswith("register"):
-                    task_fn = run_stage.with_options(retries=2, retry_delay_seconds=5)
-                results.append(task_fn(str(workspace), stage, force, parent))
-            if push_outputs:
-                results.append(push(str(workspace)))
-            status = "FINISHED"
-        finally:
-            _end_parent_run(workspace, parent, results, status)
+        retried = tuple(s for s in BASE_STAGES if s.endswith("register"))
+        results = _run_stages(workspace, BASE_STAGES, retried, force, push_outputs, "retrain-base")
     ran = [r["stage"].split(":")[-1] for r in results if r["status"] == "ran"]
     note = f"base retrained: {', '.join(ran) or 'nothing changed'}"
     logger.info(note)

@@ -267,9 +267,8 @@ def _challenge(client, name, tags, champion, paths: Paths, evaluate: EvaluateSet
     """The paired comparison with the champion, or a sentence saying why there is none."""
     from cadenza.tracking.challenge import ChallengeError, challenge
 
-    current = json.loads(paths.metrics_path("evaluate").read_text()) if paths.metrics_path(
-        "evaluate"
-    ).is_file() else {}  # fmt: skip
+    evaluation = paths.metrics_path("evaluate")
+    current = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
     if current.get("mlflow_run_id") != tags.get("run_id"):
         return None
     try:
