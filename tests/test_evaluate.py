@@ -92,6 +92,12 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         if m["num_pieces_with_notes"] < 2:  # a tiny model may write no notes: said so
             assert "music_stats_note" in m and m["mean_overlap"] == 0.0
     assert {"unigram", "4gram"} <= set(metrics["baselines"])
+    assert metrics["sampling"] == {"temperature": 0.9, "top_k": 0, "top_p": 0.95}
+    plain = metrics["plain_sampling"]  # the same MLE generator at temperature 1, same windows
+    assert plain["mle"]["num_windows"] == metrics["mle"]["num_windows"]
+    versus = plain["mle_vs_plain"]
+    assert versus["accuracy_a"] == metrics["mle"]["probes"][versus["probe"]]["accuracy"]
+    assert versus["accuracy_b"] == plain["mle"]["probes"][versus["probe"]]["accuracy"]
     pair = metrics["comparisons"]["gan_vs_mle"]
     assert pair["difference"] == pytest.approx(pair["accuracy_a"] - pair["accuracy_b"])
     assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1

@@ -270,6 +270,12 @@ def test_mlflow_models_serve_returns_midi(registered_project, tmp_path):
             score = Score.from_midi(base64.b64decode(prediction["midi"]))
             assert score.note_num() == prediction["num_notes"]
         assert primed["num_notes"] > 0  # the primer's opening is part of the piece
+        # Left out, sampling comes from the model: params' `sampling` when it was evaluated.
+        carried = {"num_tokens": 48, "seed": 4}
+        status, body = _post(port, [carried, {**carried, "temperature": 0.9, "top_p": 0.95}])
+        assert status == 200, body
+        by_default, explicit = body["predictions"]
+        assert by_default["midi"] == explicit["midi"]
         status, body = _post(port, [{"num_tokens": 0, "temperature": 1.0, "top_k": 0, "seed": 0}])
         assert status == 400 and body["message"] == "num_tokens: 0 is outside 1..8192", body
         status, body = _post(port, [{"num_tokens": 8, "top_p": 1.5}])

@@ -244,6 +244,62 @@ def evaluate(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
     typer.echo(f"candidate: {metrics['candidate']}; report: {stage.report_path(paths)}")
 
 
+def _numbers(text: str, kind, option: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _fail(f"{option} {text!r}: give comma-separated numbers, e.g. 0.9,1.0", 2) from None
+
+
+@app.command("tune-sampling")
+def tune_sampling(
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+    model: Annotated[Path, typer.Option(help="generator folder")] = Path("models/generator-mle"),
+    temperatures: Annotated[str, typer.Option(help="comma-separated")] = "0.8,0.9,1.0",
+    top_ks: Annotated[str, typer.Option("--top-ks", help="comma-separated; 0 = off")] = "0",
+    top_ps: Annotated[str, typer.Option("--top-ps", help="comma-separated; 1 = off")] = "0.9,1.0",
+    samples: Annotated[
+        int | None, typer.Option(min=4, help="evaluate.num_samples if unset")
+    ] = None,
+    bootstrap: Annotated[
+        int | None, typer.Option(min=10, help="evaluate.bootstrap if unset")
+    ] = None,
+    apply: Annotated[bool, typer.Option(help="write the chosen setting to params.yaml")] = False,
+) -> None:
+    """Choose sampling (temperature, top-k, top-p) on the VALID split by the evaluation's
+    strongest probe: every setting against plain temperature-1 sampling, paired, with CIs.
+    Writes reports/sampling/sweep.{json,md}; --apply sets params.yaml's `sampling`."""
+    from cadenza.evaluation import tuning
+    from cadenza.io import write_json
+
+    settings, paths = _load(params, root)
+    overrides = {k: v for k, v in (("num_samples", samples), ("bootstrap", bootstrap)) if v}
+    evaluate_settings = settings.evaluate.model_copy(update=overrides)
+    grid = _run_stage(
+        tuning.grid,
+        _numbers(temperatures, float, "--temperatures"),
+        _numbers(top_ks, int, "--top-ks"),
+        _numbers(top_ps, float, "--top-ps"),
+    )
+    folder = model if model.is_absolute() else paths.root / model
+    result = _run_stage(tuning.tune, evaluate_settings, paths, folder, grid)
+    out = paths.root / "reports" / "sampling"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "sweep.json", result)
+    table = tuning.markdown(result)
+    (out / "sweep.md").write_text(table)
+    typer.echo(table)
+    chosen = result["chosen"]
+    typer.echo(
+        f"chosen: temperature {chosen['temperature']:g}, top_k {chosen['top_k']}, top_p "
+        f"{chosen['top_p']:g} (strongest-probe accuracy {chosen['accuracy']:.3f} on valid)"
+    )
+    if apply:
+        _run_stage(tuning.apply, params, chosen)
+        typer.echo(f"{params}: sampling updated")
+
+
 @app.command()
 def register(
     params: ParamsOption = Path("params.yaml"),
@@ -482,9 +538,15 @@ def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="MIDI file to write")] = Path(
         "sample.mid"
     ),
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 1.0,
-    top_k: Annotated[int, typer.Option(min=0, help="keep the k likeliest tokens (0 = all)")] = 0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus mass to keep")] = 0.95,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="0 = greedy [default: the model's sampling]")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(min=0, help="keep the k likeliest tokens (0 = all)")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="nucleus mass to keep (1 = all)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     primer: Annotated[
         Path | None,
@@ -497,13 +559,21 @@ def generate(
     synthesizer: Annotated[
         str, typer.Option(help="tinysoundfont (pip) | fluidsynth (when installed)")
     ] = "tinysoundfont",
+    params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Sample a MIDI file from a trained generator (and, with --audio, render it)."""
+    """Sample a MIDI file from a trained generator (and, with --audio, render it).
+
+    Sampling options left out come from the model (a registered model carries the sampling it
+    was evaluated with), else from params.yaml's `sampling` section."""
     from cadenza.generate import generate_midi, write_audio
 
+    default = None
+    if params.is_file():
+        default = _load(params, Path("."))[0].sampling.model_dump()
     result = _run_stage(
-        generate_midi, model, tokens, out, temperature, top_k, top_p, seed, primer, primer_tokens
-    )
+        generate_midi, model, tokens, out, temperature, top_k, top_p, seed, primer, primer_tokens,
+        default,
+    )  # fmt: skip
     typer.echo(f"wrote {result.out_path}: {len(result.token_ids)} tokens, {result.num_notes} notes")
     if audio:
         sound = _run_stage(write_audio, result.out_path, audio, synthesizer)

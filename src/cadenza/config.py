@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -273,7 +273,39 @@ class AdversarialSettings(_Section):
         return self
 
 
-class EvaluateSettings(_Section):
+class SamplingSettings(_Section):
+    """`sampling`: the one default of generate, serving, the evaluation's samples (and the
+    gallery), the listening clips and the champion's re-scoring. Chosen on the valid split by
+    the strongest probe (`cadenza tune-sampling`); plain sampling is temperature 1, top_k 0,
+    top_p 1."""
+
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    """Keep the k likeliest tokens (0 = off)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus: keep the likeliest tokens holding this much probability (1 = off)."""
+
+    @property
+    def is_plain(self) -> bool:
+        return self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
+
+
+class _Sampled(_Section):
+    """A section that samples: it reads the top-level `sampling` section (set by Settings)."""
+
+    _sampling: SamplingSettings = PrivateAttr(default_factory=SamplingSettings)
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return self._sampling
+
+    def with_sampling(self, sampling: SamplingSettings):
+        copy = self.model_copy()
+        copy._sampling = sampling
+        return copy
+
+
+class EvaluateSettings(_Sampled):
     """`evaluate` stage: test NLL, probes of real vs generated windows, music statistics,
     paired comparisons, position bins, samples gallery."""
 
@@ -294,9 +326,9 @@ class EvaluateSettings(_Section):
     piece_len: int = Field(512, ge=16)
     """Tokens per piece (generated openings and real test openings alike)."""
     gallery_size: int = Field(4, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    report_plain: bool = True
+    """When `sampling` is not plain, also score the MLE generator's plain (temperature-1)
+    samples on the same windows, so model quality and sampling are not confused."""
     generation_batch: int = Field(64, ge=1)
     """Samples generated together (a batch's random numbers depend on seed and batch index)."""
     folds: int = Field(5, ge=2)
@@ -345,7 +377,7 @@ class RegisterSettings(_Section):
     """...and listeners preferred the candidate in at least this share of them."""
 
 
-class ListenSettings(_Section):
+class ListenSettings(_Sampled):
     """`cadenza listen`: blind A/B listening studies and their vote database."""
 
     num_pairs: int = Field(10, ge=1, le=1000)
@@ -353,10 +385,7 @@ class ListenSettings(_Section):
     clip_seconds: float = Field(10.0, gt=0, le=300)
     """Every clip is cut (with a fade) or padded to exactly this length."""
     piece_tokens: int = Field(512, ge=16)
-    """Tokens generated per piece when a source is a generator."""
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    """Tokens generated per piece when a source is a generator (sampled with `sampling`)."""
     synthesizer: Literal["tinysoundfont", "fluidsynth"] = "tinysoundfont"
     audio_format: Literal["mp3", "ogg", "wav"] = "mp3"
     ask_human: bool = True
@@ -377,6 +406,13 @@ class Settings(_Section):
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     register_: RegisterSettings = Field(default_factory=RegisterSettings, alias="register")
     listen: ListenSettings = Field(default_factory=ListenSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+
+    @model_validator(mode="after")
+    def _share_sampling(self) -> Settings:
+        self.evaluate._sampling = self.sampling
+        self.listen._sampling = self.sampling
+        return self
 
     @model_validator(mode="after")
     def _chunk_fits_discriminator(self) -> Settings:
@@ -392,6 +428,12 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
+        section, _, name = key.partition(".")
+        if section in ("evaluate", "listen") and name in ("temperature", "top_k", "top_p"):
+            return (
+                f"{source}: '{key}' has moved to the top-level `sampling` section (one default "
+                f"for generate, serving, evaluation and listening): set sampling.{name} instead"
+            )
         return f"{source}: unknown key '{key}' (check the spelling; allowed keys are in docs)"
     if error["type"] == "missing":
         return f"{source}: missing key '{key}'"

@@ -86,15 +86,29 @@ def generate_midi(
     model: str,
     num_tokens: int,
     out_path: Path,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     seed: int = 0,
     primer: Path | None = None,
     primer_tokens: int = 64,
+    default_sampling: dict | None = None,
 ) -> Generated:
+    """Sample a MIDI file. A sampling value left None comes from the model's sampling.json (a
+    registered model carries the pipeline's choice), else from `default_sampling` (the
+    project's `sampling` section), else plain sampling."""
+    from cadenza.serving import SAMPLING_FILE, model_sampling
+
     with tempfile.TemporaryDirectory() as tmp:
-        net, tokenizer = load_generator(resolve_model_dir(model, Path(tmp)))
+        folder = resolve_model_dir(model, Path(tmp))
+        net, tokenizer = load_generator(folder)
+        carried = (folder / SAMPLING_FILE).is_file()
+        defaults = (
+            model_sampling(folder) if carried else (default_sampling or model_sampling(folder))
+        )
+    temperature = defaults["temperature"] if temperature is None else temperature
+    top_k = defaults["top_k"] if top_k is None else top_k
+    top_p = defaults["top_p"] if top_p is None else top_p
     prompt = primer_ids(tokenizer, primer, primer_tokens) if primer else []
     score, ids = sample_score(net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt)
     out_path.parent.mkdir(parents=True, exist_ok=True)

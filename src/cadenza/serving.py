@@ -1,11 +1,12 @@
 """The generator as an MLflow pyfunc model: what `mlflow models serve` serves.
 
-Input: one row per request with num_tokens (required), temperature (default 1.0), top_k (0),
-top_p (1.0), seed (0) and optionally primer (a MIDI file, base64). A bad field is an HTTP 400
-whose top-level `message` names it. Output: one row per request with midi (base64 MIDI
-file), num_notes and num_tokens. The model folder carries the weights (safetensors), config.json,
-tokenizer.json and the cadenza package itself, so it loads wherever torch, miditok and
-symusic are installed.
+Input: one row per request with num_tokens (required), temperature, top_k and top_p (default:
+the `sampling` the model was logged with, sampling.json beside its weights; plain sampling for a
+model logged without one), seed (0) and optionally primer (a MIDI file, base64). A bad field
+is an HTTP 400 whose top-level `message` names it. Output: one row per request with midi
+(base64 MIDI file), num_notes and num_tokens. The model folder carries the weights
+(safetensors), config.json, tokenizer.json, sampling.json and the cadenza package itself, so
+it loads wherever torch, miditok and symusic are installed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ import mlflow.pyfunc
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 MAX_TOKENS = 8192
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+SAMPLING_FILE = "sampling.json"
+PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+def model_sampling(checkpoint_dir: Path) -> dict:
+    """The sampling defaults a logged model carries (sampling.json), else plain sampling."""
+    import json
+
+    path = Path(checkpoint_dir) / SAMPLING_FILE
+    if not path.is_file():
+        return dict(PLAIN_SAMPLING)
+    data = json.loads(path.read_text())
+    return {key: data.get(key, value) for key, value in PLAIN_SAMPLING.items()}
 
 
 class RequestError(mlflow.exceptions.MlflowException):
@@ -62,7 +76,9 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from cadenza.generate import load_generator
 
-        self.net, self.tokenizer = load_generator(Path(context.artifacts["checkpoint"]))
+        folder = Path(context.artifacts["checkpoint"])
+        self.net, self.tokenizer = load_generator(folder)
+        self.sampling = model_sampling(folder)
 
     def predict(self, context, model_input, params=None):  # noqa: D102 - schema: signature()
         import pandas as pd
@@ -81,9 +97,10 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         from cadenza.tokens.encode import score_ids
 
         num_tokens = _field(row, "num_tokens", 256, int)
-        temperature = _field(row, "temperature", 1.0, float)
-        top_k = _field(row, "top_k", 0, int)
-        top_p = _field(row, "top_p", 1.0, float)
+        defaults = getattr(self, "sampling", PLAIN_SAMPLING)
+        temperature = _field(row, "temperature", defaults["temperature"], float)
+        top_k = _field(row, "top_k", defaults["top_k"], int)
+        top_p = _field(row, "top_p", defaults["top_p"], float)
         seed = _field(row, "seed", 0, int)
         if not 1 <= num_tokens <= MAX_TOKENS:
             raise RequestError(f"num_tokens: {num_tokens} is outside 1..{MAX_TOKENS}")
@@ -121,9 +138,9 @@ def signature():
             # The optional integers are declared double: in a request whose records differ,
             # a record without the field is NaN there, which a long column cannot hold.
             # _field reads them back as int (and 2.5 is refused).
-            ColSpec("double", "temperature", required=False),  # default 1.0
-            ColSpec("double", "top_k", required=False),  # default 0 (off)
-            ColSpec("double", "top_p", required=False),  # default 1.0 (off)
+            ColSpec("double", "temperature", required=False),  # defaults: sampling.json
+            ColSpec("double", "top_k", required=False),
+            ColSpec("double", "top_p", required=False),
             ColSpec("double", "seed", required=False),  # default 0
             ColSpec("string", "primer", required=False),
         ]
@@ -141,14 +158,20 @@ def requirements() -> list[str]:
     return [f"torch=={version('torch').split('+')[0]}", *pins, "numpy", "pandas"]
 
 
-def log_generator(checkpoint_dir: Path, name: str = "generator"):
-    """Log a checkpoint folder as a pyfunc model in the active run; returns ModelInfo."""
+def log_generator(checkpoint_dir: Path, name: str = "generator", sampling: dict | None = None):
+    """Log a checkpoint folder as a pyfunc model in the active run; returns ModelInfo.
+    `sampling` (temperature, top_k, top_p): the defaults the served model samples with when a
+    request leaves them out, stored beside the weights as sampling.json."""
+    import json
+
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "checkpoint"
         folder.mkdir()
         for file_name in CHECKPOINT_FILES:
             shutil.copy2(checkpoint_dir / file_name, folder / file_name)
+        if sampling is not None:
+            (folder / SAMPLING_FILE).write_text(json.dumps(sampling) + "\n")
         with warnings.catch_warnings():  # we give a signature; MLflow still asks for examples
             warnings.filterwarnings("ignore", message=".*input example.*")
             return _log(name, package, folder)

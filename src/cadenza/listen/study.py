@@ -117,8 +117,8 @@ def source_midi(source: dict, count: int, settings, workdir: Path, seed: int) ->
     out = []
     for index in range(count):
         score, _ = sample_score(
-            net, tokenizer, settings.piece_tokens, settings.temperature, settings.top_k,
-            settings.top_p, seed + index,
+            net, tokenizer, settings.piece_tokens, settings.sampling.temperature,
+            settings.sampling.top_k, settings.sampling.top_p, seed + index,
         )  # fmt: skip
         path = workdir / f"{secrets.token_hex(8)}.mid"
         score.dump_midi(str(path))

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CANDIDATES = ("mle", "gan")
 WINDOWS_FILE = "windows.npz"
 PROBES = ("learned", "music", "combined")
+PLAIN = "mle_plain"  # the MLE generator sampled at temperature 1, no top-k / top-p
 
 
 def real_pieces(tokenizer, tokens, offsets, count: int, length: int) -> list:
@@ -75,8 +76,9 @@ class Context:
     def fingerprint(self) -> str:
         """Identity of the generated samples: plan, seeds, sampling and vocabulary."""
         s = self.settings
-        keys = (s.num_samples, s.sample_len, s.window_len, s.num_bins, s.seed, s.temperature,
-                s.top_k, s.top_p, s.generation_batch, len(self.tokenizer.vocab))  # fmt: skip
+        keys = (s.num_samples, s.sample_len, s.window_len, s.num_bins, s.seed,
+                s.sampling.temperature, s.sampling.top_k, s.sampling.top_p, s.generation_batch,
+                len(self.tokenizer.vocab))  # fmt: skip
         return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
 
 
@@ -101,9 +103,10 @@ def prepare_encoder(settings: EvaluateSettings, paths: Paths, device, plan=None)
     return Context(settings, plan, None, None, encoder, tokenizer, device, [])
 
 
-def prepare(settings: EvaluateSettings, paths: Paths, device) -> Context:
-    """The context with real windows (test documents; valid ones added when too few are long
-    enough for the last bin) and their features."""
+def prepare(settings: EvaluateSettings, paths: Paths, device, split: str = "test") -> Context:
+    """The context with real windows and their features: from the test documents (valid ones
+    added when too few are long enough for the last bin), or with split="valid" from the valid
+    documents only (choices tuned on them never see test data)."""
     from cadenza.evaluation import windows
     from cadenza.evaluation.instrument import window_set
     from cadenza.tokens.stage import load_split
@@ -111,10 +114,10 @@ def prepare(settings: EvaluateSettings, paths: Paths, device) -> Context:
     context = prepare_encoder(settings, paths, device)
     plan, tokenizer = context.plan, context.tokenizer
     bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
-    docs, context.splits = windows.documents(*load_split(paths.tokens_dir, "test"), bos), ["test"]
+    docs, context.splits = windows.documents(*load_split(paths.tokens_dir, split), bos), [split]
     longest_needed = int(plan.offsets[:, -1].max()) + plan.window_len
     long_enough = sum(len(d) - 1 >= longest_needed for d in docs)
-    if long_enough < settings.min_documents:
+    if split == "test" and long_enough < settings.min_documents:
         log.warning(
             "evaluate: %d test documents hold %d tokens (evaluate.min_documents %d): adding "
             "the valid split's documents to the real windows",
@@ -147,17 +150,21 @@ def test_nll(net, paths: Paths, device) -> float:
     return evaluate_nll(net, tokens, net.config.seg_len, device)
 
 
-def model_windows(context: Context, net, seed: int, samples: np.ndarray | None = None):
-    """(samples, WindowSet) of one model: generated with the context's plan and seed (or the
-    given samples, generated earlier with the same fingerprint)."""
+def model_windows(
+    context: Context, net, seed: int, samples: np.ndarray | None = None, sampling=None
+):
+    """(samples, WindowSet) of one model: generated with the context's plan and seed and the
+    `sampling` settings (default: the pipeline's), or the given samples, generated earlier
+    with the same fingerprint."""
     from cadenza.evaluation import windows
     from cadenza.evaluation.instrument import window_set
 
     s = context.settings
+    sampling = sampling or s.sampling
     if samples is None:
         samples = windows.generate_samples(
-            net, context.tokenizer, context.plan, s.temperature, s.top_k, s.top_p, seed,
-            context.device, s.generation_batch,
+            net, context.tokenizer, context.plan, sampling.temperature, sampling.top_k,
+            sampling.top_p, seed, context.device, s.generation_batch,
         )  # fmt: skip
     features, music = features_of(context, windows.cut(samples, context.plan))
     groups = np.repeat(np.arange(context.plan.num_samples), context.plan.num_bins)
@@ -215,6 +222,7 @@ def run(
         "real_documents": context.real.num_documents,
         "real_documents_per_bin": context.real.eligible,
         "samples_fingerprint": context.fingerprint(),
+        "sampling": settings.sampling.model_dump(),
     }
     metrics["real"] = music_stats.set_summary(real_stats) if real_stats else {}
     metrics["baselines"] = _baselines(paths)
@@ -233,10 +241,22 @@ def run(
         gallery_scores[name] = scores[: settings.gallery_size]
         log.info("evaluate %s: test NLL %.4f", name, nll)
 
+    if settings.report_plain and not settings.sampling.is_plain:
+        from cadenza.config import SamplingSettings
+
+        net, _ = load_generator(folders["mle"])
+        net.to(device)
+        with torch.no_grad():
+            _, sets[PLAIN] = model_windows(context, net, seed, sampling=SamplingSettings())
     results, probe_scores = instrument_for(context).evaluate(sets)
     for name in CANDIDATES:
         metrics[name].update(results[name])
     metrics["comparisons"] = {"gan_vs_mle": compare(probe_scores, "gan", "mle")}
+    if PLAIN in results:  # the same model, plain sampling: what the sampling setting buys
+        metrics["plain_sampling"] = {
+            "mle": {k: v for k, v in results[PLAIN].items() if k != "position_bins"},
+            "mle_vs_plain": compare(probe_scores, "mle", PLAIN),
+        }
     candidate = choose_candidate(metrics, settings.candidate, register)
     metrics["candidate"] = candidate
     report_dir = paths.root / "reports" / "evaluate"
@@ -265,7 +285,7 @@ def run(
     (report_dir / LINEAGE_FILE).write_text(json.dumps(record, indent=1) + "\n")
     tags = lineage_tags(paths, **{"cadenza.candidate": candidate})
     tags.update(_stage_run_tags(paths, tags.get("dvc.tokens_md5", "")) if track else {})
-    params = {"evaluate": settings.model_dump()}
+    params = {"evaluate": settings.model_dump(), "sampling": settings.sampling.model_dump()}
     with tracked(paths, "evaluate", params, tags, track) as log_metrics:
         if log_metrics:
             import mlflow
@@ -275,7 +295,7 @@ def run(
             log_final(_flat(metrics), {})
             mlflow.log_artifact(str(report_dir / LINEAGE_FILE))
             mlflow.log_artifacts(str(report_dir), artifact_path="report")
-            info = log_generator(folders[candidate])
+            info = log_generator(folders[candidate], sampling=settings.sampling.model_dump())
             metrics["mlflow_run_id"] = mlflow.active_run().info.run_id
             metrics["model_uri"] = info.model_uri
         write_json(paths.metrics_path("evaluate"), metrics)

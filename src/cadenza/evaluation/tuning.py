@@ -1,0 +1,168 @@
+"""Choose sampling settings by the evaluation's strongest probe on the validation split.
+
+Every candidate setting (temperature, top-k, top-p) samples from the same generator with the
+same plan and the same random numbers (common seeds), its windows are read by the same probes
+against real *valid* windows (never test), and each is compared with plain temperature-1
+sampling by the paired cluster bootstrap of the instrument. The chosen setting is the one
+with the lowest strongest-probe accuracy; `cadenza tune-sampling --apply` writes it to the
+`sampling` section of params.yaml, which generate, serving, the gallery and the listening
+clips all read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+PLAIN = (1.0, 0, 1.0)
+
+
+@dataclass(frozen=True)
+class Setting:
+    temperature: float
+    top_k: int
+    top_p: float
+
+    @property
+    def name(self) -> str:
+        return f"T={self.temperature:g} k={self.top_k} p={self.top_p:g}"
+
+    def as_dict(self) -> dict:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+
+
+def grid(temperatures: list[float], top_ks: list[int], top_ps: list[float]) -> list[Setting]:
+    """Every combination, plain temperature-1 sampling first (the reference)."""
+    settings = [Setting(*PLAIN)]
+    for t in temperatures:
+        for k in top_ks:
+            for p in top_ps:
+                if t <= 0 or k < 0 or not 0 < p <= 1:
+                    raise ValueError(
+                        f"sampling grid: temperature {t} must be > 0, top_k {k} >= 0 and "
+                        f"top_p {p} in (0, 1]"
+                    )
+                setting = Setting(float(t), int(k), float(p))
+                if setting not in settings:
+                    settings.append(setting)
+    return settings
+
+
+def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
+    """Score every setting on valid windows; returns the table and the chosen setting."""
+    import torch
+
+    from cadenza.evaluation.instrument import Instrument, compare
+    from cadenza.generate import load_generator
+    from cadenza.stages import evaluate as stage
+    from cadenza.training.pretrain import resolve_device
+
+    started = time.perf_counter()
+    device = resolve_device(evaluate_settings.device)
+    context = stage.prepare(evaluate_settings, paths, device, split="valid")
+    net, _ = load_generator(model_dir)
+    net.to(device)
+    s = evaluate_settings
+    sets = {}
+    for setting in settings:
+        from cadenza.evaluation import windows
+
+        with torch.no_grad():
+            samples = windows.generate_samples(
+                net, context.tokenizer, context.plan, setting.temperature, setting.top_k,
+                setting.top_p, s.seed + 1, device, s.generation_batch,
+            )  # fmt: skip
+        _, sets[setting.name] = stage.model_windows(context, net, s.seed + 1, samples)
+        log.info("tune-sampling: %s sampled", setting.name)
+    instrument = Instrument(context.plan, context.real_set, s.folds, s.cv_repeats, s.bootstrap,
+                            s.seed)  # fmt: skip
+    results, scores = instrument.evaluate(sets)
+    plain = settings[0].name
+    rows = []
+    for setting in settings:
+        r = results[setting.name]
+        row = {
+            **setting.as_dict(),
+            "name": setting.name,
+            "accuracy": r["discriminative_accuracy"],
+            "ci_low": r["discriminative_accuracy_ci_low"],
+            "ci_high": r["discriminative_accuracy_ci_high"],
+            "probe": r["discriminative_probe"],
+            "probes": {p: v["accuracy"] for p, v in r["probes"].items()},
+            "music": _music_summary(r["position_bins"]),
+        }
+        if setting.name != plain:
+            row["vs_plain"] = {
+                k: v
+                for k, v in compare(scores, setting.name, plain).items()
+                if k in ("difference", "ci_low", "ci_high", "p_value", "probe")
+            }
+        rows.append(row)
+    chosen = min(rows, key=lambda row: row["accuracy"])
+    return {
+        "model": str(model_dir),
+        "split": "valid",
+        "real_documents": context.real.num_documents,
+        "num_samples": s.num_samples,
+        "num_windows": s.num_samples * context.plan.num_bins,
+        "window_len": s.window_len,
+        "sample_len": s.sample_len,
+        "bootstrap": s.bootstrap,
+        "rows": rows,
+        "chosen": {k: chosen[k] for k in ("temperature", "top_k", "top_p", "accuracy")},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _music_summary(bins: list[dict]) -> dict:
+    """Worst bin's gap to real windows for each music check (generated - real)."""
+    gaps: dict[str, float] = {}
+    for entry in bins:
+        for check, values in entry["music"].items():
+            gap = values["generated"] - values["real"]
+            if check not in gaps or abs(gap) > abs(gaps[check]):
+                gaps[check] = gap
+    return gaps
+
+
+def markdown(result: dict) -> str:
+    """The sweep as a table, plain sampling first."""
+    checks = list(result["rows"][0]["music"])
+    head = ["setting", "strongest probe acc. [95% CI]", "probe", "vs plain [95% CI], p"]
+    head += [f"worst-bin gap: {c}" for c in checks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["rows"]:
+        versus = row.get("vs_plain")
+        cells = [
+            row["name"],
+            f"{row['accuracy']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]",
+            row["probe"],
+            "reference"
+            if versus is None
+            else f"{versus['difference']:+.3f} [{versus['ci_low']:+.3f}, {versus['ci_high']:+.3f}]"
+            f", p={versus['p_value']:.2f}",
+        ]
+        cells += [f"{row['music'][c]:+.3f}" for c in checks]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def apply(params_path, chosen: dict) -> None:
+    """Write the chosen setting into params.yaml's `sampling` section, keeping comments."""
+    import re
+
+    text = params_path.read_text()
+    for key in ("temperature", "top_k", "top_p"):
+        pattern = re.compile(
+            rf"^(sampling:.*\n(?:[ \t]+.*\n|\n)*?[ \t]+{key}:[ \t]*)([^ \t#\n]+)", re.M
+        )
+        if not pattern.search(text):
+            raise ValueError(
+                f"{params_path}: no `sampling.{key}` to update; add a `sampling:` section with "
+                "temperature, top_k and top_p"
+            )
+        value = chosen[key]
+        text = pattern.sub(lambda m, v=value: m.group(1) + format(v, "g"), text, count=1)
+    params_path.write_text(text)

@@ -1,0 +1,110 @@
+"""One sampling default (params.yaml `sampling`), chosen on the valid split by the strongest
+probe (`cadenza tune-sampling`), read by generate, serving, evaluation and listening."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cadenza.cli import app
+from cadenza.config import ParamsError, parse_settings
+from cadenza.evaluation import tuning
+
+
+def test_old_sampling_keys_say_where_they_moved():
+    with pytest.raises(ParamsError, match=r"'evaluate.top_p' has moved .* sampling.top_p"):
+        parse_settings({"evaluate": {"top_p": 0.9}})
+    with pytest.raises(ParamsError, match=r"'listen.temperature' has moved"):
+        parse_settings({"listen": {"temperature": 0.9}})
+    settings = parse_settings({"sampling": {"temperature": 0.8, "top_k": 5}})
+    assert settings.evaluate.sampling == settings.listen.sampling == settings.sampling
+    copied = settings.evaluate.model_copy(update={"num_samples": 8})
+    assert copied.sampling.temperature == 0.8 and copied.num_samples == 8
+    with pytest.raises(ParamsError, match=r"sampling.top_p = 1.5 is not allowed"):
+        parse_settings({"sampling": {"top_p": 1.5}})
+
+
+def test_grid_puts_plain_sampling_first_and_refuses_bad_values():
+    settings = tuning.grid([0.9, 1.0], [0], [0.95, 1.0])
+    assert settings[0] == tuning.Setting(1.0, 0, 1.0)
+    assert len(settings) == len(set(settings)) == 4
+    with pytest.raises(ValueError, match="top_p 1.5"):
+        tuning.grid([1.0], [0], [1.5])
+
+
+def test_apply_rewrites_only_the_sampling_section_and_keeps_comments(tmp_path):
+    params = tmp_path / "params.yaml"
+    text = (
+        "evaluate:\n  temperature_note: 1  # not this one\n  seed: 0\n"
+        "sampling:   # the default\n  temperature: 1.0  # chosen on valid\n  top_k: 0\n"
+        "  top_p: 1.0\nlisten:\n  seed: 0\n"
+    )
+    params.write_text(text)
+    tuning.apply(params, {"temperature": 0.85, "top_k": 0, "top_p": 0.9})
+    written = params.read_text()
+    assert "temperature: 0.85  # chosen on valid" in written and "top_p: 0.9\n" in written
+    assert yaml.safe_load(written)["evaluate"] == {"temperature_note": 1, "seed": 0}
+    (tmp_path / "bare.yaml").write_text("evaluate:\n  seed: 0\n")
+    with pytest.raises(ValueError, match="no `sampling.temperature`"):
+        tuning.apply(tmp_path / "bare.yaml", {"temperature": 1, "top_k": 0, "top_p": 1})
+
+
+def test_tune_sampling_scores_settings_on_valid_and_applies_the_best(registered_project, tmp_path):
+    """The real command on a real project's generator: every setting against plain sampling
+    on valid windows, paired; the chosen one lands in params.yaml."""
+    repo = registered_project["repo"]
+    root = tmp_path / "project"
+    for part in ("data/tokens", "models/generator-mle", "models/discriminator"):
+        shutil.copytree(repo / part, root / part)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["num_bins"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = CliRunner().invoke(
+        app,
+        ["tune-sampling", "--root", str(root), "--params", str(root / "params.yaml"),
+         "--temperatures", "0.5", "--top-ps", "1.0", "--samples", "8", "--bootstrap", "10",
+         "--apply"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sweep = json.loads((root / "reports" / "sampling" / "sweep.json").read_text())
+    assert sweep["split"] == "valid" and sweep["num_windows"] == 8
+    plain, cooler = sweep["rows"]
+    assert (plain["temperature"], plain["top_p"]) == (1.0, 1.0) and "vs_plain" not in plain
+    pair = cooler["vs_plain"]
+    assert pair["difference"] == pytest.approx(cooler["probes"][pair["probe"]] - plain["probes"][
+        pair["probe"]])  # fmt: skip
+    assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
+    best = min(sweep["rows"], key=lambda row: row["accuracy"])
+    chosen = parse_settings(yaml.safe_load((root / "params.yaml").read_text())).sampling
+    assert chosen.temperature == best["temperature"] and chosen.top_p == best["top_p"]
+    assert "| T=1 k=0 p=1 |" in (root / "reports" / "sampling" / "sweep.md").read_text()
+
+
+def test_generate_takes_sampling_from_params_and_the_model(registered_project, tmp_path):
+    """No sampling options: params.yaml's `sampling` for a plain folder; a model folder that
+    carries sampling.json (a registered model) wins over params; an option wins over both."""
+    repo = registered_project["repo"]
+    model = tmp_path / "model"
+    shutil.copytree(repo / "models" / "generator-mle", model)
+    params = tmp_path / "params.yaml"
+
+    def run(*extra: str, sampling: dict) -> bytes:
+        params.write_text(yaml.safe_dump({"sampling": sampling}))
+        out = tmp_path / "out.mid"
+        result = CliRunner().invoke(
+            app,
+            ["generate", "--model", str(model), "-n", "48", "-o", str(out), "--params",
+             str(params), "--seed", "3", *extra],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return out.read_bytes()
+
+    cool = {"temperature": 0.3, "top_k": 0, "top_p": 1.0}
+    by_params = run(sampling=cool)
+    assert by_params == run("--temperature", "0.3", sampling={})
+    (model / "sampling.json").write_text(json.dumps(cool))
+    assert run(sampling={"temperature": 2.0}) == by_params  # the model's own default wins
