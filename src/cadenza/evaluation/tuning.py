@@ -4,7 +4,8 @@ Every candidate setting (temperature, top-k, top-p) samples from the same genera
 same plan and the same random numbers (common seeds), its windows are read by the same probes
 against real *valid* windows (never test), and each is compared with plain temperature-1
 sampling by the paired cluster bootstrap of the instrument. The chosen setting is the one
-with the lowest strongest-probe accuracy; `cadenza tune-sampling --apply` writes it to the
+with the lowest strongest-probe accuracy (when that probe saturates, ties are broken by the
+probes' mean accuracy); `cadenza tune-sampling --apply` writes it to the
 `sampling` section of params.yaml, which generate, serving, the gallery and the listening
 clips all read.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 PLAIN = (1.0, 0, 1.0)
+TIE = 0.005  # strongest-probe accuracies this close count as tied (a saturated probe)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
                 if k in ("difference", "ci_low", "ci_high", "p_value", "probe")
             }
         rows.append(row)
-    chosen = min(rows, key=lambda row: row["accuracy"])
+    chosen = choose(rows)
     return {
         "model": str(model_dir),
         "split": "valid",
@@ -114,6 +116,14 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
         "chosen": {k: chosen[k] for k in ("temperature", "top_k", "top_p", "accuracy")},
         "seconds": time.perf_counter() - started,
     }
+
+
+def choose(rows: list[dict]) -> dict:
+    """The row with the lowest strongest-probe accuracy; when that probe is saturated (rows
+    within TIE of the lowest), the one the probes find hardest on average among them."""
+    lowest = min(row["accuracy"] for row in rows)
+    tied = [row for row in rows if row["accuracy"] <= lowest + TIE]
+    return min(tied, key=lambda row: sum(row["probes"].values()) / len(row["probes"]))
 
 
 def _music_summary(bins: list[dict]) -> dict:
