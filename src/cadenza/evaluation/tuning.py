@@ -99,7 +99,7 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
             row["vs_plain"] = {
                 k: v
                 for k, v in compare(scores, setting.name, plain).items()
-                if k in ("difference", "ci_low", "ci_high", "p_value", "probe")
+                if k in ("difference", "ci_low", "ci_high", "p_value", "probe", "by_probe")
             }
         rows.append(row)
     chosen = choose(rows)
