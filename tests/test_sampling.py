@@ -119,3 +119,22 @@ def test_generate_takes_sampling_from_params_and_the_model(registered_project, t
     assert by_params == run("--temperature", "0.3", sampling={})
     (model / "sampling.json").write_text(json.dumps(cool))
     assert run(sampling={"temperature": 2.0}) == by_params  # the model's own default wins
+
+
+def test_compare_finds_no_difference_between_a_generator_and_itself(registered_project, tmp_path):
+    repo = registered_project["repo"]
+    out = tmp_path / "compare.json"
+    mle = str(repo / "models" / "generator-mle")
+    result = CliRunner().invoke(
+        app, ["compare", mle, mle, "--root", str(repo), "--params", str(repo / "params.yaml"),
+              "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    same = json.loads(out.read_text())
+    assert same["comparison"]["difference"] == 0.0
+    assert same["comparison"]["ci_low"] == same["comparison"]["ci_high"] == 0.0
+    a, b = same["models"]["a"], same["models"]["b"]
+    assert a["test_nll"] == b["test_nll"] and a["probes"] == b["probes"]
+    bad = CliRunner().invoke(app, ["compare", mle, str(tmp_path), "--root", str(repo),
+                                   "--params", str(repo / "params.yaml")])  # fmt: skip
+    assert bad.exit_code == 1 and "a Cadenza checkpoint" in bad.output, bad.output

@@ -251,6 +251,44 @@ def _numbers(text: str, kind, option: str) -> list:
         raise _fail(f"{option} {text!r}: give comma-separated numbers, e.g. 0.9,1.0", 2) from None
 
 
+@app.command("compare")
+def compare_command(
+    model_a: Annotated[Path, typer.Argument(help="generator folder A")],
+    model_b: Annotated[Path, typer.Argument(help="generator folder B")],
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
+    split: Annotated[str, typer.Option(help="real windows from: test | valid")] = "test",
+    out: Annotated[Path | None, typer.Option(help="also write the result as JSON")] = None,
+) -> None:
+    """Paired comparison of two generators on the same windows: strongest-probe accuracy of
+    A minus B with its 95% CI and p-value (negative: A is harder to tell from real), each
+    one's probes, music checks and test NLL. Uses the `evaluate` and `sampling` settings."""
+    from cadenza.evaluation import tuning
+    from cadenza.io import write_json
+
+    if split not in ("test", "valid"):
+        raise _fail(f"--split {split!r}: choose test or valid", 2)
+    settings, paths = _load(params, root)
+    folders = {"a": model_a, "b": model_b}
+    result = _run_stage(tuning.compare_generators, settings.evaluate, paths, folders, split)
+    for name, folder in folders.items():
+        m = result["models"][name]
+        typer.echo(
+            f"{name} ({folder}): test NLL {m['test_nll']:.4f}; strongest probe "
+            f"{m['discriminative_probe']} {m['discriminative_accuracy']:.3f} "
+            f"[{m['discriminative_accuracy_ci_low']:.3f}, "
+            f"{m['discriminative_accuracy_ci_high']:.3f}]"
+        )
+    pair = result["comparison"]
+    typer.echo(
+        f"a - b: {pair['difference']:+.3f} [{pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}], "
+        f"p = {pair['p_value']:.3f} ({pair['probe']} probe, {result['num_windows']} windows "
+        f"per side, {split})"
+    )
+    if out:
+        write_json(out, result)
+
+
 @app.command("tune-sampling")
 def tune_sampling(
     params: ParamsOption = Path("params.yaml"),

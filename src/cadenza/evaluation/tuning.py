@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 PLAIN = (1.0, 0, 1.0)
@@ -124,6 +125,59 @@ def choose(rows: list[dict]) -> dict:
     lowest = min(row["accuracy"] for row in rows)
     tied = [row for row in rows if row["accuracy"] <= lowest + TIE]
     return min(tied, key=lambda row: sum(row["probes"].values()) / len(row["probes"]))
+
+
+def compare_generators(
+    evaluate_settings, paths, folders: dict[str, object], split: str = "test"
+) -> dict:
+    """Two generators on the same windows (same plan, same seeds, the pipeline's sampling):
+    each one's probes and the paired difference of the first minus the second."""
+    import torch
+
+    from cadenza.evaluation.instrument import compare
+    from cadenza.generate import load_generator
+    from cadenza.stages import evaluate as stage
+    from cadenza.training.pretrain import resolve_device
+
+    if len(folders) != 2:
+        raise ValueError("compare needs exactly two generators")
+    for folder in folders.values():  # before any work
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: no config.json; is it a Cadenza checkpoint?")
+    started = time.perf_counter()
+    device = resolve_device(evaluate_settings.device)
+    context = stage.prepare(evaluate_settings, paths, device, split=split)
+    sets, nll = {}, {}
+    for name, folder in folders.items():
+        net, tokenizer = load_generator(folder)
+        if tokenizer.vocab != context.tokenizer.vocab:
+            raise ValueError(
+                f"{folder}: its tokenizer differs from {paths.generator_mle_dir}'s; generators "
+                "are compared on one vocabulary"
+            )
+        net.to(device)
+        nll[name] = stage.test_nll(net, paths, device)
+        with torch.no_grad():
+            _, sets[name] = stage.model_windows(context, net, evaluate_settings.seed + 1)
+    results, scores = stage.instrument_for(context).evaluate(sets)
+    a, b = folders
+    return {
+        "split": split,
+        "real_documents": context.real.num_documents,
+        "num_windows": evaluate_settings.num_samples * context.plan.num_bins,
+        "sampling": evaluate_settings.sampling.model_dump(),
+        "models": {
+            name: {
+                "folder": str(folders[name]),
+                "test_nll": nll[name],
+                **{k: v for k, v in results[name].items() if k != "position_bins"},
+                "music": _music_summary(results[name]["position_bins"]),
+            }
+            for name in folders
+        },
+        "comparison": compare(scores, a, b),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _music_summary(bins: list[dict]) -> dict:
