@@ -52,16 +52,18 @@ def test_apply_rewrites_only_the_sampling_section_and_keeps_comments(tmp_path):
     text = (
         "evaluate:\n  temperature_note: 1  # not this one\n  seed: 0\n"
         "sampling:   # the default\n  temperature: 1.0  # chosen on valid\n  top_k: 0\n"
-        "  top_p: 1.0\nlisten:\n  seed: 0\n"
+        "  top_p: 1.0\n  grammar: false\nlisten:\n  seed: 0\n"
     )
     params.write_text(text)
-    tuning.apply(params, {"temperature": 0.85, "top_k": 0, "top_p": 0.9})
+    tuning.apply(params, {"temperature": 0.85, "top_k": 0, "top_p": 0.9, "grammar": True})
     written = params.read_text()
     assert "temperature: 0.85  # chosen on valid" in written and "top_p: 0.9\n" in written
+    assert yaml.safe_load(written)["sampling"]["grammar"] is True
     assert yaml.safe_load(written)["evaluate"] == {"temperature_note": 1, "seed": 0}
     (tmp_path / "bare.yaml").write_text("evaluate:\n  seed: 0\n")
     with pytest.raises(ValueError, match="no `sampling.temperature`"):
-        tuning.apply(tmp_path / "bare.yaml", {"temperature": 1, "top_k": 0, "top_p": 1})
+        tuning.apply(tmp_path / "bare.yaml", {"temperature": 1, "top_k": 0, "top_p": 1,
+                                              "grammar": False})  # fmt: skip
 
 
 def test_tune_sampling_scores_settings_on_valid_and_applies_the_best(registered_project, tmp_path):
@@ -77,7 +79,8 @@ def test_tune_sampling_scores_settings_on_valid_and_applies_the_best(registered_
     result = CliRunner().invoke(
         app,
         ["tune-sampling", "--root", str(root), "--params", str(root / "params.yaml"),
-         "--temperatures", "0.5", "--top-ps", "1.0", "--samples", "8", "--bootstrap", "10",
+         "--temperatures", "0.5", "--top-ps", "1.0", "--grammars", "1", "--samples", "8",
+         "--bootstrap", "10",
          "--apply"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -92,6 +95,7 @@ def test_tune_sampling_scores_settings_on_valid_and_applies_the_best(registered_
     best = min(sweep["rows"], key=lambda row: row["accuracy"])
     chosen = parse_settings(yaml.safe_load((root / "params.yaml").read_text())).sampling
     assert chosen.temperature == best["temperature"] and chosen.top_p == best["top_p"]
+    assert chosen.grammar == best["grammar"] and cooler["grammar"] is True
     assert "| T=1 k=0 p=1 |" in (root / "reports" / "sampling" / "sweep.md").read_text()
 
 
@@ -138,3 +142,38 @@ def test_compare_finds_no_difference_between_a_generator_and_itself(registered_p
     bad = CliRunner().invoke(app, ["compare", mle, str(tmp_path), "--root", str(repo),
                                    "--params", str(repo / "params.yaml")])  # fmt: skip
     assert bad.exit_code == 1 and "a Cadenza checkpoint" in bad.output, bad.output
+
+
+def test_grammar_holds_for_real_tokens_and_masks_what_a_model_would_break(token_project):
+    """Every real sequence obeys the REMI grammar; an untrained model breaks it on its own
+    and never does under the mask, in both samplers (generate and the evaluation's)."""
+    import numpy as np
+    import torch
+
+    from cadenza.evaluation import windows
+    from cadenza.models.generator import GeneratorConfig, TransformerXL
+    from cadenza.tokens.grammar import build_grammar
+    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.tokenizer import build_tokenizer, load_tokenizer
+
+    tokenizer = load_tokenizer(token_project / "data" / "tokens" / "tokenizer.json")
+    grammar = build_grammar(tokenizer)
+    for split in ("train", "valid", "test"):
+        tokens, offsets = load_split(token_project / "data" / "tokens", split)
+        for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
+            row = torch.from_numpy(np.asarray(tokens[lo:hi]).astype(np.int64))[None]
+            assert int(grammar.violations(row)[0]) == 0, (split, lo)
+    torch.manual_seed(0)
+    config = GeneratorConfig(vocab_size=len(tokenizer.vocab), d_model=32, n_layers=1,
+                             n_heads=2, d_ff=64, seg_len=16, mem_len=16)  # fmt: skip
+    net = TransformerXL(config).eval()
+    bos = torch.full((4, 1), tokenizer["BOS_None"])
+    free = net.generate(bos, 96, generator=torch.Generator().manual_seed(1))
+    masked = net.generate(bos, 96, generator=torch.Generator().manual_seed(1), grammar=grammar)
+    assert grammar.violations(free).sum() > 0
+    assert grammar.violations(masked).sum() == 0
+    plan = windows.make_plan(4, 96, 32, 2, 0)
+    samples = windows.generate_samples(net, tokenizer, plan, 1.0, 0, 1.0, 0, "cpu", 4, True)
+    rows = torch.from_numpy(np.concatenate([bos.numpy(), samples], axis=1).astype(np.int64))
+    assert grammar.violations(rows).sum() == 0
+    assert build_grammar(build_tokenizer("TSD", 8, (21, 109), 8)) is None

@@ -297,6 +297,9 @@ def tune_sampling(
     temperatures: Annotated[str, typer.Option(help="comma-separated")] = "0.8,0.9,1.0",
     top_ks: Annotated[str, typer.Option("--top-ks", help="comma-separated; 0 = off")] = "0",
     top_ps: Annotated[str, typer.Option("--top-ps", help="comma-separated; 1 = off")] = "0.9,1.0",
+    grammars: Annotated[
+        str, typer.Option("--grammars", help="comma-separated 0/1: token grammar off/on")
+    ] = "0,1",
     samples: Annotated[
         int | None, typer.Option(min=4, help="evaluate.num_samples if unset")
     ] = None,
@@ -319,6 +322,7 @@ def tune_sampling(
         _numbers(temperatures, float, "--temperatures"),
         _numbers(top_ks, int, "--top-ks"),
         _numbers(top_ps, float, "--top-ps"),
+        tuple(bool(g) for g in _numbers(grammars, int, "--grammars")),
     )
     folder = model if model.is_absolute() else paths.root / model
     result = _run_stage(tuning.tune, evaluate_settings, paths, folder, grid)
@@ -331,7 +335,8 @@ def tune_sampling(
     chosen = result["chosen"]
     typer.echo(
         f"chosen: temperature {chosen['temperature']:g}, top_k {chosen['top_k']}, top_p "
-        f"{chosen['top_p']:g} (strongest-probe accuracy {chosen['accuracy']:.3f} on valid)"
+        f"{chosen['top_p']:g}, grammar {chosen['grammar']} (strongest-probe accuracy "
+        f"{chosen['accuracy']:.3f} on valid)"
     )
     if apply:
         _run_stage(tuning.apply, params, chosen)
@@ -597,6 +602,10 @@ def generate(
     synthesizer: Annotated[
         str, typer.Option(help="tinysoundfont (pip) | fluidsynth (when installed)")
     ] = "tinysoundfont",
+    grammar: Annotated[
+        bool | None,
+        typer.Option("--grammar/--no-grammar", help="mask tokens the token grammar forbids"),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Sample a MIDI file from a trained generator (and, with --audio, render it).
@@ -610,7 +619,7 @@ def generate(
         default = _load(params, Path("."))[0].sampling.model_dump()
     result = _run_stage(
         generate_midi, model, tokens, out, temperature, top_k, top_p, seed, primer, primer_tokens,
-        default,
+        default, grammar,
     )  # fmt: skip
     typer.echo(f"wrote {result.out_path}: {len(result.token_ids)} tokens, {result.num_notes} notes")
     if audio:

@@ -284,10 +284,15 @@ class SamplingSettings(_Section):
     """Keep the k likeliest tokens (0 = off)."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus: keep the likeliest tokens holding this much probability (1 = off)."""
+    grammar: bool = False
+    """Mask the tokens the tokenizer's grammar does not allow next (a REMI Position before
+    the last one in its bar, a Pitch without its Velocity and Duration): cadenza.tokens.grammar.
+    No effect for tokenizations without one (BPE, TSD, ...)."""
 
     @property
     def is_plain(self) -> bool:
-        return self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
+        return (self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
+                and not self.grammar)  # fmt: skip
 
 
 class _Sampled(_Section):

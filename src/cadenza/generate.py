@@ -69,15 +69,20 @@ def sample_score(
     top_p: float = 1.0,
     seed: int = 0,
     prompt: list[int] | None = None,
+    grammar: bool = False,
 ):
-    """(Score, generated ids) continuing [BOS] + prompt by num_tokens sampled tokens."""
+    """(Score, generated ids) continuing [BOS] + prompt by num_tokens sampled tokens; with
+    grammar, only tokens the tokenizer's grammar allows (cadenza.tokens.grammar)."""
     import torch
+
+    from cadenza.tokens.grammar import build_grammar
 
     prompt_ids = [tokenizer["BOS_None"], *(prompt or [])]
     generator = torch.Generator().manual_seed(seed)
     sequence = net.generate(
-        torch.tensor([prompt_ids]), num_tokens, temperature, top_k, top_p, generator
-    )
+        torch.tensor([prompt_ids]), num_tokens, temperature, top_k, top_p, generator,
+        grammar=build_grammar(tokenizer) if grammar else None,
+    )  # fmt: skip
     ids = clean_ids(tokenizer, sequence[0, 1:].tolist())
     return tokenizer.decode(ids), ids
 
@@ -93,6 +98,7 @@ def generate_midi(
     primer: Path | None = None,
     primer_tokens: int = 64,
     default_sampling: dict | None = None,
+    grammar: bool | None = None,
 ) -> Generated:
     """Sample a MIDI file. A sampling value left None comes from the model's sampling.json (a
     registered model carries the pipeline's choice), else from `default_sampling` (the
@@ -109,8 +115,11 @@ def generate_midi(
     temperature = defaults["temperature"] if temperature is None else temperature
     top_k = defaults["top_k"] if top_k is None else top_k
     top_p = defaults["top_p"] if top_p is None else top_p
+    grammar = bool(defaults["grammar"]) if grammar is None else grammar
     prompt = primer_ids(tokenizer, primer, primer_tokens) if primer else []
-    score, ids = sample_score(net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt)
+    score, ids = sample_score(
+        net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt, grammar
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     score.dump_midi(str(out_path))
     return Generated(ids, int(score.note_num()), out_path)

@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` met
 MAX_TOKENS = 8192
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 SAMPLING_FILE = "sampling.json"
-PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "grammar": False}
 
 
 def model_sampling(checkpoint_dir: Path) -> dict:
@@ -119,8 +119,9 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
                 raise RequestError(f"primer: not a base64 MIDI file ({exc})") from None
         score, ids = sample_score(
-            self.net, self.tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt
-        )
+            self.net, self.tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt,
+            bool(defaults["grammar"]),
+        )  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sample.mid"
             score.dump_midi(str(path))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-PLAIN = (1.0, 0, 1.0)
+PLAIN = (1.0, 0, 1.0, False)
 TIE = 0.005  # strongest-probe accuracies this close count as tied (a saturated probe)
 
 
@@ -27,16 +27,22 @@ class Setting:
     temperature: float
     top_k: int
     top_p: float
+    grammar: bool = False
 
     @property
     def name(self) -> str:
-        return f"T={self.temperature:g} k={self.top_k} p={self.top_p:g}"
+        grammar = " +grammar" if self.grammar else ""
+        return f"T={self.temperature:g} k={self.top_k} p={self.top_p:g}{grammar}"
 
     def as_dict(self) -> dict:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "grammar": self.grammar}  # fmt: skip
 
 
-def grid(temperatures: list[float], top_ks: list[int], top_ps: list[float]) -> list[Setting]:
+def grid(
+    temperatures: list[float], top_ks: list[int], top_ps: list[float],
+    grammars: tuple[bool, ...] = (False,),
+) -> list[Setting]:  # fmt: skip
     """Every combination, plain temperature-1 sampling first (the reference)."""
     settings = [Setting(*PLAIN)]
     for t in temperatures:
@@ -47,9 +53,10 @@ def grid(temperatures: list[float], top_ks: list[int], top_ps: list[float]) -> l
                         f"sampling grid: temperature {t} must be > 0, top_k {k} >= 0 and "
                         f"top_p {p} in (0, 1]"
                     )
-                setting = Setting(float(t), int(k), float(p))
-                if setting not in settings:
-                    settings.append(setting)
+                for g in grammars:
+                    setting = Setting(float(t), int(k), float(p), bool(g))
+                    if setting not in settings:
+                        settings.append(setting)
     return settings
 
 
@@ -75,7 +82,7 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
         with torch.no_grad():
             samples = windows.generate_samples(
                 net, context.tokenizer, context.plan, setting.temperature, setting.top_k,
-                setting.top_p, s.seed + 1, device, s.generation_batch,
+                setting.top_p, s.seed + 1, device, s.generation_batch, setting.grammar,
             )  # fmt: skip
         _, sets[setting.name] = stage.model_windows(context, net, s.seed + 1, samples)
         log.info("tune-sampling: %s sampled", setting.name)
@@ -114,7 +121,7 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
         "sample_len": s.sample_len,
         "bootstrap": s.bootstrap,
         "rows": rows,
-        "chosen": {k: chosen[k] for k in ("temperature", "top_k", "top_p", "accuracy")},
+        "chosen": {k: chosen[k] for k in ("temperature", "top_k", "top_p", "grammar", "accuracy")},
         "seconds": time.perf_counter() - started,
     }
 
@@ -218,7 +225,7 @@ def apply(params_path, chosen: dict) -> None:
     import re
 
     text = params_path.read_text()
-    for key in ("temperature", "top_k", "top_p"):
+    for key in ("temperature", "top_k", "top_p", "grammar"):
         pattern = re.compile(
             rf"^(sampling:.*\n(?:[ \t]+.*\n|\n)*?[ \t]+{key}:[ \t]*)([^ \t#\n]+)", re.M
         )
@@ -228,5 +235,6 @@ def apply(params_path, chosen: dict) -> None:
                 "temperature, top_k and top_p"
             )
         value = chosen[key]
-        text = pattern.sub(lambda m, v=value: m.group(1) + format(v, "g"), text, count=1)
+        written = str(value).lower() if isinstance(value, bool) else format(value, "g")
+        text = pattern.sub(lambda m, v=written: m.group(1) + v, text, count=1)
     params_path.write_text(text)

@@ -113,15 +113,20 @@ def real_windows(docs: list[np.ndarray], plan: WindowPlan, eos: int, seed: int) 
 
 def generate_samples(
     net, tokenizer, plan: WindowPlan, temperature: float, top_k: int, top_p: float,
-    seed: int, device, batch_size: int = 64,
+    seed: int, device, batch_size: int = 64, grammar: bool = False,
 ) -> np.ndarray:  # fmt: skip
     """(num_samples, sample_len) tokens continuing [BOS]; batch b draws from a generator
-    seeded by (seed, b) only, so two models see the same random numbers."""
+    seeded by (seed, b) only, so two models see the same random numbers. grammar: mask the
+    tokens the tokenizer's grammar does not allow (cadenza.tokens.grammar), when it has one."""
     import torch
 
     from cadenza.models.sampling import filter_logits
+    from cadenza.tokens.grammar import build_grammar
 
     suppressed = [tokenizer[name] for name in SPECIAL_TOKENS if name in tokenizer.vocab]
+    rules = build_grammar(tokenizer) if grammar else None
+    if rules is not None:
+        rules.to(device)
     out = []
     net.eval()
     with torch.no_grad():
@@ -133,12 +138,17 @@ def generate_samples(
             cache = net.empty_cache(count, device)
             logits = net._forward_cached(bos, cache, 0)[:, -1]  # (B, V)
             state = net.start_decoding(cache, plan.sample_len + 1)
+            grammar_state = rules.start(bos) if rules is not None else None
             rows = []
             for position in range(1, plan.sample_len + 1):
                 logits = logits.float()
                 logits[:, suppressed] = float("-inf")
+                if rules is not None:
+                    logits = rules.constrain(logits, grammar_state)
                 probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
                 token = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+                if rules is not None:
+                    rules.advance(grammar_state, token)
                 rows.append(token)
                 if position < plan.sample_len:
                     logits = net.decode_step(token, position, state)

@@ -118,7 +118,8 @@ def source_midi(source: dict, count: int, settings, workdir: Path, seed: int) ->
     for index in range(count):
         score, _ = sample_score(
             net, tokenizer, settings.piece_tokens, settings.sampling.temperature,
-            settings.sampling.top_k, settings.sampling.top_p, seed + index,
+            settings.sampling.top_k, settings.sampling.top_p, seed + index, None,
+            settings.sampling.grammar,
         )  # fmt: skip
         path = workdir / f"{secrets.token_hex(8)}.mid"
         score.dump_midi(str(path))

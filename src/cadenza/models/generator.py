@@ -460,12 +460,15 @@ class TransformerXL(nn.Module):
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
         prompt_chunk: int | None = None,
+        grammar=None,
     ) -> torch.Tensor:
         """Extend prompt (B, P>=1) by num_tokens sampled tokens; returns (B, P + num_tokens).
 
         The prompt is read segment by segment (seg_len at a time) into the cache; then one
         token per step through decode_step: a fixed ring buffer per layer (no copy of the
         window per token), rotary tables computed once, query/key/value in one matmul.
+        grammar (models.grammar.TokenGrammar): tokens it does not allow after the sequence so
+        far are masked before temperature / top-k / top-p.
         """
         was_training = self.training
         self.eval()
@@ -475,9 +478,14 @@ class TransformerXL(nn.Module):
             logits = self._forward_cached(prompt[:, start : start + chunk], cache, start)[:, -1]
         total = prompt.shape[1] + num_tokens
         state = self.start_decoding(cache, total)
+        rules = grammar.start(prompt) if grammar is not None else None
         out = [prompt]
         for position in range(prompt.shape[1], total):
+            if rules is not None:
+                logits = grammar.constrain(logits, rules)
             next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            if rules is not None:
+                grammar.advance(rules, next_token)
             out.append(next_token[:, None])
             if position < total - 1:  # the last token's logits would go unused
                 logits = self.decode_step(next_token, position, state)

@@ -79,6 +79,8 @@ class Context:
         keys = (s.num_samples, s.sample_len, s.window_len, s.num_bins, s.seed,
                 s.sampling.temperature, s.sampling.top_k, s.sampling.top_p, s.generation_batch,
                 len(self.tokenizer.vocab))  # fmt: skip
+        if s.sampling.grammar:  # (a plain fingerprint stays what it was before the option)
+            keys = (*keys, "grammar")
         return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
 
 
@@ -164,7 +166,7 @@ def model_windows(
     if samples is None:
         samples = windows.generate_samples(
             net, context.tokenizer, context.plan, sampling.temperature, sampling.top_k,
-            sampling.top_p, seed, context.device, s.generation_batch,
+            sampling.top_p, seed, context.device, s.generation_batch, sampling.grammar,
         )  # fmt: skip
     features, music = features_of(context, windows.cut(samples, context.plan))
     groups = np.repeat(np.arange(context.plan.num_samples), context.plan.num_bins)

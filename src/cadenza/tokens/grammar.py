@@ -1,0 +1,65 @@
+"""The token grammar of a tokenizer's vocabulary, for constrained sampling.
+
+Only REMI without BPE has one here (its kinds: Bar, TimeSig, Position, Program, Pitch,
+Velocity, Duration, plus special tokens); any other tokenization, a BPE-trained vocabulary or
+a token kind this module does not know gives None, and sampling is then unconstrained.
+`tests/test_sampling.py` checks that every real sequence of the corpus obeys it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+KIND_NAMES = {"Bar": "BAR", "TimeSig": "TIMESIG", "Position": "POSITION", "Program": "PROGRAM",
+              "Pitch": "PITCH", "PitchDrum": "PITCH", "Velocity": "VELOCITY",
+              "Duration": "DURATION"}  # fmt: skip
+SPECIAL = {"PAD", "BOS", "EOS", "MASK"}
+
+
+def build_grammar(tokenizer):
+    """A models.grammar.TokenGrammar for the tokenizer, or None (said why in the log)."""
+    import torch
+
+    from cadenza.models import grammar as g
+
+    name = type(tokenizer).__name__
+    if name != "REMI":
+        log.info("no token grammar for %s tokens: sampling unconstrained", name)
+        return None
+    if getattr(tokenizer, "is_trained", False):
+        log.info("no token grammar for a BPE vocabulary: sampling unconstrained")
+        return None
+    vocab = tokenizer.vocab
+    size = max(vocab.values()) + 1
+    kinds = torch.full((size,), g.OTHER, dtype=torch.long)
+    positions = torch.full((size,), -1, dtype=torch.long)
+    for token, index in vocab.items():
+        prefix, _, value = token.partition("_")
+        if prefix in SPECIAL:
+            continue
+        if prefix not in KIND_NAMES:
+            log.info("no token grammar: token kind %r is not modelled", prefix)
+            return None
+        kinds[index] = getattr(g, KIND_NAMES[prefix])
+        if prefix == "Position":
+            positions[index] = int(value)
+    present = set(kinds.tolist())
+    note_start = g.PROGRAM if g.PROGRAM in present else g.PITCH
+    after_pitch = g.VELOCITY if g.VELOCITY in present else g.DURATION
+    follows = torch.zeros((g.KINDS, g.KINDS), dtype=torch.bool)
+    rules = {
+        g.START: [g.BAR],
+        g.BAR: [g.BAR, g.TIMESIG, g.POSITION],
+        g.TIMESIG: [g.BAR, g.POSITION],
+        g.POSITION: [note_start],
+        g.PROGRAM: [g.PITCH],
+        g.PITCH: [after_pitch],
+        g.VELOCITY: [g.DURATION],
+        g.DURATION: [note_start, g.POSITION, g.BAR],
+    }
+    for kind, allowed in rules.items():
+        follows[kind, allowed] = True
+    follows[g.OTHER, :] = True
+    follows[:, g.OTHER] = True  # special tokens (EOS ends a piece) are the caller's to mask
+    return g.TokenGrammar(kinds, positions, follows)
