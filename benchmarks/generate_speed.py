@@ -10,6 +10,7 @@ Decoders (temperature-1 sampling from [BOS], cpu preset dims):
   copied by torch.cat every step, attention through scaled_dot_product_attention);
 - nanoGPT: a nanoGPT-style decoder of the same dims with a key/value cache trimmed to the
   same window (benchmarks/nanogpt_reference.py), the reference;
+- ours+grammar: ours with the token grammar's mask applied every step (`sampling.grammar`);
 - naive: recompute the whole sequence for every token (`generate_naive`; fewer tokens,
   `--naive-tokens`), and a check that ours samples exactly the same tokens.
 Rounds alternate the decoders so a shared box slows all of them alike; the script prints
@@ -44,6 +45,17 @@ def previous_generate(model: TransformerXL, prompt: torch.Tensor, num_tokens: in
         logits = model._forward_cached(next_token[:, None], cache, position)
         position += 1
     return torch.cat(out, dim=1)
+
+
+def synthetic_grammar(vocab: int):
+    """A REMI-shaped grammar over `vocab` ids (kinds dealt out in turn, positions 0..31):
+    the same tensor work per token as the real one, without needing a corpus."""
+    from cadenza.models import grammar as g
+
+    kinds = torch.arange(vocab) % (g.KINDS - 2) + 2  # BAR..DURATION
+    positions = torch.where(kinds == g.POSITION, torch.arange(vocab) % 32, -1)
+    follows = torch.ones((g.KINDS, g.KINDS), dtype=torch.bool)
+    return g.TokenGrammar(kinds, positions, follows)
 
 
 def timed(fn) -> tuple[float, torch.Tensor]:
@@ -98,10 +110,13 @@ def main() -> None:
     reference = NanoGPT(VOCAB, *(DIMS[k] for k in ("d_model", "n_layers", "n_heads", "d_ff")))
     reference.eval()
     window = DIMS["mem_len"] + 1  # the token and mem_len predecessors, as ours
+    grammar = synthetic_grammar(VOCAB)
     decoders = {
         "nanoGPT": lambda p, n, g: reference.generate(p, n, window, g),
         "previous": lambda p, n, g: previous_generate(model, p, n, g),
         "ours": lambda p, n, g: model.generate(p, n, generator=g),
+        # the same with the token grammar's mask (sampling.grammar): its cost per token
+        "ours+grammar": lambda p, n, g: model.generate(p, n, generator=g, grammar=grammar),
     }
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -36,15 +36,17 @@ def test_grid_puts_plain_sampling_first_and_refuses_bad_values():
         tuning.grid([1.0], [0], [1.5])
 
 
-def test_choice_follows_the_strongest_probe_and_breaks_saturated_ties_by_the_others():
-    def row(name, learned, music):
-        return {"name": name, "accuracy": max(learned, music),
-                "probes": {"learned": learned, "music": music}}  # fmt: skip
+def test_choice_keeps_plain_sampling_unless_a_setting_wins_on_evidence():
+    def row(name, accuracy, difference=None, p=None):
+        versus = None if difference is None else {"difference": difference, "p_value": p}
+        return {"name": name, "accuracy": accuracy, "vs_plain": versus}
 
-    rows = [row("plain", 0.80, 0.999), row("cool", 0.70, 0.997), row("hot", 0.60, 0.95)]
-    assert tuning.choose(rows)["name"] == "hot"  # the strongest probe decides first
-    assert tuning.choose(rows[:2])["name"] == "cool"  # saturated: the learned probe decides
-    assert tuning.choose([row("a", 0.5, 0.90), row("b", 0.2, 0.99)])["name"] == "a"
+    plain = row("plain", 0.99)
+    assert tuning.choose([plain, row("cool", 0.97, -0.02, 0.20)])["name"] == "plain"
+    assert tuning.choose([plain, row("hot", 1.0, +0.01, 0.01)])["name"] == "plain"
+    winners = [plain, row("a", 0.90, -0.09, 0.01), row("b", 0.85, -0.14, 0.04)]
+    assert tuning.choose(winners)["name"] == "b"
+    assert tuning.choose(winners, alpha=0.02)["name"] == "a"
 
 
 def test_apply_rewrites_only_the_sampling_section_and_keeps_comments(tmp_path):

@@ -4,10 +4,10 @@ Every candidate setting (temperature, top-k, top-p) samples from the same genera
 same plan and the same random numbers (common seeds), its windows are read by the same probes
 against real *valid* windows (never test), and each is compared with plain temperature-1
 sampling by the paired cluster bootstrap of the instrument. The chosen setting is the one
-with the lowest strongest-probe accuracy (when that probe saturates, ties are broken by the
-probes' mean accuracy); `cadenza tune-sampling --apply` writes it to the
-`sampling` section of params.yaml, which generate, serving, the gallery and the listening
-clips all read.
+with the lowest strongest-probe accuracy among those the paired comparison finds harder to
+tell from real than plain sampling (p < 0.05), else plain sampling; `cadenza tune-sampling
+--apply` writes it to the `sampling` section of params.yaml, which generate, serving, the
+gallery and the listening clips all read.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 PLAIN = (1.0, 0, 1.0, False)
-TIE = 0.005  # strongest-probe accuracies this close count as tied (a saturated probe)
+ALPHA = 0.05  # a setting replaces plain sampling only at paired p < ALPHA
 
 
 @dataclass(frozen=True)
@@ -126,12 +126,16 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
     }
 
 
-def choose(rows: list[dict]) -> dict:
-    """The row with the lowest strongest-probe accuracy; when that probe is saturated (rows
-    within TIE of the lowest), the one the probes find hardest on average among them."""
-    lowest = min(row["accuracy"] for row in rows)
-    tied = [row for row in rows if row["accuracy"] <= lowest + TIE]
-    return min(tied, key=lambda row: sum(row["probes"].values()) / len(row["probes"]))
+def choose(rows: list[dict], alpha: float = ALPHA) -> dict:
+    """Plain sampling (the first row) unless a setting is harder to tell from real than plain
+    by the paired comparison on the strongest probe (difference < 0 at p < alpha): then the
+    lowest strongest-probe accuracy among those. Like the registry's gate, a setting must win
+    on evidence; a saturated probe that tells every setting from real changes nothing."""
+    better = [
+        row for row in rows[1:]
+        if row["vs_plain"]["difference"] < 0 and row["vs_plain"]["p_value"] < alpha
+    ]  # fmt: skip
+    return min(better, key=lambda row: row["accuracy"]) if better else rows[0]
 
 
 def compare_generators(
