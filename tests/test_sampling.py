@@ -94,7 +94,8 @@ def test_tune_sampling_scores_settings_on_valid_and_applies_the_best(registered_
     assert pair["difference"] == pytest.approx(cooler["probes"][pair["probe"]] - plain["probes"][
         pair["probe"]])  # fmt: skip
     assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
-    best = min(sweep["rows"], key=lambda row: row["accuracy"])
+    best = tuning.choose(sweep["rows"])  # the rule itself is tested above
+    assert sweep["chosen"]["temperature"] == best["temperature"]
     chosen = parse_settings(yaml.safe_load((root / "params.yaml").read_text())).sampling
     assert chosen.temperature == best["temperature"] and chosen.top_p == best["top_p"]
     assert chosen.grammar == best["grammar"] and cooler["grammar"] is True
