@@ -288,3 +288,41 @@ def test_frozen_discriminator_layers_do_not_move(pretrained, tmp_path):
     trained = [k for k in before if k.startswith("encoder.layers.1.")]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in trained)
+
+
+def _critic_rounds(refreeze: bool) -> tuple[Discriminator, list]:
+    """Two rounds of generator step + critic step with the bottom encoder layer frozen; with
+    `refreeze` the frozen parameters are frozen again by hand after each generator step (what
+    a correct generator step must leave behind)."""
+    from cadenza.training import adversarial as adv
+
+    generator, discriminator = tiny_pair()
+    config = adv.AdversarialConfig(
+        sample_batch=2, sample_len=16, chunk_len=8, freeze_layers=1, grad_clip=1e-3
+    )  # a tiny clip: every update is clipped, so a foreign gradient in the norm shows
+    adv._freeze(discriminator, 1)
+    frozen = [p for p in discriminator.parameters() if not p.requires_grad]
+    optimizer = torch.optim.AdamW([p for p in discriminator.parameters() if p.requires_grad])
+    tokens = np.tile(np.arange(4, VOCAB), 20).astype(np.int64)
+    offsets = np.array([0, len(tokens) // 2, len(tokens)])
+    real = adv.RealChunks(tokens, offsets, config.sample_len, seed=0)
+    rng, device = torch.Generator().manual_seed(0), torch.device("cpu")
+    for _ in range(2):
+        adv.adversarial_generator_step(
+            generator, discriminator, real, config, 1.0, device, rng, bos=1
+        )
+        if refreeze:
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+        adv.discriminator_step(
+            generator, discriminator, optimizer, real, config, 1.0, device, rng, bos=1
+        )
+    return discriminator, frozen
+
+
+def test_frozen_critic_layers_get_no_gradient_and_leave_the_clip_alone():
+    discriminator, frozen = _critic_rounds(refreeze=False)
+    assert frozen and all(p.grad is None and not p.requires_grad for p in frozen)
+    reference, _ = _critic_rounds(refreeze=True)
+    for (name, a), b in zip(discriminator.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b), name  # trainable updates as if the frozen ones did not exist

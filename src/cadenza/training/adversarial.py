@@ -129,7 +129,9 @@ def adversarial_generator_step(
     bos: int,
 ) -> dict[str, float]:
     """Backpropagate lambda * adversarial loss chunk by chunk; return diagnostics."""
-    discriminator.requires_grad_(False)
+    trainable = [p for p in discriminator.parameters() if p.requires_grad]
+    for parameter in trainable:  # frozen layers (freeze_layers) stay frozen afterwards
+        parameter.requires_grad_(False)
     num_chunks = config.sample_len // config.chunk_len
     real_tokens = real.sample(config.sample_batch).to(device)
     prompt = torch.full((config.sample_batch, 1), bos, dtype=torch.long, device=device)
@@ -146,7 +148,8 @@ def adversarial_generator_step(
         total += loss.item()
         fake_scores.append(fake_score.mean().item())
         real_scores.append(real_score.mean().item())
-    discriminator.requires_grad_(True)
+    for parameter in trainable:
+        parameter.requires_grad_(True)
     return {
         "g_adv_loss": total,
         "d_fake_score_g": float(np.mean(fake_scores)),
@@ -195,7 +198,8 @@ def discriminator_step(
         loss = loss + config.gp_weight * penalty
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
     optimizer.step()
     accuracy = pairwise_accuracy(real_score.detach(), fake_score.detach())
     return {
