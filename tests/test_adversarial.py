@@ -32,7 +32,9 @@ TINY_DISCRIMINATOR = {
 }  # fmt: skip
 TINY_ADVERSARIAL = {
     "max_steps": 6, "batch_size": 2, "sample_batch": 2, "sample_len": 32, "chunk_len": 16,
-    "eval_interval": 2, "checkpoint_interval": 2, "adv_weight": 0.5,
+    "eval_interval": 2, "checkpoint_interval": 2, "adv_weight": 0.5, "critic_warmup_steps": 4,
+    "critic_eval_interval": 2, "critic_heldout": 8, "select_samples": 4, "select_sample_len": 32,
+    "select_window_len": 16, "select_bins": 2, "select_folds": 2,
 }  # fmt: skip
 
 
@@ -193,7 +195,11 @@ def test_adversarial_stage_tracks_gan_diagnostics(pretrained, tmp_path, tracking
         "d_real_score",
         "d_fake_score",
         "temperature",
-        "g_grad_norm",
+        "nll_grad_norm",
+        "adv_grad_norm",
+        "control_train_nll",
+        "control_valid_nll",
+        "warmup_heldout_accuracy",
         "gradient_penalty",
         "d_grad_norm",
         "valid_nll",
@@ -234,7 +240,7 @@ def test_interrupted_adversarial_run_resumes_to_the_same_weights(pretrained, tmp
         _settings(straight).adversarial, Paths(root=straight, corpus="mine"), track=False
     )
 
-    real_step = adversarial_training.discriminator_step
+    real_step = adversarial_training.adversarial_loss_backward
     calls = {"n": 0}
 
     def dies_at_step_four(*args, **kwargs):
@@ -243,12 +249,12 @@ def test_interrupted_adversarial_run_resumes_to_the_same_weights(pretrained, tmp
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(adversarial_training, "discriminator_step", dies_at_step_four)
+    monkeypatch.setattr(adversarial_training, "adversarial_loss_backward", dies_at_step_four)
     with pytest.raises(KeyboardInterrupt):
         adversarial_stage.run(
             _settings(interrupted).adversarial, Paths(root=interrupted, corpus="mine"), track=False
         )
-    monkeypatch.setattr(adversarial_training, "discriminator_step", real_step)
+    monkeypatch.setattr(adversarial_training, "adversarial_loss_backward", real_step)
     adversarial_stage.run(
         _settings(interrupted).adversarial, Paths(root=interrupted, corpus="mine"), track=False
     )
@@ -258,6 +264,7 @@ def test_interrupted_adversarial_run_resumes_to_the_same_weights(pretrained, tmp
     ]
     for m in metrics:
         m.pop("seconds")
+        m["control"].pop("seconds")
     assert metrics[0] == metrics[1]  # same NLLs, held-out accuracies, rollbacks
     for name in ("model.safetensors", "last/model.safetensors", "last/discriminator.safetensors"):
         a = load_file(straight / "models" / "generator-gan" / name)
@@ -291,32 +298,28 @@ def test_frozen_discriminator_layers_do_not_move(pretrained, tmp_path):
 
 
 def _critic_rounds(refreeze: bool) -> tuple[Discriminator, list]:
-    """Two rounds of generator step + critic step with the bottom encoder layer frozen; with
-    `refreeze` the frozen parameters are frozen again by hand after each generator step (what
-    a correct generator step must leave behind)."""
+    """Two rounds of (generator's adversarial backward, critic update) with the bottom encoder
+    layer frozen; with `refreeze` the frozen parameters are frozen again by hand after each
+    generator pass (what a correct generator pass must leave behind)."""
     from cadenza.training import adversarial as adv
 
     generator, discriminator = tiny_pair()
     config = adv.AdversarialConfig(
         sample_batch=2, sample_len=16, chunk_len=8, freeze_layers=1, grad_clip=1e-3
     )  # a tiny clip: every update is clipped, so a foreign gradient in the norm shows
-    adv._freeze(discriminator, 1)
+    critic = adv.Critic(discriminator, config)
     frozen = [p for p in discriminator.parameters() if not p.requires_grad]
-    optimizer = torch.optim.AdamW([p for p in discriminator.parameters() if p.requires_grad])
     tokens = np.tile(np.arange(4, VOCAB), 20).astype(np.int64)
     offsets = np.array([0, len(tokens) // 2, len(tokens)])
     real = adv.RealChunks(tokens, offsets, config.sample_len, seed=0)
     rng, device = torch.Generator().manual_seed(0), torch.device("cpu")
+    sampler = adv.Sampler(generator, real, config, device, rng, bos=1)
     for _ in range(2):
-        adv.adversarial_generator_step(
-            generator, discriminator, real, config, 1.0, device, rng, bos=1
-        )
+        adv.adversarial_loss_backward(critic, sampler, config, tau=1.0)
         if refreeze:
             for parameter in frozen:
                 parameter.requires_grad_(False)
-        adv.discriminator_step(
-            generator, discriminator, optimizer, real, config, 1.0, device, rng, bos=1
-        )
+        adv.discriminator_step(critic, sampler, tau=1.0)
     return discriminator, frozen
 
 

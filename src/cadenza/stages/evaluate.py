@@ -31,7 +31,9 @@ from cadenza.paths import Paths
 from cadenza.stages.common import lineage_tags, log_final, tracked
 
 log = logging.getLogger(__name__)
-CANDIDATES = ("mle", "gan")
+CANDIDATES = ("mle", "gan", "control")
+COMPARISONS = (("gan", "control"), ("gan", "mle"), ("control", "mle"))
+"""gan_vs_control is the claim (the adversarial term against the same steps without it)."""
 WINDOWS_FILE = "windows.npz"
 PROBES = ("learned", "music", "combined")
 
@@ -189,7 +191,11 @@ def run(
 
     started = time.perf_counter()
     device = resolve_device(settings.device)
-    folders = {"mle": paths.generator_mle_dir, "gan": paths.generator_gan_dir}
+    folders = {
+        "mle": paths.generator_mle_dir,
+        "gan": paths.generator_gan_dir,
+        "control": paths.generator_control_dir,
+    }
     for name, folder in folders.items():
         if not (folder / "model.safetensors").is_file():
             raise FileNotFoundError(f"{folder}: no {name} generator; run the pipeline first")
@@ -236,7 +242,7 @@ def run(
     results, probe_scores = instrument_for(context).evaluate(sets)
     for name in CANDIDATES:
         metrics[name].update(results[name])
-    metrics["comparisons"] = {"gan_vs_mle": compare(probe_scores, "gan", "mle")}
+    metrics["comparisons"] = {f"{a}_vs_{b}": compare(probe_scores, a, b) for a, b in COMPARISONS}
     candidate = choose_candidate(metrics, settings.candidate, register)
     metrics["candidate"] = candidate
     report_dir = paths.root / "reports" / "evaluate"
@@ -319,18 +325,26 @@ def save_windows(path: Path, context: Context, samples: dict, sets: dict) -> Non
 
 
 def choose_candidate(metrics: dict, rule: str, register: RegisterSettings) -> str:
-    """The generator to register: as asked, or (auto) the GAN when the paired comparison
-    finds it harder to tell from real than the MLE generator (difference < 0 at p < alpha)
-    and its test NLL is within max_nll_increase of the MLE's; otherwise the MLE generator."""
+    """The generator to register: as asked, or (auto) by the gate's rule of evidence: the
+    GAN when the paired comparison finds it harder to tell from real than its likelihood-only
+    control (difference < 0 at p < alpha) with test NLL within max_nll_increase of the
+    control's; otherwise the control when it beats the MLE generator by the same rule;
+    otherwise the MLE generator."""
     from cadenza.evaluation.instrument import evidence_for
 
     if rule != "auto":
         return rule
-    gan_wins, _ = evidence_for(
-        metrics["comparisons"]["gan_vs_mle"], metrics["gan"]["test_nll"],
-        metrics["mle"]["test_nll"], register.alpha, register.max_nll_increase,
-    )  # fmt: skip
-    return "gan" if gan_wins else "mle"
+
+    def beats(a: str, b: str) -> bool:
+        wins, _ = evidence_for(
+            metrics["comparisons"][f"{a}_vs_{b}"], metrics[a]["test_nll"],
+            metrics[b]["test_nll"], register.alpha, register.max_nll_increase,
+        )  # fmt: skip
+        return wins
+
+    if beats("gan", "control"):
+        return "gan"
+    return "control" if beats("control", "mle") else "mle"
 
 
 def _baselines(paths: Paths) -> dict[str, float]:
