@@ -68,8 +68,8 @@ def test_set_comparison_is_zero_against_itself_and_grows_with_difference(chorale
 def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     repo = registered_project["repo"]
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert metrics["candidate"] in ("mle", "gan")
-    for name in ("mle", "gan"):
+    assert metrics["candidate"] in ("mle", "gan", "control")
+    for name in ("mle", "gan", "control"):
         m = metrics[name]
         assert m["test_nll"] > 0
         assert 0 <= m["discriminative_accuracy_ci_low"] <= m["discriminative_accuracy"]
@@ -92,7 +92,9 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         if m["num_pieces_with_notes"] < 2:  # a tiny model may write no notes: said so
             assert "music_stats_note" in m and m["mean_overlap"] == 0.0
     assert {"unigram", "4gram"} <= set(metrics["baselines"])
-    pair = metrics["comparisons"]["gan_vs_mle"]
+    assert set(metrics["comparisons"]) == {"gan_vs_control", "gan_vs_mle", "control_vs_mle"}
+    pair = metrics["comparisons"]["gan_vs_control"]
+    assert pair["accuracy_b"] == metrics["control"]["probes"][pair["probe"]]["accuracy"]
     assert pair["difference"] == pytest.approx(pair["accuracy_a"] - pair["accuracy_b"])
     assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1
     assert pair["accuracy_a"] == metrics["gan"]["probes"][pair["probe"]]["accuracy"]
@@ -100,10 +102,11 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     html = (report / "index.html").read_text()
     for figure in ("probes.png", "positions.png"):
         assert (report / figure).read_bytes()[:4] == b"\x89PNG" and figure in html
-    assert "gan_vs_mle" in html and "Paired comparisons" in html
+    assert "gan_vs_control" in html and "Paired comparisons" in html
     windows = np.load(report / "windows.npz")
     assert windows["real_tokens"].shape == (12, 2, 16)
     assert windows["samples_mle"].shape == windows["samples_gan"].shape == (12, 48)
+    assert windows["samples_control"].shape == (12, 48)
     for name in ("real", "mle", "gan"):
         for i in range(2):
             midi = report / "samples" / name / f"{name}_{i}.mid"

@@ -265,6 +265,9 @@ def register(
     except (reg.RegistryError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     name = settings.register_.model_name
+    if not decision.version:  # a DVC experiment: nothing registered
+        typer.echo(decision.reason)
+        return
     if not decision.new_version:
         typer.echo(f"nothing changed: {name} version {decision.version} ({decision.reason})")
         return

@@ -28,7 +28,7 @@ import numpy as np
 from cadenza.config import EvaluateSettings, RegisterSettings
 from cadenza.io import write_json
 from cadenza.paths import Paths
-from cadenza.stages.common import lineage_tags, log_final, tracked
+from cadenza.stages.common import file_digest, lineage_tags, log_final, tracked
 
 log = logging.getLogger(__name__)
 CANDIDATES = ("mle", "gan", "control")
@@ -227,7 +227,17 @@ def run(
     gallery_scores = {"real": real_scores[: settings.gallery_size]}
     sets, samples = {}, {}
     seed = settings.seed + 1  # common random numbers: same seeds for every candidate
+    seen: dict[str, str] = {}  # weights digest -> the model evaluated with those weights
     for name in CANDIDATES:
+        digest = file_digest(folders[name] / "model.safetensors")
+        if digest in seen:  # e.g. an arm whose selected checkpoint is the pretrained start
+            twin = seen[digest]
+            samples[name], sets[name] = samples[twin], sets[twin]
+            metrics[name] = {**metrics[twin], "same_weights_as": twin}
+            gallery_scores[name] = gallery_scores[twin]
+            log.info("evaluate %s: the same weights as %s, its samples reused", name, twin)
+            continue
+        seen[digest] = name
         net, _ = load_generator(folders[name])
         net.to(device)
         nll = test_nll(net, paths, device)
@@ -239,7 +249,11 @@ def run(
         gallery_scores[name] = scores[: settings.gallery_size]
         log.info("evaluate %s: test NLL %.4f", name, nll)
 
-    results, probe_scores = instrument_for(context).evaluate(sets)
+    unique = {name: sets[name] for name in seen.values()}
+    results, probe_scores = instrument_for(context).evaluate(unique)
+    for name in CANDIDATES:  # a twin's scores are its original's (same windows, same draws)
+        twin = metrics[name].get("same_weights_as", name)
+        results[name], probe_scores[name] = results[twin], probe_scores[twin]
     for name in CANDIDATES:
         metrics[name].update(results[name])
     metrics["comparisons"] = {f"{a}_vs_{b}": compare(probe_scores, a, b) for a, b in COMPARISONS}

@@ -191,6 +191,7 @@ class Sampler:
     ) -> None:
         self.generator, self.real, self.config = generator, real, config
         self.device, self.rng, self.bos = device, rng, bos
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _prompt_and_real(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt ([BOS] + prime tokens of some pieces) and the real tokens of other pieces
@@ -210,8 +211,13 @@ class Sampler:
         c = self.config.chunk_len
         prompt, real = self._prompt_and_real(self.config.sample_batch)
         chunks = sample_chunks(self.generator, prompt, self.config.num_chunks, c, tau, self.rng)
-        for k, (one_hot, _) in enumerate(chunks):
+        ids = []
+        for k, (one_hot, chunk_ids) in enumerate(chunks):
+            ids.append(chunk_ids)
             yield one_hot, real[:, k * c : (k + 1) * c]
+        # The hard tokens are exact samples of the generator (the forward pass of the
+        # straight-through estimator): the critic's next update reuses them.
+        self.last = (torch.cat(ids, 1).reshape(-1, c), real.reshape(-1, c))
 
     @torch.no_grad()
     def hard(self, batch: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,8 +306,13 @@ class Critic:
 
 
 def discriminator_step(critic: Critic, sampler: Sampler, tau: float) -> dict[str, float]:
-    """One critic update on fresh hard samples against real chunks at the same positions."""
-    fake, real = sampler.hard(sampler.config.sample_batch, tau)
+    """One critic update: on the samples the generator's last adversarial pass drew (once),
+    else on fresh ones, against real chunks at the same positions."""
+    if sampler.last is not None:
+        fake, real = sampler.last
+        sampler.last = None
+    else:
+        fake, real = sampler.hard(sampler.config.sample_batch, tau)
     return critic.update(real, fake)
 
 
