@@ -210,6 +210,26 @@ def test_adversarial_stage_tracks_gan_diagnostics(pretrained, tmp_path, tracking
     assert [m.step for m in heldout] == [0, 2, 4, 6]
     assert [step for step, _ in metrics["accuracy_history"]] == [0, 2, 4, 6]
     assert all(0 <= m.value <= 1 for m in heldout)
+    # Both arms start from the same weights and see the same first batch: equal first NLL.
+    first = {
+        n: client.get_metric_history(run.info.run_id, n)[0]
+        for n in ("train_nll", "control_train_nll")
+    }
+    assert first["train_nll"].step == first["control_train_nll"].step == 1
+    assert first["train_nll"].value == pytest.approx(first["control_train_nll"].value, abs=1e-6)
+    # Selection: a candidate per evaluation in each arm, the chosen one installed.
+    for arm, data in (("gan", metrics), ("control", metrics["control"])):
+        selection = data["selection"]
+        assert [row["step"] for row in selection["table"]] == [0, 2, 4, 6], arm
+        eligible = [row for row in selection["table"] if row["eligible"]]
+        assert all(0 <= row["probe_accuracy"] <= 1 for row in eligible)
+        assert selection["probe_accuracy"] == min(row["probe_accuracy"] for row in eligible)
+        folder = root / "models" / f"generator-{arm}"
+        assert (folder / "model.safetensors").read_bytes() == (
+            folder / selection["file"]
+        ).read_bytes()
+    assert metrics["control"]["discriminator_accuracy"] is None  # no critic in the control
+    assert metrics["warmup"]["heldout_windows"] == 8 and metrics["warmup"]["steps"] >= 1
     temperatures = [m.value for m in client.get_metric_history(run.info.run_id, "temperature")]
     assert temperatures[0] == pytest.approx(1.0) and temperatures[-1] == pytest.approx(0.01)
 
@@ -329,3 +349,10 @@ def test_frozen_critic_layers_get_no_gradient_and_leave_the_clip_alone():
     reference, _ = _critic_rounds(refreeze=True)
     for (name, a), b in zip(discriminator.named_parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b), name  # trainable updates as if the frozen ones did not exist
+
+
+def test_adversarial_settings_that_cannot_work_are_refused():
+    with pytest.raises(Exception, match="adversarial: adv_optimizer separate with adv_weight 0"):
+        parse_settings({"adversarial": {"adv_optimizer": "separate", "adv_weight": 0}})
+    with pytest.raises(Exception, match="adversarial.adv_every = 0 is not allowed"):
+        parse_settings({"adversarial": {"adv_every": 0}})

@@ -155,3 +155,29 @@ def test_gallery_without_audio_says_why(tmp_path, chorale_dir):
     scores = {"real": [Score(str(p)) for p in sorted(chorale_dir.glob("*.mid"))[:1]]}
     made = gallery.write_gallery(scores, tmp_path / "samples", render_audio=False)
     assert made.items["real"][0].audio is None and "switched off" in made.audio_note
+
+
+def test_candidate_rule_needs_the_gan_to_beat_its_control():
+    from cadenza.config import RegisterSettings
+    from cadenza.stages.evaluate import choose_candidate
+
+    def pair(difference, p_value):
+        return {"difference": difference, "ci_low": difference - 0.02,
+                "ci_high": difference + 0.02, "p_value": p_value, "probe": "music"}  # fmt: skip
+
+    def metrics(gan_vs_control, control_vs_mle, gan_nll=1.0):
+        return {
+            "gan": {"test_nll": gan_nll}, "control": {"test_nll": 1.0}, "mle": {"test_nll": 1.0},
+            "comparisons": {"gan_vs_control": gan_vs_control, "gan_vs_mle": pair(-0.2, 0.01),
+                            "control_vs_mle": control_vs_mle},
+        }  # fmt: skip
+
+    rules = RegisterSettings(alpha=0.05, max_nll_increase=0.02)
+    assert choose_candidate(metrics(pair(-0.1, 0.01), pair(0, 1)), "auto", rules) == "gan"
+    # Beating the MLE model is not enough: the control may be what made the difference.
+    assert choose_candidate(metrics(pair(-0.01, 0.4), pair(-0.2, 0.01)), "auto", rules) == "control"
+    assert choose_candidate(metrics(pair(-0.01, 0.4), pair(0.0, 1.0)), "auto", rules) == "mle"
+    # Harder to tell from real but too costly in NLL against the control.
+    costly = metrics(pair(-0.1, 0.01), pair(0, 1), gan_nll=1.05)
+    assert choose_candidate(costly, "auto", rules) == "mle"
+    assert choose_candidate(costly, "gan", rules) == "gan"
