@@ -356,3 +356,20 @@ def test_adversarial_settings_that_cannot_work_are_refused():
         parse_settings({"adversarial": {"adv_optimizer": "separate", "adv_weight": 0}})
     with pytest.raises(Exception, match="adversarial.adv_every = 0 is not allowed"):
         parse_settings({"adversarial": {"adv_every": 0}})
+
+
+def test_encoder_with_distance_bias_reads_the_same_in_train_and_eval_mode():
+    """PyTorch's inference fast path misreads per-head float masks; encode() avoids it."""
+    torch.manual_seed(0)
+    config = DiscriminatorConfig(VOCAB, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32,
+                                 dropout=0.0, local_bias=True)  # fmt: skip
+    encoder, tokens = Discriminator(config), torch.randint(4, VOCAB, (3, 20))
+    trained = encoder.train().encode(tokens)
+    with torch.no_grad():
+        evaluated = encoder.eval().encode(tokens)
+    torch.testing.assert_close(trained, evaluated)
+    near = encoder.eval().encode(tokens)[0, 10]
+    tokens[0, 19] = (tokens[0, 19] + 1 - 4) % (VOCAB - 4) + 4  # a far token changes a little
+    far_change = (encoder.encode(tokens)[0, 10] - near).abs().max()
+    tokens[0, 11] = (tokens[0, 11] + 1 - 4) % (VOCAB - 4) + 4  # a neighbour changes more
+    assert (encoder.encode(tokens)[0, 10] - near).abs().max() > far_change

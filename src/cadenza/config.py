@@ -225,6 +225,9 @@ class DiscriminatorSettings(_Section):
     max_span: int = Field(10, ge=1)
     sbo_weight: float = Field(1.0, ge=0)
     """Weight of the span boundary objective next to the MLM loss."""
+    local_bias: bool = True
+    """ALiBi-style distance bias in the encoder's attention: without it the masked-LM loss
+    sat at the unigram loss for hundreds of steps (docs/LOG.md)."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -57,6 +57,7 @@ def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> Di
         max_len=settings.seq_len,
         dropout=settings.dropout,
         max_span=settings.max_span,
+        local_bias=settings.local_bias,
     )
     train_config = MaskedLMConfig(
         batch_size=settings.batch_size,
