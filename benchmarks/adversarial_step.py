@@ -38,7 +38,9 @@ def build(seed: int = 0):
         )
     )
     discriminator = Discriminator(
-        DiscriminatorConfig(VOCAB, d_model=128, n_layers=3, n_heads=4, d_ff=512, max_len=256)
+        DiscriminatorConfig(
+            VOCAB, d_model=128, n_layers=3, n_heads=4, d_ff=512, max_len=256, local_bias=True
+        )
     )
     return generator, discriminator
 
