@@ -1,6 +1,7 @@
 # Cadenza: everything a new machine needs is made by these targets.
 #   make run    set up, then run the retrain flow on the built-in corpus (Bach chorales)
 #   make test   set up, then run the test suite
+#   make ablations  the adversarial ablations as DVC experiments, then their table
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup run test lint clean-venv
+.PHONY: setup run test lint ablations clean-venv
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,12 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the adversarial ablation grid as queued DVC experiments (register is a no-op inside them),
+# then the GAN-vs-control table for docs/EXPERIMENTS.md; hours on a CPU
+ablations: setup
+	$(BIN)/python benchmarks/ablations.py queue --start
+	$(BIN)/python benchmarks/ablations.py table
 
 lint: setup
 	$(BIN)/ruff check src tests flows benchmarks

@@ -32,7 +32,9 @@ TINY_DISCRIMINATOR = {
 }  # fmt: skip
 TINY_ADVERSARIAL = {
     "max_steps": 6, "batch_size": 2, "sample_batch": 2, "sample_len": 32, "chunk_len": 16,
-    "eval_interval": 2, "checkpoint_interval": 2, "adv_weight": 0.5,
+    "eval_interval": 2, "checkpoint_interval": 2, "adv_weight": 0.5, "critic_warmup_steps": 4,
+    "critic_eval_interval": 2, "critic_heldout": 8, "select_samples": 4, "select_sample_len": 32,
+    "select_window_len": 16, "select_bins": 2, "select_folds": 2,
 }  # fmt: skip
 
 
@@ -193,7 +195,11 @@ def test_adversarial_stage_tracks_gan_diagnostics(pretrained, tmp_path, tracking
         "d_real_score",
         "d_fake_score",
         "temperature",
-        "g_grad_norm",
+        "nll_grad_norm",
+        "adv_grad_norm",
+        "control_train_nll",
+        "control_valid_nll",
+        "warmup_heldout_accuracy",
         "gradient_penalty",
         "d_grad_norm",
         "valid_nll",
@@ -204,6 +210,26 @@ def test_adversarial_stage_tracks_gan_diagnostics(pretrained, tmp_path, tracking
     assert [m.step for m in heldout] == [0, 2, 4, 6]
     assert [step for step, _ in metrics["accuracy_history"]] == [0, 2, 4, 6]
     assert all(0 <= m.value <= 1 for m in heldout)
+    # Both arms start from the same weights and see the same first batch: equal first NLL.
+    first = {
+        n: client.get_metric_history(run.info.run_id, n)[0]
+        for n in ("train_nll", "control_train_nll")
+    }
+    assert first["train_nll"].step == first["control_train_nll"].step == 1
+    assert first["train_nll"].value == pytest.approx(first["control_train_nll"].value, abs=1e-6)
+    # Selection: a candidate per evaluation in each arm, the chosen one installed.
+    for arm, data in (("gan", metrics), ("control", metrics["control"])):
+        selection = data["selection"]
+        assert [row["step"] for row in selection["table"]] == [0, 2, 4, 6], arm
+        eligible = [row for row in selection["table"] if row["eligible"]]
+        assert all(0 <= row["probe_accuracy"] <= 1 for row in eligible)
+        assert selection["probe_accuracy"] == min(row["probe_accuracy"] for row in eligible)
+        folder = root / "models" / f"generator-{arm}"
+        assert (folder / "model.safetensors").read_bytes() == (
+            folder / selection["file"]
+        ).read_bytes()
+    assert metrics["control"]["discriminator_accuracy"] is None  # no critic in the control
+    assert metrics["warmup"]["heldout_windows"] == 8 and metrics["warmup"]["steps"] >= 1
     temperatures = [m.value for m in client.get_metric_history(run.info.run_id, "temperature")]
     assert temperatures[0] == pytest.approx(1.0) and temperatures[-1] == pytest.approx(0.01)
 
@@ -234,7 +260,7 @@ def test_interrupted_adversarial_run_resumes_to_the_same_weights(pretrained, tmp
         _settings(straight).adversarial, Paths(root=straight, corpus="mine"), track=False
     )
 
-    real_step = adversarial_training.discriminator_step
+    real_step = adversarial_training.adversarial_loss_backward
     calls = {"n": 0}
 
     def dies_at_step_four(*args, **kwargs):
@@ -243,12 +269,12 @@ def test_interrupted_adversarial_run_resumes_to_the_same_weights(pretrained, tmp
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(adversarial_training, "discriminator_step", dies_at_step_four)
+    monkeypatch.setattr(adversarial_training, "adversarial_loss_backward", dies_at_step_four)
     with pytest.raises(KeyboardInterrupt):
         adversarial_stage.run(
             _settings(interrupted).adversarial, Paths(root=interrupted, corpus="mine"), track=False
         )
-    monkeypatch.setattr(adversarial_training, "discriminator_step", real_step)
+    monkeypatch.setattr(adversarial_training, "adversarial_loss_backward", real_step)
     adversarial_stage.run(
         _settings(interrupted).adversarial, Paths(root=interrupted, corpus="mine"), track=False
     )
@@ -258,6 +284,7 @@ def test_interrupted_adversarial_run_resumes_to_the_same_weights(pretrained, tmp
     ]
     for m in metrics:
         m.pop("seconds")
+        m["control"].pop("seconds")
     assert metrics[0] == metrics[1]  # same NLLs, held-out accuracies, rollbacks
     for name in ("model.safetensors", "last/model.safetensors", "last/discriminator.safetensors"):
         a = load_file(straight / "models" / "generator-gan" / name)
@@ -288,3 +315,61 @@ def test_frozen_discriminator_layers_do_not_move(pretrained, tmp_path):
     trained = [k for k in before if k.startswith("encoder.layers.1.")]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in trained)
+
+
+def _critic_rounds(refreeze: bool) -> tuple[Discriminator, list]:
+    """Two rounds of (generator's adversarial backward, critic update) with the bottom encoder
+    layer frozen; with `refreeze` the frozen parameters are frozen again by hand after each
+    generator pass (what a correct generator pass must leave behind)."""
+    from cadenza.training import adversarial as adv
+
+    generator, discriminator = tiny_pair()
+    config = adv.AdversarialConfig(
+        sample_batch=2, sample_len=16, chunk_len=8, freeze_layers=1, grad_clip=1e-3
+    )  # a tiny clip: every update is clipped, so a foreign gradient in the norm shows
+    critic = adv.Critic(discriminator, config)
+    frozen = [p for p in discriminator.parameters() if not p.requires_grad]
+    tokens = np.tile(np.arange(4, VOCAB), 20).astype(np.int64)
+    offsets = np.array([0, len(tokens) // 2, len(tokens)])
+    real = adv.RealChunks(tokens, offsets, config.sample_len, seed=0)
+    rng, device = torch.Generator().manual_seed(0), torch.device("cpu")
+    sampler = adv.Sampler(generator, real, config, device, rng, bos=1)
+    for _ in range(2):
+        adv.adversarial_loss_backward(critic, sampler, config, tau=1.0)
+        if refreeze:
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+        adv.discriminator_step(critic, sampler, tau=1.0)
+    return discriminator, frozen
+
+
+def test_frozen_critic_layers_get_no_gradient_and_leave_the_clip_alone():
+    discriminator, frozen = _critic_rounds(refreeze=False)
+    assert frozen and all(p.grad is None and not p.requires_grad for p in frozen)
+    reference, _ = _critic_rounds(refreeze=True)
+    for (name, a), b in zip(discriminator.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b), name  # trainable updates as if the frozen ones did not exist
+
+
+def test_adversarial_settings_that_cannot_work_are_refused():
+    with pytest.raises(Exception, match="adversarial: adv_optimizer separate with adv_weight 0"):
+        parse_settings({"adversarial": {"adv_optimizer": "separate", "adv_weight": 0}})
+    with pytest.raises(Exception, match="adversarial.adv_every = 0 is not allowed"):
+        parse_settings({"adversarial": {"adv_every": 0}})
+
+
+def test_encoder_with_distance_bias_reads_the_same_in_train_and_eval_mode():
+    """PyTorch's inference fast path misreads per-head float masks; encode() avoids it."""
+    torch.manual_seed(0)
+    config = DiscriminatorConfig(VOCAB, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32,
+                                 dropout=0.0, local_bias=True)  # fmt: skip
+    encoder, tokens = Discriminator(config), torch.randint(4, VOCAB, (3, 20))
+    trained = encoder.train().encode(tokens)
+    with torch.no_grad():
+        evaluated = encoder.eval().encode(tokens)
+    torch.testing.assert_close(trained, evaluated)
+    near = encoder.eval().encode(tokens)[0, 10]
+    tokens[0, 19] = (tokens[0, 19] + 1 - 4) % (VOCAB - 4) + 4  # a far token changes a little
+    far_change = (encoder.encode(tokens)[0, 10] - near).abs().max()
+    tokens[0, 11] = (tokens[0, 11] + 1 - 4) % (VOCAB - 4) + 4  # a neighbour changes more
+    assert (encoder.encode(tokens)[0, 10] - near).abs().max() > far_change

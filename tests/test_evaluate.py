@@ -68,8 +68,8 @@ def test_set_comparison_is_zero_against_itself_and_grows_with_difference(chorale
 def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     repo = registered_project["repo"]
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert metrics["candidate"] in ("mle", "gan")
-    for name in ("mle", "gan"):
+    assert metrics["candidate"] in ("mle", "gan", "control")
+    for name in ("mle", "gan", "control"):
         m = metrics[name]
         assert m["test_nll"] > 0
         assert 0 <= m["discriminative_accuracy_ci_low"] <= m["discriminative_accuracy"]
@@ -98,7 +98,9 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     versus = plain["mle_vs_plain"]
     assert versus["accuracy_a"] == metrics["mle"]["probes"][versus["probe"]]["accuracy"]
     assert versus["accuracy_b"] == plain["mle"]["probes"][versus["probe"]]["accuracy"]
-    pair = metrics["comparisons"]["gan_vs_mle"]
+    assert set(metrics["comparisons"]) == {"gan_vs_control", "gan_vs_mle", "control_vs_mle"}
+    pair = metrics["comparisons"]["gan_vs_control"]
+    assert pair["accuracy_b"] == metrics["control"]["probes"][pair["probe"]]["accuracy"]
     assert pair["difference"] == pytest.approx(pair["accuracy_a"] - pair["accuracy_b"])
     assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1
     assert pair["accuracy_a"] == metrics["gan"]["probes"][pair["probe"]]["accuracy"]
@@ -106,10 +108,11 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     html = (report / "index.html").read_text()
     for figure in ("probes.png", "positions.png"):
         assert (report / figure).read_bytes()[:4] == b"\x89PNG" and figure in html
-    assert "gan_vs_mle" in html and "Paired comparisons" in html
+    assert "gan_vs_control" in html and "Paired comparisons" in html
     windows = np.load(report / "windows.npz")
     assert windows["real_tokens"].shape == (12, 2, 16)
     assert windows["samples_mle"].shape == windows["samples_gan"].shape == (12, 48)
+    assert windows["samples_control"].shape == (12, 48)
     for name in ("real", "mle", "gan"):
         for i in range(2):
             midi = report / "samples" / name / f"{name}_{i}.mid"
@@ -158,3 +161,29 @@ def test_gallery_without_audio_says_why(tmp_path, chorale_dir):
     scores = {"real": [Score(str(p)) for p in sorted(chorale_dir.glob("*.mid"))[:1]]}
     made = gallery.write_gallery(scores, tmp_path / "samples", render_audio=False)
     assert made.items["real"][0].audio is None and "switched off" in made.audio_note
+
+
+def test_candidate_rule_needs_the_gan_to_beat_its_control():
+    from cadenza.config import RegisterSettings
+    from cadenza.stages.evaluate import choose_candidate
+
+    def pair(difference, p_value):
+        return {"difference": difference, "ci_low": difference - 0.02,
+                "ci_high": difference + 0.02, "p_value": p_value, "probe": "music"}  # fmt: skip
+
+    def metrics(gan_vs_control, control_vs_mle, gan_nll=1.0):
+        return {
+            "gan": {"test_nll": gan_nll}, "control": {"test_nll": 1.0}, "mle": {"test_nll": 1.0},
+            "comparisons": {"gan_vs_control": gan_vs_control, "gan_vs_mle": pair(-0.2, 0.01),
+                            "control_vs_mle": control_vs_mle},
+        }  # fmt: skip
+
+    rules = RegisterSettings(alpha=0.05, max_nll_increase=0.02)
+    assert choose_candidate(metrics(pair(-0.1, 0.01), pair(0, 1)), "auto", rules) == "gan"
+    # Beating the MLE model is not enough: the control may be what made the difference.
+    assert choose_candidate(metrics(pair(-0.01, 0.4), pair(-0.2, 0.01)), "auto", rules) == "control"
+    assert choose_candidate(metrics(pair(-0.01, 0.4), pair(0.0, 1.0)), "auto", rules) == "mle"
+    # Harder to tell from real but too costly in NLL against the control.
+    costly = metrics(pair(-0.1, 0.01), pair(0, 1), gan_nll=1.05)
+    assert choose_candidate(costly, "auto", rules) == "mle"
+    assert choose_candidate(costly, "gan", rules) == "gan"

@@ -192,6 +192,26 @@ def test_promote_rollback_and_refusals(registered_project):
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
 
 
+def test_a_dvc_experiment_never_registers(registered_project):
+    """`dvc exp run` sets DVC_EXP_NAME / DVC_EXP_BASELINE_REV: its register stage must leave
+    versions and aliases as they were (an ablation must not move the champion)."""
+    repo = registered_project["repo"]
+    client = _client(repo)
+    versions = len(client.search_model_versions(f"name='{NAME}'"))
+    champion = client.get_model_version_by_alias(NAME, "champion").version
+    kept = (repo / "metrics" / "register.json").read_text()
+    try:
+        experiment = {"DVC_EXP_NAME": "abl-hinge", "DVC_EXP_BASELINE_REV": "HEAD"}
+        out = run_in(repo, "cadenza", "register", env=experiment)
+        assert "DVC experiment abl-hinge: not registered" in out.stdout
+        written = json.loads((repo / "metrics" / "register.json").read_text())
+        assert written["experiment"] == "abl-hinge" and written["promoted"] is False
+    finally:
+        (repo / "metrics" / "register.json").write_text(kept)
+    assert len(client.search_model_versions(f"name='{NAME}'")) == versions
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion
+
+
 def test_racing_promotions_leave_one_champion(registered_project):
     repo = registered_project["repo"]
     from cadenza.pipeline import dvc_env

@@ -218,8 +218,9 @@ def adversarial(params: ParamsOption = Path("params.yaml"), root: RootOption = P
         f"adversarial: valid NLL {result.initial_valid_nll:.4f} -> "
         f"best {result.best_valid_nll:.4f} "
         f"(final {result.final_valid_nll:.4f}, {result.rollbacks} rollbacks); held-out "
-        f"discriminator accuracy {result.discriminator_accuracy:.2f}; {result.seconds:.0f} s "
-        f"-> {paths.generator_gan_dir}"
+        f"discriminator accuracy {result.discriminator_accuracy:.2f}; {result.seconds:.0f} s; "
+        f"selected step {result.selected_step} -> {paths.generator_gan_dir}, control step "
+        f"{result.control_selected_step} -> {paths.generator_control_dir}"
     )
 
 
@@ -232,7 +233,7 @@ def evaluate(params: ParamsOption = Path("params.yaml"), root: RootOption = Path
     settings, paths = _load(params, root)
     all_params = settings.model_dump(mode="json", by_alias=True)
     metrics = _run_stage(stage.run, settings.evaluate, settings.register_, paths, all_params)
-    for name in stage.CANDIDATES:
+    for name in [n for n in stage.CANDIDATES if n in metrics]:
         m = metrics[name]
         typer.echo(
             f"{name}: test NLL {m['test_nll']:.4f}, discriminative accuracy "
@@ -363,6 +364,9 @@ def register(
     except (reg.RegistryError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
     name = settings.register_.model_name
+    if not decision.version:  # a DVC experiment: nothing registered
+        typer.echo(decision.reason)
+        return
     if not decision.new_version:
         typer.echo(f"nothing changed: {name} version {decision.version} ({decision.reason})")
         return

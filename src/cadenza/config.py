@@ -225,6 +225,9 @@ class DiscriminatorSettings(_Section):
     max_span: int = Field(10, ge=1)
     sbo_weight: float = Field(1.0, ge=0)
     """Weight of the span boundary objective next to the MLM loss."""
+    local_bias: bool = True
+    """ALiBi-style distance bias in the encoder's attention: without it the masked-LM loss
+    sat at the unigram loss for hundreds of steps (docs/LOG.md)."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -232,44 +235,6 @@ class DiscriminatorSettings(_Section):
     def _heads_divide(self) -> DiscriminatorSettings:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
-        return self
-
-
-class AdversarialSettings(_Section):
-    """`adversarial` stage: NLL + lambda * adversarial fine-tuning of the generator."""
-
-    max_steps: int = Field(60, ge=1)
-    batch_size: int = Field(8, ge=1)
-    sample_batch: int = Field(8, ge=1)
-    sample_len: int = Field(128, ge=2)
-    chunk_len: int = Field(64, ge=1)
-    """Generated tokens per chunk; must not exceed pretrain_discriminator.seq_len."""
-    adv_weight: float = Field(0.1, ge=0)
-    loss: Literal["standard", "rsgan", "wgan-gp", "hinge"] = "rsgan"
-    gp_weight: float = Field(10.0, ge=0)
-    critic_steps: int = Field(1, ge=1)
-    freeze_layers: int = Field(0, ge=0)
-    tau_start: float = Field(1.0, gt=0)
-    tau_end: float = Field(0.01, gt=0)
-    lr_generator: float = Field(5e-5, gt=0, le=1)
-    lr_discriminator: float = Field(1e-4, gt=0, le=1)
-    grad_clip: float = Field(1.0, gt=0)
-    eval_interval: int = Field(20, ge=1)
-    checkpoint_interval: int = Field(20, ge=1)
-    tolerance: float = Field(0.05, ge=0)
-    """Allowed relative rise of validation NLL above its best before acting."""
-    on_degrade: Literal["rollback", "stop"] = "rollback"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @model_validator(mode="after")
-    def _chunks_fit(self) -> AdversarialSettings:
-        if self.sample_len % self.chunk_len:
-            raise ValueError(
-                f"sample_len {self.sample_len} must be a multiple of chunk_len {self.chunk_len}"
-            )
-        if self.tau_end > self.tau_start:
-            raise ValueError(f"tau_end {self.tau_end} must not exceed tau_start {self.tau_start}")
         return self
 
 
@@ -310,6 +275,86 @@ class _Sampled(_Section):
         return copy
 
 
+class AdversarialSettings(_Sampled):
+    """`adversarial` stage: NLL + lambda * adversarial fine-tuning of the generator, beside a
+    likelihood-only control, with the checkpoint chosen by a probe on validation data."""
+
+    max_steps: int = Field(60, ge=1)
+    batch_size: int = Field(8, ge=1)
+    sample_batch: int = Field(8, ge=1)
+    sample_len: int = Field(128, ge=2)
+    chunk_len: int = Field(64, ge=1)
+    """Generated tokens per chunk; must not exceed pretrain_discriminator.seq_len."""
+    prime_tokens: int = Field(0, ge=0)
+    """Real tokens after [BOS] that start each adversarial sample (0 = a bare [BOS])."""
+    adv_weight: float = Field(0.1, ge=0)
+    adv_every: int = Field(1, ge=1)
+    """An adversarial update (generator and critic) every this many steps."""
+    adv_optimizer: Literal["shared", "separate"] = "shared"
+    """shared: one AdamW for NLL + adv_weight * adversarial; separate: the adversarial term
+    gets its own Adam (lr_adversarial) and its own clip."""
+    lr_adversarial: float = Field(1e-4, gt=0, le=1)
+    loss: Literal["standard", "rsgan", "wgan-gp", "hinge"] = "rsgan"
+    gp_weight: float = Field(10.0, ge=0)
+    critic_steps: int = Field(1, ge=1)
+    freeze_layers: int = Field(0, ge=0)
+    critic_warmup_steps: int = Field(0, ge=0)
+    """Most critic updates on generated samples before the first adversarial update."""
+    critic_warmup_target: float = Field(0.9, gt=0.5, le=1)
+    """Warm-up stops when the held-out accuracy reaches this."""
+    critic_heldout: int = Field(256, ge=2)
+    """Generated and real validation chunks in the held-out critic accuracy."""
+    critic_eval_interval: int = Field(10, ge=1)
+    tau_start: float = Field(1.0, gt=0)
+    tau_end: float = Field(0.01, gt=0)
+    tau_anneal_fraction: float = Field(1.0, gt=0, le=1)
+    """tau reaches tau_end after this fraction of max_steps."""
+    lr_generator: float = Field(5e-5, gt=0, le=1)
+    lr_discriminator: float = Field(1e-4, gt=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_interval: int = Field(20, ge=1)
+    checkpoint_interval: int = Field(20, ge=1)
+    tolerance: float = Field(0.05, ge=0)
+    """Allowed relative rise of validation NLL: above the best, the guard rail acts; above
+    the start, a candidate is not eligible for selection."""
+    on_degrade: Literal["rollback", "stop"] = "rollback"
+    select: Literal["probe", "nll"] = "probe"
+    """probe: the candidate the strongest probe finds hardest to tell from real validation
+    windows; nll: the lowest validation NLL."""
+    select_samples: int = Field(48, ge=4)
+    select_sample_len: int = Field(512, ge=16)
+    select_window_len: int = Field(256, ge=8)
+    select_bins: int = Field(2, ge=1)
+    select_folds: int = Field(5, ge=2)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _chunks_fit(self) -> AdversarialSettings:
+        if self.sample_len % self.chunk_len:
+            raise ValueError(
+                f"sample_len {self.sample_len} must be a multiple of chunk_len {self.chunk_len}"
+            )
+        if self.tau_end > self.tau_start:
+            raise ValueError(f"tau_end {self.tau_end} must not exceed tau_start {self.tau_start}")
+        if self.select_window_len > self.select_sample_len:
+            raise ValueError(
+                f"select_window_len {self.select_window_len} must not exceed "
+                f"select_sample_len {self.select_sample_len}"
+            )
+        if self.adv_optimizer == "separate" and self.adv_weight == 0:
+            raise ValueError(
+                "adv_optimizer separate with adv_weight 0: the adversarial optimizer would never "
+                "step; set adv_weight > 0 or adv_optimizer shared"
+            )
+        if self.critic_warmup_steps and self.critic_eval_interval > self.critic_warmup_steps:
+            raise ValueError(
+                f"critic_eval_interval {self.critic_eval_interval} exceeds critic_warmup_steps "
+                f"{self.critic_warmup_steps}: the warm-up would never check its accuracy"
+            )
+        return self
+
+
 class EvaluateSettings(_Sampled):
     """`evaluate` stage: test NLL, probes of real vs generated windows, music statistics,
     paired comparisons, position bins, samples gallery."""
@@ -342,10 +387,11 @@ class EvaluateSettings(_Sampled):
     """Cross-validations with reshuffled folds averaged for each point estimate."""
     bootstrap: int = Field(100, ge=10)
     """Cluster-bootstrap replicates (documents and samples resampled, probe refitted)."""
-    candidate: Literal["auto", "gan", "mle"] = "auto"
+    candidate: Literal["auto", "gan", "control", "mle"] = "auto"
     """Which generator to register: auto = the GAN when the paired comparison finds it harder
-    to tell from real than the MLE generator at register.alpha, within register.max_nll_increase
-    of its test NLL; otherwise the MLE generator."""
+    to tell from real than its likelihood-only control at register.alpha, within
+    register.max_nll_increase of the control's test NLL; else the control when it beats the
+    MLE generator by the same rule; else the MLE generator."""
     render_audio: bool = True
     """An audio file beside each piano roll in the report (see cadenza.audio)."""
     synthesizer: Literal["tinysoundfont", "fluidsynth"] = "tinysoundfont"
@@ -417,6 +463,7 @@ class Settings(_Section):
     def _share_sampling(self) -> Settings:
         self.evaluate._sampling = self.sampling
         self.listen._sampling = self.sampling
+        self.adversarial._sampling = self.sampling  # its selection samples like the evaluation
         return self
 
     @model_validator(mode="after")

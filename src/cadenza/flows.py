@@ -179,7 +179,7 @@ def _summary_markdown(root: Path, results: list[dict], note: str) -> str:
             "| model | test NLL | disc. accuracy [95% CI] | mean overlap |",
             "|---|---|---|---|",
         ]
-        for name in ("mle", "gan"):
+        for name in [n for n in ("mle", "gan", "control") if n in metrics]:
             m = metrics[name]
             lines.append(
                 f"| {name}{' (candidate)' if metrics['candidate'] == name else ''} | "

@@ -86,6 +86,11 @@ class Paths:
         return self.models_dir / "generator-gan"
 
     @property
+    def generator_control_dir(self) -> Path:
+        """The adversarial stage's likelihood-only control arm (adv_weight 0, same steps)."""
+        return self.models_dir / "generator-control"
+
+    @property
     def metrics_dir(self) -> Path:
         metrics = self.root / "metrics"
         return metrics / self.scope if self.scope else metrics

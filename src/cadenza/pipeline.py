@@ -121,7 +121,7 @@ def print_summary(paths: Paths) -> None:
             f"{adversarial['rollbacks']} rollbacks, {adversarial['seconds']:.0f} s",
         )
     evaluated, registered = _metrics(paths, "evaluate"), _metrics(paths, "register")
-    for name in ("mle", "gan") if evaluated else ():
+    for name in [n for n in ("mle", "gan", "control") if n in evaluated] if evaluated else ():
         m = evaluated[name]
         table.add_row(
             f"evaluate {name}",

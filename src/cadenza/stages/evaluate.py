@@ -28,10 +28,12 @@ import numpy as np
 from cadenza.config import EvaluateSettings, RegisterSettings
 from cadenza.io import write_json
 from cadenza.paths import Paths
-from cadenza.stages.common import lineage_tags, log_final, tracked
+from cadenza.stages.common import file_digest, lineage_tags, log_final, tracked
 
 log = logging.getLogger(__name__)
-CANDIDATES = ("mle", "gan")
+CANDIDATES = ("mle", "gan", "control")
+COMPARISONS = (("gan", "control"), ("gan", "mle"), ("control", "mle"))
+"""gan_vs_control is the claim (the adversarial term against the same steps without it)."""
 WINDOWS_FILE = "windows.npz"
 PROBES = ("learned", "music", "combined")
 PLAIN = "mle_plain"  # the MLE generator sampled at temperature 1, no top-k / top-p
@@ -198,7 +200,11 @@ def run(
 
     started = time.perf_counter()
     device = resolve_device(settings.device)
-    folders = {"mle": paths.generator_mle_dir, "gan": paths.generator_gan_dir}
+    folders = {
+        "mle": paths.generator_mle_dir,
+        "gan": paths.generator_gan_dir,
+        "control": paths.generator_control_dir,
+    }
     for name, folder in folders.items():
         if not (folder / "model.safetensors").is_file():
             raise FileNotFoundError(f"{folder}: no {name} generator; run the pipeline first")
@@ -231,7 +237,17 @@ def run(
     gallery_scores = {"real": real_scores[: settings.gallery_size]}
     sets, samples = {}, {}
     seed = settings.seed + 1  # common random numbers: same seeds for every candidate
+    seen: dict[str, str] = {}  # weights digest -> the model evaluated with those weights
     for name in CANDIDATES:
+        digest = file_digest(folders[name] / "model.safetensors")
+        if digest in seen:  # e.g. an arm whose selected checkpoint is the pretrained start
+            twin = seen[digest]
+            samples[name], sets[name] = samples[twin], sets[twin]
+            metrics[name] = {**metrics[twin], "same_weights_as": twin}
+            gallery_scores[name] = gallery_scores[twin]
+            log.info("evaluate %s: the same weights as %s, its samples reused", name, twin)
+            continue
+        seen[digest] = name
         net, _ = load_generator(folders[name])
         net.to(device)
         nll = test_nll(net, paths, device)
@@ -250,10 +266,15 @@ def run(
         net.to(device)
         with torch.no_grad():
             _, sets[PLAIN] = model_windows(context, net, seed, sampling=SamplingSettings())
-    results, probe_scores = instrument_for(context).evaluate(sets)
+        seen[PLAIN] = PLAIN
+    unique = {name: sets[name] for name in seen.values()}
+    results, probe_scores = instrument_for(context).evaluate(unique)
+    for name in CANDIDATES:  # a twin's scores are its original's (same windows, same draws)
+        twin = metrics[name].get("same_weights_as", name)
+        results[name], probe_scores[name] = results[twin], probe_scores[twin]
     for name in CANDIDATES:
         metrics[name].update(results[name])
-    metrics["comparisons"] = {"gan_vs_mle": compare(probe_scores, "gan", "mle")}
+    metrics["comparisons"] = {f"{a}_vs_{b}": compare(probe_scores, a, b) for a, b in COMPARISONS}
     if PLAIN in results:  # the same model, plain sampling: what the sampling setting buys
         metrics["plain_sampling"] = {
             "mle": {k: v for k, v in results[PLAIN].items() if k != "position_bins"},
@@ -341,18 +362,26 @@ def save_windows(path: Path, context: Context, samples: dict, sets: dict) -> Non
 
 
 def choose_candidate(metrics: dict, rule: str, register: RegisterSettings) -> str:
-    """The generator to register: as asked, or (auto) the GAN when the paired comparison
-    finds it harder to tell from real than the MLE generator (difference < 0 at p < alpha)
-    and its test NLL is within max_nll_increase of the MLE's; otherwise the MLE generator."""
+    """The generator to register: as asked, or (auto) by the gate's rule of evidence: the
+    GAN when the paired comparison finds it harder to tell from real than its likelihood-only
+    control (difference < 0 at p < alpha) with test NLL within max_nll_increase of the
+    control's; otherwise the control when it beats the MLE generator by the same rule;
+    otherwise the MLE generator."""
     from cadenza.evaluation.instrument import evidence_for
 
     if rule != "auto":
         return rule
-    gan_wins, _ = evidence_for(
-        metrics["comparisons"]["gan_vs_mle"], metrics["gan"]["test_nll"],
-        metrics["mle"]["test_nll"], register.alpha, register.max_nll_increase,
-    )  # fmt: skip
-    return "gan" if gan_wins else "mle"
+
+    def beats(a: str, b: str) -> bool:
+        wins, _ = evidence_for(
+            metrics["comparisons"][f"{a}_vs_{b}"], metrics[a]["test_nll"],
+            metrics[b]["test_nll"], register.alpha, register.max_nll_increase,
+        )  # fmt: skip
+        return wins
+
+    if beats("gan", "control"):
+        return "gan"
+    return "control" if beats("control", "mle") else "mle"
 
 
 def _baselines(paths: Paths) -> dict[str, float]:

@@ -22,6 +22,23 @@ class DiscriminatorResult:
     num_parameters: int
 
 
+def reference_losses(train_tokens, valid_tokens, vocab_size: int, paths: Paths) -> dict:
+    """What the masked-token loss is read against: the unigram model's loss on valid tokens
+    (train counts, add-one) and the generator's causal validation NLL (metrics/pretrain.json),
+    which sees only the left side of each token where the encoder sees both."""
+    import json
+
+    import numpy as np
+
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size) + 1.0
+    unigram = float(-np.log(counts / counts.sum())[np.asarray(valid_tokens)].mean())
+    out = {"valid_unigram_nll": unigram}
+    pretrain = paths.metrics_path("pretrain")
+    if pretrain.is_file():
+        out["generator_valid_nll"] = json.loads(pretrain.read_text()).get("best_valid_nll")
+    return out
+
+
 def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> DiscriminatorResult:
     from cadenza.models.discriminator import DiscriminatorConfig
     from cadenza.tokens.stage import load_split
@@ -40,6 +57,7 @@ def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> Di
         max_len=settings.seq_len,
         dropout=settings.dropout,
         max_span=settings.max_span,
+        local_bias=settings.local_bias,
     )
     train_config = MaskedLMConfig(
         batch_size=settings.batch_size,
@@ -69,7 +87,11 @@ def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> Di
             out_dir,
             log_metrics,
         )
-        metrics = {**asdict(result), "device": train_config.device}
+        metrics = {
+            **asdict(result),
+            **reference_losses(train_tokens, valid_tokens, model_config.vocab_size, paths),
+            "device": train_config.device,
+        }
         write_json(paths.metrics_path("pretrain_discriminator"), metrics)
         if log_metrics:
             log_final(

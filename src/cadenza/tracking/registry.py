@@ -47,6 +47,30 @@ class Decision:
     comparison: dict | None = None  # challenger vs champion, when one was made
 
 
+def dvc_experiment() -> str | None:
+    """The DVC experiment this process runs in (DVC sets DVC_EXP_NAME and
+    DVC_EXP_BASELINE_REV for `dvc exp run`), or None."""
+    import os
+
+    if os.environ.get("DVC_EXP_BASELINE_REV") or os.environ.get("DVC_EXP_NAME"):
+        return os.environ.get("DVC_EXP_NAME") or "(unnamed)"
+    return None
+
+
+def _not_in_experiment(paths: Paths, model_name: str, experiment: str) -> Decision:
+    decision = Decision(
+        "", False,
+        f"DVC experiment {experiment}: not registered (an experiment never moves the "
+        "registry; `dvc exp apply` it, commit, and run `cadenza register`)",
+        None, None, new_version=False,
+    )  # fmt: skip
+    write_json(
+        paths.metrics_path("register"),
+        {"model_name": model_name, "experiment": experiment, **asdict(decision)},
+    )
+    return decision
+
+
 def client_for(paths: Paths):
     import os
 
@@ -170,7 +194,11 @@ def version_tags(evaluation: dict, record: dict) -> dict[str, str]:
 def register(
     paths: Paths, settings: RegisterSettings, evaluate: EvaluateSettings | None = None
 ) -> Decision:
-    """Register the last evaluation's candidate (once) and run the promotion gate."""
+    """Register the last evaluation's candidate (once) and run the promotion gate. Inside a
+    DVC experiment (`dvc exp run`, queued or not) nothing is registered: an experiment must
+    not move the registry's aliases; `dvc exp apply` it and register the result."""
+    if experiment := dvc_experiment():
+        return _not_in_experiment(paths, settings.model_name, experiment)
     evaluation_path = paths.metrics_path("evaluate")
     if not evaluation_path.is_file():
         raise RegistryError(f"{evaluation_path}: no evaluation; run `cadenza evaluate` first")
@@ -381,7 +409,10 @@ def base_gate(candidate: dict, champion: dict | None, settings: RegisterSettings
 
 def register_base(paths: Paths, settings: RegisterSettings) -> Decision:
     """Register the base pipeline's model (models/generator-base/, logged by its pretrain run)
-    as a version of register.model_name (cadenza-base), once per run; gate its promotion."""
+    as a version of register.model_name (cadenza-base), once per run; gate its promotion.
+    Inside a DVC experiment nothing is registered."""
+    if experiment := dvc_experiment():
+        return _not_in_experiment(paths, settings.model_name, experiment)
     from cadenza.stages.common import file_digest
     from cadenza.stages.transfer import LINEAGE
 

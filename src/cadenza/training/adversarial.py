@@ -1,22 +1,36 @@
 """Adversarial fine-tuning of the generator (Transformer-GAN, Muhamed et al. 2021).
 
-Each generator step: NLL on real segments (memory carried, as in pretraining) plus
-lambda x the adversarial loss on samples drawn with a straight-through Gumbel-Softmax. A
-sample of sample_len tokens is drawn in chunks of chunk_len; each chunk is scored by the
-discriminator against the real chunk at the same position of real pieces and
-backpropagated at once, with the generator's memory detached between chunks, so memory
-follows chunk_len. Then `critic_steps` discriminator updates on hard samples. The Gumbel
-temperature anneals exponentially from tau_start to tau_end. Validation NLL is watched at
-every eval: when it degrades beyond `tolerance` from the best, training rolls back to the
-best weights (or stops). Torch and numpy only.
+The loop is built from four parts:
+
+- `Sampler`: generated chunks (differentiable, through a straight-through Gumbel-Softmax, or
+  hard) and the real chunks at the same positions of real pieces. A sample of sample_len
+  tokens is drawn in chunks of chunk_len with the generator's memory detached between
+  chunks, so memory follows chunk_len; samples may be primed with `prime_tokens` real tokens.
+- `Critic`: the discriminator, its optimizer and its trainable parameters (the bottom
+  `freeze_layers` layers stay frozen); one update on hard samples, held-out accuracy.
+- `GeneratorUpdate`: NLL on real segments (memory carried, as in pretraining) and, every
+  `adv_every` steps, adv_weight x the adversarial loss, either in the NLL's optimizer
+  (`adv_optimizer: shared`) or in an optimizer of its own (`separate`, lr_adversarial). The
+  two gradient norms are logged apart.
+- `Guard`: validation NLL at every evaluation; a candidate checkpoint is kept each time
+  (the stage picks one of them by a probe on validation data); divergence beyond
+  `tolerance` of the best rolls back to the best weights (or stops).
+
+Before adversarial updates the critic is warmed up on generated samples until its
+held-out accuracy on `critic_heldout` generated vs as many real validation chunks reaches
+`critic_warmup_target` (or `critic_warmup_steps` updates). With adv_weight = 0 the loop is the
+likelihood-only control: the same data order, steps and dropout masks (the adversarial parts
+draw from a random stream of their own), no sampling, no critic. Torch and numpy only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +46,9 @@ from cadenza.training.gan_losses import discriminator_loss, generator_loss, grad
 from cadenza.training.pretrain import evaluate_nll, resolve_device
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = 2  # bump when last/state.pt changes shape: older states then start afresh
+STATE_FORMAT = 3  # bump when last/state.pt changes shape: older states then start afresh
+CANDIDATES_DIR = "candidates"
+Metrics = Callable[[dict[str, float], int], None]
 
 
 @dataclass
@@ -44,15 +60,34 @@ class AdversarialConfig:
     """Samples per adversarial step."""
     sample_len: int = 128
     chunk_len: int = 32
+    prime_tokens: int = 0
+    """Real tokens (after BOS) that start each sample; its chunks are then compared with the
+    real chunks at the same positions."""
     adv_weight: float = 0.1
-    """lambda in NLL + lambda * adversarial."""
+    """lambda in NLL + lambda * adversarial; 0 = the likelihood-only control."""
+    adv_every: int = 1
+    """An adversarial generator update (and the critic's updates) every this many steps."""
+    adv_optimizer: str = "shared"
+    """shared (one AdamW for NLL + lambda * adversarial, clipped together) | separate (the
+    adversarial term has its own Adam with lr_adversarial, clipped on its own)."""
+    lr_adversarial: float = 1e-4
     loss: str = "rsgan"
     gp_weight: float = 10.0
     critic_steps: int = 1
     freeze_layers: int = 0
     """Discriminator encoder layers (from the bottom) kept frozen."""
+    critic_warmup_steps: int = 0
+    """Most critic updates on generated samples before the first adversarial update."""
+    critic_warmup_target: float = 0.9
+    """The warm-up stops once held-out accuracy reaches this."""
+    critic_heldout: int = 256
+    """Generated and real (validation) chunks in each held-out accuracy."""
+    critic_eval_interval: int = 10
+    """Warm-up updates between held-out accuracy checks."""
     tau_start: float = 1.0
     tau_end: float = 0.01
+    tau_anneal_fraction: float = 1.0
+    """tau reaches tau_end after this fraction of max_steps (then stays)."""
     lr_generator: float = 1e-4
     lr_discriminator: float = 1e-4
     grad_clip: float = 1.0
@@ -70,6 +105,16 @@ class AdversarialConfig:
             raise ValueError(
                 f"sample_len {self.sample_len} must be a multiple of chunk_len {self.chunk_len}"
             )
+        if self.adv_optimizer not in ("shared", "separate"):
+            raise ValueError(f"adv_optimizer {self.adv_optimizer!r}: choose shared or separate")
+
+    @property
+    def num_chunks(self) -> int:
+        return self.sample_len // self.chunk_len
+
+    @property
+    def adversarial(self) -> bool:
+        return self.adv_weight > 0
 
 
 @dataclass
@@ -81,33 +126,110 @@ class AdversarialResult:
     rollbacks: int
     stopped_early: bool
     seconds: float
-    discriminator_accuracy: float
-    """Held-out accuracy at the end; `accuracy_history` has it at every evaluation."""
+    discriminator_accuracy: float | None
+    """Held-out accuracy at the end (None for the control); `accuracy_history` has it at
+    every evaluation."""
     accuracy_history: list[tuple[int, float]]
+    warmup: dict = field(default_factory=dict)
+    """Critic warm-up: updates, held-out accuracy before and after, and its history."""
+    candidates: list[dict] = field(default_factory=list)
+    """{step, valid_nll, file} of every kept checkpoint (file relative to the output)."""
 
 
 def temperature(step: int, config: AdversarialConfig) -> float:
-    """Exponential annealing tau_start -> tau_end over max_steps."""
-    progress = step / max(1, config.max_steps - 1)
+    """Exponential annealing tau_start -> tau_end over tau_anneal_fraction of max_steps."""
+    span = max(1, round(config.tau_anneal_fraction * config.max_steps))
+    progress = min(1.0, step / max(1, span - 1))
     return config.tau_start * (config.tau_end / config.tau_start) ** progress
 
 
 class RealChunks:
     """Openings of real pieces, cut at the same positions as the generated chunks."""
 
-    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, sample_len: int, seed: int) -> None:
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, length: int, seed: int) -> None:
         lengths = np.diff(offsets)
-        self.starts = offsets[:-1][lengths > sample_len]
+        self.starts = offsets[:-1][lengths > length]
         if len(self.starts) == 0:
-            raise ValueError(f"no document is longer than sample_len {sample_len}")
-        self.tokens, self.sample_len = tokens, sample_len
+            raise ValueError(f"no document is longer than {length} tokens (sample + prime)")
+        self.tokens, self.length = tokens, length
         self.rng = np.random.default_rng(seed)
 
     def sample(self, batch: int) -> torch.Tensor:
-        """(batch, sample_len) tokens following BOS of random pieces."""
+        """(batch, length) tokens following BOS of random pieces."""
         picks = self.rng.choice(self.starts, batch)
-        rows = [self.tokens[s + 1 : s + 1 + self.sample_len] for s in picks]
+        rows = [self.tokens[s + 1 : s + 1 + self.length] for s in picks]
         return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+class RngStream:
+    """A torch random stream of its own: what runs inside `active()` (critic dropout,
+    gradient-penalty mixing) leaves the main stream, which draws the NLL steps' dropout,
+    as it was, so the GAN arm and the control see the same dropout masks."""
+
+    def __init__(self, seed: int) -> None:
+        self.state = torch.Generator().manual_seed(seed).get_state()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.state)
+            yield
+            self.state = torch.get_rng_state()
+
+
+class Sampler:
+    """Generated chunks and the real chunks at the same positions."""
+
+    def __init__(
+        self,
+        generator: TransformerXL,
+        real: RealChunks,
+        config: AdversarialConfig,
+        device: torch.device,
+        rng: torch.Generator,
+        bos: int,
+    ) -> None:
+        self.generator, self.real, self.config = generator, real, config
+        self.device, self.rng, self.bos = device, rng, bos
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _prompt_and_real(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt ([BOS] + prime tokens of some pieces) and the real tokens of other pieces
+        at the positions the samples will take."""
+        prime = self.config.prime_tokens
+        bos = torch.full((batch, 1), self.bos, dtype=torch.long)
+        real = self.real.sample(batch)[:, prime:]
+        prompt = torch.cat([bos, self.real.sample(batch)[:, :prime]], 1) if prime else bos
+        return prompt.to(self.device), real.to(self.device)
+
+    def real_chunks(self, batch: int) -> torch.Tensor:
+        """(batch * num_chunks, c) real chunks at the positions samples take."""
+        return self._prompt_and_real(batch)[1].reshape(-1, self.config.chunk_len)
+
+    def differentiable(self, tau: float) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(one-hot chunk with soft gradients (B, c, V), real chunk (B, c)) per chunk."""
+        c = self.config.chunk_len
+        prompt, real = self._prompt_and_real(self.config.sample_batch)
+        chunks = sample_chunks(self.generator, prompt, self.config.num_chunks, c, tau, self.rng)
+        ids = []
+        for k, (one_hot, chunk_ids) in enumerate(chunks):
+            ids.append(chunk_ids)
+            yield one_hot, real[:, k * c : (k + 1) * c]
+        # The hard tokens are exact samples of the generator (the forward pass of the
+        # straight-through estimator): the critic's next update reuses them.
+        self.last = (torch.cat(ids, 1).reshape(-1, c), real.reshape(-1, c))
+
+    @torch.no_grad()
+    def hard(self, batch: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(generated chunks (N, c), real chunks (N, c)) of `batch` samples, without dropout."""
+        c = self.config.chunk_len
+        was_training = self.generator.training
+        self.generator.eval()
+        prompt, real = self._prompt_and_real(batch)
+        chunks = sample_chunks(self.generator, prompt, self.config.num_chunks, c, tau, self.rng)
+        fake = torch.cat([ids for _, ids in chunks], 1)
+        self.generator.train(was_training)
+        return fake.reshape(-1, c), real.reshape(-1, c)
 
 
 def _freeze(discriminator: Discriminator, num_layers: int) -> None:
@@ -118,96 +240,6 @@ def _freeze(discriminator: Discriminator, num_layers: int) -> None:
         discriminator.position.requires_grad_(False)
 
 
-def adversarial_generator_step(
-    generator: TransformerXL,
-    discriminator: Discriminator,
-    real: RealChunks,
-    config: AdversarialConfig,
-    tau: float,
-    device: torch.device,
-    rng: torch.Generator,
-    bos: int,
-) -> dict[str, float]:
-    """Backpropagate lambda * adversarial loss chunk by chunk; return diagnostics."""
-    discriminator.requires_grad_(False)
-    num_chunks = config.sample_len // config.chunk_len
-    real_tokens = real.sample(config.sample_batch).to(device)
-    prompt = torch.full((config.sample_batch, 1), bos, dtype=torch.long, device=device)
-    total, fake_scores, real_scores = 0.0, [], []
-    for k, (one_hot, _) in enumerate(
-        sample_chunks(generator, prompt, num_chunks, config.chunk_len, tau, rng)
-    ):
-        real_chunk = real_tokens[:, k * config.chunk_len : (k + 1) * config.chunk_len]
-        fake_score = discriminator.score(one_hot)
-        with torch.no_grad():
-            real_score = discriminator.score(real_chunk)
-        loss = generator_loss(config.loss, real_score, fake_score) / num_chunks
-        (config.adv_weight * loss).backward()  # frees this chunk's graph
-        total += loss.item()
-        fake_scores.append(fake_score.mean().item())
-        real_scores.append(real_score.mean().item())
-    discriminator.requires_grad_(True)
-    return {
-        "g_adv_loss": total,
-        "d_fake_score_g": float(np.mean(fake_scores)),
-        "d_real_score_g": float(np.mean(real_scores)),
-    }
-
-
-def discriminator_step(
-    generator: TransformerXL,
-    discriminator: Discriminator,
-    optimizer: torch.optim.Optimizer,
-    real: RealChunks,
-    config: AdversarialConfig,
-    tau: float,
-    device: torch.device,
-    rng: torch.Generator,
-    bos: int,
-) -> dict[str, float]:
-    """One critic update on hard samples; returns loss, scores, accuracy, penalty."""
-    num_chunks = config.sample_len // config.chunk_len
-    prompt = torch.full((config.sample_batch, 1), bos, dtype=torch.long, device=device)
-    with torch.no_grad():
-        fake_ids = torch.cat(
-            [
-                ids
-                for _, ids in sample_chunks(
-                    generator, prompt, num_chunks, config.chunk_len, tau, rng
-                )
-            ],
-            1,
-        )
-    real_ids = real.sample(config.sample_batch).to(device)
-    # Score chunk-wise, as the generator is scored.
-    fake_chunks = fake_ids.reshape(-1, config.chunk_len)
-    real_chunks = real_ids.reshape(-1, config.chunk_len)
-    real_score, fake_score = discriminator.score(real_chunks), discriminator.score(fake_chunks)
-    loss = discriminator_loss(config.loss, real_score, fake_score)
-    penalty = torch.zeros((), device=device)
-    if config.loss == "wgan-gp":
-        vocab = discriminator.config.vocab_size
-        penalty = gradient_penalty(
-            discriminator.score,
-            F.one_hot(real_chunks, vocab).float(),
-            F.one_hot(fake_chunks, vocab).float(),
-        )
-        loss = loss + config.gp_weight * penalty
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(discriminator.parameters(), config.grad_clip)
-    optimizer.step()
-    accuracy = pairwise_accuracy(real_score.detach(), fake_score.detach())
-    return {
-        "d_loss": loss.item(),
-        "d_real_score": real_score.mean().item(),
-        "d_fake_score": fake_score.mean().item(),
-        "d_accuracy": accuracy,
-        "gradient_penalty": penalty.item(),
-        "d_grad_norm": float(grad_norm),
-    }
-
-
 def pairwise_accuracy(real: torch.Tensor, fake: torch.Tensor) -> float:
     """P(score(real) > score(fake)) over all pairs (ties count half): threshold-free, so it
     means the same for every loss; 0.5 = the discriminator cannot tell them apart."""
@@ -215,37 +247,255 @@ def pairwise_accuracy(real: torch.Tensor, fake: torch.Tensor) -> float:
     return ((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()).item()
 
 
-@torch.no_grad()
-def discriminator_accuracy(discriminator, real_ids: torch.Tensor, fake_ids: torch.Tensor) -> float:
-    discriminator.eval()
-    accuracy = pairwise_accuracy(discriminator.score(real_ids), discriminator.score(fake_ids))
-    discriminator.train()
-    return accuracy
+class Critic:
+    """The discriminator with its optimizer over the trainable (not frozen) parameters."""
+
+    def __init__(self, discriminator: Discriminator, config: AdversarialConfig) -> None:
+        _freeze(discriminator, config.freeze_layers)
+        self.model, self.config = discriminator, config
+        self.trainable = [p for p in discriminator.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=config.lr_discriminator, betas=(0.5, 0.999)
+        )
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The critic as a fixed function while the generator learns from it: no gradient
+        into its parameters; afterwards only the trainable ones learn again."""
+        for parameter in self.trainable:
+            parameter.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for parameter in self.trainable:
+                parameter.requires_grad_(True)
+
+    def update(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """One step on real and generated chunks (N, c); loss, scores, accuracy, penalty."""
+        real_score, fake_score = self.model.score(real), self.model.score(fake)
+        loss = discriminator_loss(self.config.loss, real_score, fake_score)
+        penalty = torch.zeros((), device=real.device)
+        if self.config.loss == "wgan-gp":
+            vocab = self.model.config.vocab_size
+            penalty = gradient_penalty(
+                self.model.score, F.one_hot(real, vocab).float(), F.one_hot(fake, vocab).float()
+            )
+            loss = loss + self.config.gp_weight * penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
+        self.optimizer.step()
+        return {
+            "d_loss": loss.item(),
+            "d_real_score": real_score.mean().item(),
+            "d_fake_score": fake_score.mean().item(),
+            "d_accuracy": pairwise_accuracy(real_score.detach(), fake_score.detach()),
+            "gradient_penalty": penalty.item(),
+            "d_grad_norm": float(grad_norm),
+        }
+
+    @torch.no_grad()
+    def accuracy(self, real: torch.Tensor, fake: torch.Tensor, batch: int = 256) -> float:
+        self.model.eval()
+        scores = [
+            torch.cat([self.model.score(x[i : i + batch]) for i in range(0, len(x), batch)])
+            for x in (real, fake)
+        ]
+        self.model.train()
+        return pairwise_accuracy(*scores)
 
 
-def heldout_accuracy(
-    generator: TransformerXL,
-    discriminator: Discriminator,
-    heldout: RealChunks,
-    config: AdversarialConfig,
-    device: torch.device,
-    rng: torch.Generator,
-    bos: int,
-) -> float:
-    """Discriminator accuracy on fresh samples against chunks of the validation split, which
-    it never trained on (0.5 = it cannot tell them apart)."""
-    num_chunks = config.sample_len // config.chunk_len
-    prompt = torch.full((config.sample_batch, 1), bos, dtype=torch.long, device=device)
-    was_training = generator.training
-    generator.eval()  # samples without dropout, whatever mode the caller left it in
-    with torch.no_grad():
-        chunks = sample_chunks(generator, prompt, num_chunks, config.chunk_len, config.tau_end, rng)
-        fake = torch.cat([ids for _, ids in chunks], dim=1)
-    generator.train(was_training)
-    real = heldout.sample(config.sample_batch).to(device)
-    return discriminator_accuracy(
-        discriminator, real.reshape(-1, config.chunk_len), fake.reshape(-1, config.chunk_len)
-    )
+def discriminator_step(critic: Critic, sampler: Sampler, tau: float) -> dict[str, float]:
+    """One critic update: on the samples the generator's last adversarial pass drew (once),
+    else on fresh ones, against real chunks at the same positions."""
+    if sampler.last is not None:
+        fake, real = sampler.last
+        sampler.last = None
+    else:
+        fake, real = sampler.hard(sampler.config.sample_batch, tau)
+    return critic.update(real, fake)
+
+
+class HeldOut:
+    """critic_heldout real validation chunks (fixed) against as many fresh generated ones."""
+
+    def __init__(self, valid: RealChunks, config: AdversarialConfig) -> None:
+        self.samples = math.ceil(config.critic_heldout / config.num_chunks)
+        prime = config.prime_tokens
+        rows = valid.sample(self.samples)[:, prime : prime + config.sample_len]
+        self.real = rows.reshape(-1, config.chunk_len)[: config.critic_heldout]
+        self.count = config.critic_heldout
+
+    def accuracy(self, critic: Critic, sampler: Sampler, fake: torch.Tensor | None = None):
+        if fake is None:
+            fake, _ = sampler.hard(self.samples, sampler.config.tau_end)
+        return critic.accuracy(self.real.to(fake.device), fake[: self.count])
+
+
+def warm_up_critic(
+    critic: Critic, sampler: Sampler, heldout: HeldOut, config: AdversarialConfig, log_metrics
+) -> dict:
+    """Critic updates on samples of the (still fixed) generator until its held-out accuracy
+    reaches critic_warmup_target or critic_warmup_steps updates are done. The generator does
+    not move meanwhile, so its samples are drawn once, in two batches: a training pool and
+    the held-out set, each of critic_heldout chunks."""
+    pool, _ = sampler.hard(heldout.samples, config.tau_end)
+    fake, _ = sampler.hard(heldout.samples, config.tau_end)
+    before = heldout.accuracy(critic, sampler, fake)
+    history, accuracy, done = [(0, before)], before, 0
+    per_step = config.sample_batch * config.num_chunks
+    for done in range(1, config.critic_warmup_steps + 1):
+        picks = torch.randint(len(pool), (per_step,), device=pool.device)
+        metrics = critic.update(sampler.real_chunks(config.sample_batch), pool[picks])
+        if done % config.critic_eval_interval == 0 or done == config.critic_warmup_steps:
+            accuracy = heldout.accuracy(critic, sampler, fake)
+            history.append((done, accuracy))
+            if log_metrics:
+                warm = {f"warmup_{k}": v for k, v in metrics.items()}
+                log_metrics({"warmup_heldout_accuracy": accuracy, **warm}, done)
+            if accuracy >= config.critic_warmup_target:
+                break
+    log.info("critic warm-up: %d updates, held-out accuracy %.3f -> %.3f", done, before, accuracy)
+    return {
+        "steps": done,
+        "heldout_accuracy_before": before,
+        "heldout_accuracy": accuracy,
+        "heldout_windows": heldout.count,
+        "history": history,
+    }
+
+
+def _grad_norm(parameters: list[torch.Tensor]) -> float:
+    norms = [p.grad.norm() for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+class GeneratorUpdate:
+    """NLL step on real segments and, when due, the adversarial term on generated chunks."""
+
+    def __init__(self, generator: TransformerXL, config: AdversarialConfig) -> None:
+        self.generator, self.config = generator, config
+        self.parameters = list(generator.parameters())
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=config.lr_generator, betas=(0.9, 0.98), weight_decay=0.0
+        )
+        self.adv_optimizer = None
+        if config.adversarial and config.adv_optimizer == "separate":
+            self.adv_optimizer = torch.optim.Adam(
+                self.parameters, lr=config.lr_adversarial, betas=(0.5, 0.999)
+            )
+
+    def state_dict(self) -> dict:
+        return {
+            "nll": self.optimizer.state_dict(),
+            "adv": self.adv_optimizer.state_dict() if self.adv_optimizer else {},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["nll"])
+        if self.adv_optimizer:
+            self.adv_optimizer.load_state_dict(state["adv"])
+
+    def reset(self) -> None:
+        """After a rollback: moments of the abandoned weights are dropped."""
+        self.optimizer.state.clear()
+        if self.adv_optimizer:
+            self.adv_optimizer.state.clear()
+
+    def _clip_and_step(self, optimizer: torch.optim.Optimizer) -> None:
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def step(self, inputs, targets, mems, adversarial: Callable[[], dict] | None):
+        """One update; `adversarial` backpropagates adv_weight x its loss and returns its
+        diagnostics (None: an NLL-only step). Returns (mems, metrics)."""
+        self.generator.train()
+        logits, mems = self.generator(inputs, mems)
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        nll.backward()
+        metrics = {"train_nll": nll.item(), "nll_grad_norm": _grad_norm(self.parameters)}
+        if adversarial is None:
+            self._clip_and_step(self.optimizer)
+            return mems, metrics
+        if self.adv_optimizer is not None:  # the reference recipe: two optimizers
+            self._clip_and_step(self.optimizer)
+            saved = None
+        else:  # one optimizer: NLL + lambda * adversarial, clipped together
+            saved = [p.grad.clone() if p.grad is not None else None for p in self.parameters]
+            self.optimizer.zero_grad(set_to_none=True)
+        self.generator.eval()  # sampling without dropout; gradients still flow
+        metrics.update(adversarial())
+        metrics["adv_grad_norm"] = _grad_norm(self.parameters)
+        if saved is None:
+            self._clip_and_step(self.adv_optimizer)
+        else:
+            for parameter, grad in zip(self.parameters, saved, strict=True):
+                if grad is not None:
+                    parameter.grad = grad if parameter.grad is None else parameter.grad + grad
+            self._clip_and_step(self.optimizer)
+        return mems, metrics
+
+
+def adversarial_loss_backward(
+    critic: Critic, sampler: Sampler, config: AdversarialConfig, tau: float
+) -> dict[str, float]:
+    """Backpropagate adv_weight x the generator's adversarial loss chunk by chunk (each
+    chunk's graph is freed by its backward pass); return diagnostics."""
+    total, fake_scores, real_scores = 0.0, [], []
+    with critic.held():
+        for one_hot, real_chunk in sampler.differentiable(tau):
+            fake_score = critic.model.score(one_hot)
+            with torch.no_grad():
+                real_score = critic.model.score(real_chunk)
+            loss = generator_loss(config.loss, real_score, fake_score) / config.num_chunks
+            (config.adv_weight * loss).backward()
+            total += loss.item()
+            fake_scores.append(fake_score.mean().item())
+            real_scores.append(real_score.mean().item())
+    return {
+        "g_adv_loss": total,
+        "d_fake_score_g": float(np.mean(fake_scores)),
+        "d_real_score_g": float(np.mean(real_scores)),
+    }
+
+
+@dataclass
+class Guard:
+    """Validation NLL at every evaluation: keeps a candidate checkpoint each time, the best
+    weights by NLL, and rolls back (or stops) on divergence beyond `tolerance` of the best."""
+
+    initial_nll: float
+    best_nll: float
+    best_step: int = 0
+    rollbacks: int = 0
+    candidates: list[dict] = field(default_factory=list)
+
+    def keep(self, generator: TransformerXL, step: int, nll: float, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder = out_dir / CANDIDATES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{CANDIDATES_DIR}/step-{step:06d}.safetensors"
+        weights = {
+            k: v.detach().cpu().clone().contiguous() for k, v in generator.state_dict().items()
+        }
+        save_file(weights, str(out_dir / name))
+        self.candidates = [c for c in self.candidates if c["step"] != step]
+        self.candidates.append({"step": step, "valid_nll": nll, "file": name})
+        if nll < self.best_nll or step == self.best_step:
+            self.best_nll, self.best_step = nll, step
+
+    def diverged(self, nll: float, tolerance: float) -> bool:
+        return nll > self.best_nll * (1 + tolerance)
+
+    def restore_best(self, generator: TransformerXL, out_dir: Path) -> None:
+        from safetensors.torch import load_file
+
+        best = next(c for c in self.candidates if c["step"] == self.best_step)
+        generator.load_state_dict(load_file(str(out_dir / best["file"])))
+        self.rollbacks += 1
 
 
 def train_adversarial(
@@ -258,30 +508,32 @@ def train_adversarial(
     discriminator_init: Path,
     bos: int,
     out_dir: Path,
-    log_metrics: Callable[[dict[str, float], int], None] | None = None,
+    log_metrics: Metrics | None = None,
     extra_config: dict | None = None,
     fingerprint: str = "",
 ) -> AdversarialResult:
+    """Fine-tune from the pretrained weights; returns the run's record. out_dir gets
+    model.safetensors (best validation NLL), config.json, candidates/ and last/."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    generator, discriminator = TransformerXL(generator_config), Discriminator(discriminator_config)
+    generator = TransformerXL(generator_config)
     checkpoint.load_weights(generator, generator_init)
-    checkpoint.load_weights(discriminator, discriminator_init)
-    _freeze(discriminator, config.freeze_layers)
     generator.to(device)
-    discriminator.to(device)
-    g_opt = torch.optim.AdamW(
-        generator.parameters(), lr=config.lr_generator, betas=(0.9, 0.98), weight_decay=0.0
-    )
-    d_opt = torch.optim.AdamW(
-        [p for p in discriminator.parameters() if p.requires_grad],
-        lr=config.lr_discriminator,
-        betas=(0.5, 0.999),
-    )
+    discriminator = critic = sampler = heldout = None
+    update = GeneratorUpdate(generator, config)
     sample_rng = torch.Generator(device=device).manual_seed(config.seed)
-    real = RealChunks(*train_data, config.sample_len, config.seed)
+    stream = RngStream(config.seed + 3)
+    real = RealChunks(*train_data, config.prime_tokens + config.sample_len, config.seed)
+    valid_chunks = RealChunks(*valid_data, config.prime_tokens + config.sample_len, config.seed + 2)
+    if config.adversarial:
+        discriminator = Discriminator(discriminator_config)
+        checkpoint.load_weights(discriminator, discriminator_init)
+        discriminator.to(device)
+        critic = Critic(discriminator, config)
+        sampler = Sampler(generator, real, config, device, sample_rng, bos)
+        heldout = HeldOut(valid_chunks, config)
+    others = {"discriminator": discriminator} if discriminator is not None else {}
     valid_tokens = valid_data[0]
-    heldout = RealChunks(*valid_data, config.sample_len, config.seed + 2)
     batches = SegmentBatches(
         *train_data, config.batch_size, generator_config.seg_len, config.seed + 1
     )
@@ -294,160 +546,149 @@ def train_adversarial(
         **(extra_config or {}),
     }
 
-    start_step, rollbacks, mems = 0, 0, None
-    accuracy_history: list[tuple[int, float]] = []  # (step, held-out discriminator accuracy)
+    def valid_nll() -> float:
+        return evaluate_nll(generator, valid_tokens, generator_config.seg_len, device, eval_batch)
+
+    def heldout_accuracy() -> float:
+        with stream.active():
+            return heldout.accuracy(critic, sampler)
+
+    start_step, mems, warmup = 0, None, {}
+    accuracy_history: list[tuple[int, float]] = []  # (step, held-out critic accuracy)
     previous_seconds = 0.0  # training time of earlier (interrupted) sessions
-    state = checkpoint.load_training_state(generator, out_dir, {"discriminator": discriminator})
+    state = checkpoint.load_training_state(generator, out_dir, others)
     if state is not None and (state.get("fingerprint"), state.get("format")) == (
         fingerprint,
         STATE_FORMAT,
     ):
-        g_opt.load_state_dict(state["g_optimizer"])
-        d_opt.load_state_dict(state["d_optimizer"])
+        update.load_state_dict(state["g_optimizer"])
+        if critic:
+            critic.optimizer.load_state_dict(state["d_optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
+        stream.state = state["rng"]["stream"]
         sample_rng.set_state(state["rng"]["sample"])
         real.rng.bit_generator.state = state["rng"]["real"]
-        heldout.rng.bit_generator.state = state["rng"]["heldout"]
+        guard = Guard(**state["guard"])
         accuracy_history = [tuple(item) for item in state["accuracy_history"]]
+        warmup = state["warmup"]
         previous_seconds = float(state.get("train_seconds", 0.0))
-        start_step, best_nll, initial_nll, rollbacks = (
-            state["step"],
-            state["best_nll"],
-            state["initial_nll"],
-            state["rollbacks"],
-        )
+        start_step = state["step"]
         mems = [m.to(device) for m in state["mems"]] or None
         log.info("resuming adversarial training from step %d", start_step)
     else:
         if state is not None:  # other settings or an older format: start from pretrained weights
             log.warning("%s/last does not match these settings: starting afresh", out_dir)
             checkpoint.load_weights(generator, generator_init)
-            checkpoint.load_weights(discriminator, discriminator_init)
-        initial_nll = evaluate_nll(
-            generator, valid_tokens, generator_config.seg_len, device, eval_batch
-        )
-        best_nll = initial_nll
+            if discriminator is not None:
+                checkpoint.load_weights(discriminator, discriminator_init)
+        initial_nll = valid_nll()
+        guard = Guard(initial_nll, initial_nll)
+        guard.keep(generator, 0, initial_nll, out_dir)
         checkpoint.save_weights(
-            generator, saved_config, out_dir, {"best_step": 0, "valid_nll": best_nll}
+            generator, saved_config, out_dir, {"best_step": 0, "valid_nll": initial_nll}
         )
-        accuracy = heldout_accuracy(
-            generator, discriminator, heldout, config, device, sample_rng, bos
-        )
-        accuracy_history.append((0, accuracy))
+        first: dict[str, float] = {"valid_nll": initial_nll}
+        if critic:
+            with stream.active():
+                warmup = warm_up_critic(critic, sampler, heldout, config, log_metrics)
+            accuracy_history.append((0, warmup["heldout_accuracy"]))
+            first["d_heldout_accuracy"] = warmup["heldout_accuracy"]
         if log_metrics:
-            log_metrics({"valid_nll": initial_nll, "d_heldout_accuracy": accuracy}, 0)
-    final_nll = state.get("final_nll", best_nll) if start_step else best_nll
+            log_metrics(first, 0)
+    final_nll = state.get("final_nll", guard.best_nll) if start_step else guard.best_nll
     stopped, started, done = False, time.perf_counter(), start_step
     d_metrics: dict[str, float] = {}
     for step in range(start_step, config.max_steps):
         tau = temperature(step, config)
-        generator.train()
         inputs, targets, new_epoch = batches.batch(step)
         if new_epoch:
             mems = None
-        logits, mems = generator(inputs.to(device), mems)
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten())
-        g_opt.zero_grad(set_to_none=True)
-        nll.backward()
-        generator.eval()  # sampling without dropout; gradients still flow
-        g_metrics = adversarial_generator_step(
-            generator, discriminator, real, config, tau, device, sample_rng, bos
-        )
-        grad_norm = torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
-        g_opt.step()
-        for _ in range(config.critic_steps):
-            d_metrics = discriminator_step(
-                generator, discriminator, d_opt, real, config, tau, device, sample_rng, bos
-            )
+        adversarial = None
+        if critic and step % config.adv_every == 0:
+
+            def adversarial(tau=tau):
+                with stream.active():
+                    return adversarial_loss_backward(critic, sampler, config, tau)
+
+        mems, g_metrics = update.step(inputs.to(device), targets.to(device), mems, adversarial)
+        if adversarial is not None:
+            with stream.active():
+                for _ in range(config.critic_steps):
+                    d_metrics = discriminator_step(critic, sampler, tau)
         done = step + 1
         if log_metrics:
-            log_metrics(
-                {
-                    "train_nll": nll.item(),
-                    "temperature": tau,
-                    "g_grad_norm": float(grad_norm),
-                    **g_metrics,
-                    **d_metrics,
-                },
-                done,
-            )
+            log_metrics({"temperature": tau, **g_metrics, **d_metrics}, done)
         if done % config.eval_interval == 0 or done == config.max_steps:
-            final_nll = evaluate_nll(
-                generator, valid_tokens, generator_config.seg_len, device, eval_batch
-            )
+            final_nll = valid_nll()
+            entry: dict[str, float] = {"valid_nll": final_nll}
+            if critic:
+                accuracy_history.append((done, heldout_accuracy()))
+                entry["d_heldout_accuracy"] = accuracy_history[-1][1]
             log.info(
-                "step %d: valid NLL %.4f (best %.4f), tau %.3f, D acc %.2f",
-                done,
-                final_nll,
-                best_nll,
-                tau,
-                d_metrics.get("d_accuracy", float("nan")),
-            )
-            accuracy = heldout_accuracy(
-                generator, discriminator, heldout, config, device, sample_rng, bos
-            )
-            accuracy_history.append((done, accuracy))
-            if log_metrics:
-                log_metrics({"valid_nll": final_nll, "d_heldout_accuracy": accuracy}, done)
-            if final_nll < best_nll:
-                best_nll = final_nll
-                checkpoint.save_weights(
-                    generator, saved_config, out_dir, {"best_step": done, "valid_nll": final_nll}
-                )
-            elif final_nll > best_nll * (1 + config.tolerance):
+                "step %d: valid NLL %.4f (best %.4f), tau %.3f, held-out critic accuracy %s",
+                done, final_nll, guard.best_nll, tau, entry.get("d_heldout_accuracy", "-"),
+            )  # fmt: skip
+            if guard.diverged(final_nll, config.tolerance):
                 log.warning(
                     "valid NLL %.4f degraded beyond %.0f%% of best %.4f: %s",
-                    final_nll,
-                    100 * config.tolerance,
-                    best_nll,
-                    config.on_degrade,
-                )
+                    final_nll, 100 * config.tolerance, guard.best_nll, config.on_degrade,
+                )  # fmt: skip
                 if config.on_degrade == "stop":
                     stopped = True
                 else:
-                    checkpoint.load_weights(generator, out_dir)
-                    g_opt.state.clear()
-                    rollbacks += 1
+                    guard.restore_best(generator, out_dir)
+                    update.reset()
                     mems = None
-                if log_metrics:
-                    log_metrics({"rollbacks": rollbacks}, done)
+                entry["rollbacks"] = guard.rollbacks
+            else:
+                best_before = guard.best_step
+                guard.keep(generator, done, final_nll, out_dir)
+                if guard.best_step != best_before:
+                    checkpoint.save_weights(
+                        generator,
+                        saved_config,
+                        out_dir,
+                        {"best_step": done, "valid_nll": final_nll},
+                    )
+            if log_metrics:
+                log_metrics(entry, done)
         if done % config.checkpoint_interval == 0 or done == config.max_steps or stopped:
             checkpoint.save_training_state(
                 generator,
                 {
-                    "g_optimizer": g_opt.state_dict(),
-                    "d_optimizer": d_opt.state_dict(),
+                    "g_optimizer": update.state_dict(),
+                    "d_optimizer": critic.optimizer.state_dict() if critic else {},
                     "rng": {
                         "torch": torch.get_rng_state(),
+                        "stream": stream.state,
                         "sample": sample_rng.get_state(),
                         "real": real.rng.bit_generator.state,
-                        "heldout": heldout.rng.bit_generator.state,
                     },
                     "step": done,
-                    "best_nll": best_nll,
-                    "initial_nll": initial_nll,
-                    "rollbacks": rollbacks,
+                    "guard": asdict(guard),
                     "final_nll": final_nll,
                     "accuracy_history": accuracy_history,
+                    "warmup": warmup,
                     "train_seconds": previous_seconds + time.perf_counter() - started,
                     "mems": [m.cpu() for m in mems] if mems else [],
                     "fingerprint": fingerprint,
                     "format": STATE_FORMAT,
                 },
                 out_dir,
-                {"discriminator": discriminator},
+                others,
             )
         if stopped:
             break
-    accuracy = heldout_accuracy(generator, discriminator, heldout, config, device, sample_rng, bos)
     return AdversarialResult(
         steps=done,
-        initial_valid_nll=initial_nll,
-        best_valid_nll=best_nll,
+        initial_valid_nll=guard.initial_nll,
+        best_valid_nll=guard.best_nll,
         final_valid_nll=final_nll,
-        rollbacks=rollbacks,
+        rollbacks=guard.rollbacks,
         stopped_early=stopped,
         seconds=previous_seconds + time.perf_counter() - started,  # all sessions
-        discriminator_accuracy=accuracy,
+        discriminator_accuracy=accuracy_history[-1][1] if accuracy_history else None,
         accuracy_history=accuracy_history,
+        warmup=warmup,
+        candidates=sorted(guard.candidates, key=lambda c: c["step"]),
     )

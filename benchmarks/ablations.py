@@ -1,0 +1,123 @@
+"""Ablations of the adversarial stage as DVC experiments, read by the paired comparison.
+
+    python benchmarks/ablations.py queue [NAMES]  # dvc exp run --queue -n abl-... -S ... each
+    dvc queue start -j 1                          # or: ablations.py queue --start
+    python benchmarks/ablations.py table          # markdown table of gan_vs_control per run
+
+Each experiment changes only `adversarial.*` params, so DVC re-runs the adversarial stage (GAN
+arm and its control, from the same pretrained weights) and evaluate; register is a no-op
+inside an experiment (DVC_EXP_NAME is set: see tracking/registry.py), so no ablation moves the
+registry's champion. `table` reads `dvc exp show --json` (DVC 3) and prints, per experiment,
+the overrides, the GAN-vs-control difference of the strongest probe with its 95% CI and
+p-value, each arm's test NLL, and the learned probe's difference (for docs/EXPERIMENTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+# name -> overrides of params.yaml (adversarial section); the defaults are the baseline run.
+GRID: dict[str, dict[str, object]] = {
+    "abl-default": {},
+    "abl-standard": {"loss": "standard"},
+    "abl-wgan-gp": {"loss": "wgan-gp"},
+    "abl-hinge": {"loss": "hinge"},
+    "abl-frozen2": {"freeze_layers": 2},
+    "abl-weight1": {"adv_weight": 1.0},
+    "abl-lr-adv-1e-3": {"lr_adversarial": 0.001},
+    "abl-shared": {"adv_optimizer": "shared"},
+    "abl-len128": {"sample_len": 128},
+    "abl-every1": {"adv_every": 1},
+}
+
+
+def queue(names: list[str], start: bool) -> None:
+    for name in names:
+        overrides = [f"adversarial.{k}={v}" for k, v in GRID[name].items()]
+        command = ["dvc", "exp", "run", "--queue", "-n", name]
+        for override in overrides:
+            command += ["-S", override]
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    if start:
+        subprocess.run(["dvc", "queue", "start", "-j", "1"], check=True)
+
+
+def _experiments(show: list) -> list[tuple[str, dict, dict]]:
+    """(name, params, metrics) of every experiment in `dvc exp show --json` output."""
+    out = []
+
+    def visit(entry: dict, name: str | None) -> None:
+        data = entry.get("data") or {}
+        metrics = (data.get("metrics") or {}).get("metrics/evaluate.json", {}).get("data") or {}
+        params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
+        if metrics:
+            out.append((name or entry.get("name") or entry.get("rev", "?")[:7], params, metrics))
+        for experiment in entry.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                visit(rev, experiment.get("name") or rev.get("name"))
+
+    for entry in show:
+        visit(entry, entry.get("name") or entry.get("rev"))
+    return out
+
+
+def _cell(c: dict | None) -> str:
+    if not c:
+        return "n/a"
+    interval = f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+    return f"{c['difference']:+.3f} {interval}, p = {c['p_value']:.2f}"
+
+
+def table(show: list) -> str:
+    lines = [
+        "| run | overrides | GAN − control, strongest probe [95% CI] | learned probe | "
+        "test NLL GAN / control | candidate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, _, metrics in _experiments(show):
+        pair = (metrics.get("comparisons") or {}).get("gan_vs_control")
+        if pair is None:
+            continue
+        learned = pair.get("by_probe", {}).get("learned")
+        overrides = ", ".join(f"{k}={v}" for k, v in GRID.get(name, {}).items()) or "defaults"
+        nll = f"{metrics['gan']['test_nll']:.4f} / {metrics['control']['test_nll']:.4f}"
+        lines.append(
+            f"| {name} | {overrides} | {_cell(pair)} ({pair['probe']}) | {_cell(learned)} | "
+            f"{nll} | {metrics.get('candidate', '?')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("queue", help="queue the grid as DVC experiments")
+    q.add_argument("names", nargs="*", help=f"subset of: {', '.join(GRID)}")
+    q.add_argument("--start", action="store_true", help="then `dvc queue start -j 1`")
+    t = sub.add_parser("table", help="markdown table from `dvc exp show --json`")
+    t.add_argument("--json", help="read this file instead of running dvc exp show")
+    args = parser.parse_args()
+    if args.command == "queue":
+        unknown = [n for n in args.names if n not in GRID]
+        if unknown:
+            sys.exit(f"unknown ablation(s) {', '.join(unknown)}; choose from {', '.join(GRID)}")
+        queue(args.names or list(GRID), args.start)
+        return
+    if args.json:
+        with open(args.json) as handle:
+            show = json.load(handle)
+    else:
+        show = json.loads(
+            subprocess.run(
+                ["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True
+            ).stdout
+        )
+    print(table(show))
+
+
+if __name__ == "__main__":
+    main()
