@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+# `make ablations` runs .venv/bin/python without .venv/bin on PATH; DVC's queue worker and the
+# stages (`cmd: cadenza ...`) need dvc and cadenza from there.
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+DVC = "dvc"
 
 # name -> overrides of params.yaml (adversarial section); the defaults are the baseline run.
 GRID: dict[str, dict[str, object]] = {
@@ -37,13 +45,13 @@ GRID: dict[str, dict[str, object]] = {
 def queue(names: list[str], start: bool) -> None:
     for name in names:
         overrides = [f"adversarial.{k}={v}" for k, v in GRID[name].items()]
-        command = ["dvc", "exp", "run", "--queue", "-n", name]
+        command = [DVC, "exp", "run", "--queue", "-n", name]
         for override in overrides:
             command += ["-S", override]
         print(" ".join(command), flush=True)
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env=ENV)
     if start:
-        subprocess.run(["dvc", "queue", "start", "-j", "1"], check=True)
+        subprocess.run([DVC, "queue", "start", "-j", "1"], check=True, env=ENV)
 
 
 def _experiments(show: list) -> list[tuple[str, dict, dict]]:
@@ -113,7 +121,7 @@ def main() -> None:
     else:
         show = json.loads(
             subprocess.run(
-                ["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True
+                [DVC, "exp", "show", "--json"], env=ENV, check=True, capture_output=True, text=True
             ).stdout
         )
     print(table(show))
