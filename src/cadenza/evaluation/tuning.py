@@ -64,7 +64,7 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
     """Score every setting on valid windows; returns the table and the chosen setting."""
     import torch
 
-    from cadenza.evaluation.instrument import Instrument, compare
+    from cadenza.evaluation.instrument import compare
     from cadenza.generate import load_generator
     from cadenza.stages import evaluate as stage
     from cadenza.training.pretrain import resolve_device
@@ -76,19 +76,11 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
     net.to(device)
     s = evaluate_settings
     sets = {}
-    for setting in settings:
-        from cadenza.evaluation import windows
-
+    for setting in settings:  # a Setting reads like SamplingSettings for model_windows
         with torch.no_grad():
-            samples = windows.generate_samples(
-                net, context.tokenizer, context.plan, setting.temperature, setting.top_k,
-                setting.top_p, s.seed + 1, device, s.generation_batch, setting.grammar,
-            )  # fmt: skip
-        _, sets[setting.name] = stage.model_windows(context, net, s.seed + 1, samples)
+            _, sets[setting.name] = stage.model_windows(context, net, s.seed + 1, sampling=setting)
         log.info("tune-sampling: %s sampled", setting.name)
-    instrument = Instrument(context.plan, context.real_set, s.folds, s.cv_repeats, s.bootstrap,
-                            s.seed)  # fmt: skip
-    results, scores = instrument.evaluate(sets)
+    results, scores = stage.instrument_for(context).evaluate(sets)
     plain = settings[0].name
     rows = []
     for setting in settings:
