@@ -3,6 +3,7 @@
     python benchmarks/ablations.py queue [NAMES]  # dvc exp run --queue -n abl-... -S ... each
     dvc queue start -j 1                          # or: ablations.py queue --start
     python benchmarks/ablations.py table          # markdown table of gan_vs_control per run
+    python benchmarks/ablations.py table --all-commits  # ... of experiments queued from any commit
 
 Each experiment changes only `adversarial.*` params, so DVC re-runs the adversarial stage (GAN
 arm and its control, from the same pretrained weights) and evaluate; register is a no-op
@@ -37,8 +38,9 @@ GRID: dict[str, dict[str, object]] = {
     "abl-weight1": {"adv_weight": 1.0},
     "abl-lr-adv-1e-3": {"lr_adversarial": 0.001},
     "abl-shared": {"adv_optimizer": "shared"},
-    "abl-len128": {"sample_len": 128},
+    "abl-len256": {"sample_len": 256},
     "abl-every1": {"adv_every": 1},
+    "abl-critic5": {"critic_steps": 5},
 }
 
 
@@ -65,12 +67,20 @@ def _experiments(show: list) -> list[tuple[str, dict, dict]]:
         if metrics:
             out.append((name or entry.get("name") or entry.get("rev", "?")[:7], params, metrics))
         for experiment in entry.get("experiments") or []:
+            # a queued or running experiment shows its baseline's metrics: not its own row
+            if (experiment.get("executor") or {}).get("state") not in (None, "success"):
+                continue
             for rev in experiment.get("revs") or []:
                 visit(rev, experiment.get("name") or rev.get("name"))
 
     for entry in show:
         visit(entry, entry.get("name") or entry.get("rev"))
     return out
+
+
+def _experiments_only(show: list) -> list:
+    """The commits that have experiments, each commit's own row kept (its baseline)."""
+    return [entry for entry in show if entry.get("experiments")]
 
 
 def _cell(c: dict | None) -> str:
@@ -108,6 +118,11 @@ def main() -> None:
     q.add_argument("--start", action="store_true", help="then `dvc queue start -j 1`")
     t = sub.add_parser("table", help="markdown table from `dvc exp show --json`")
     t.add_argument("--json", help="read this file instead of running dvc exp show")
+    t.add_argument(
+        "--all-commits",
+        action="store_true",
+        help="experiments of every commit (queued from an older HEAD), not only HEAD's",
+    )
     args = parser.parse_args()
     if args.command == "queue":
         unknown = [n for n in args.names if n not in GRID]
@@ -119,11 +134,12 @@ def main() -> None:
         with open(args.json) as handle:
             show = json.load(handle)
     else:
+        command = [DVC, "exp", "show", "--json"] + (["--all-commits"] if args.all_commits else [])
         show = json.loads(
-            subprocess.run(
-                [DVC, "exp", "show", "--json"], env=ENV, check=True, capture_output=True, text=True
-            ).stdout
+            subprocess.run(command, env=ENV, check=True, capture_output=True, text=True).stdout
         )
+    if args.all_commits or args.json:
+        show = _experiments_only(show)
     print(table(show))
 
 

@@ -121,6 +121,11 @@ def test_changed_settings_start_afresh(token_project, tmp_path):
     clean = _project(token_project, tmp_path / "clean", max_steps=12, lr=0.001)
     pretrain_stage.run(_settings(clean).pretrain, Paths(root=clean, corpus="mine"), track=False)
     assert (clean / "models" / "generator-mle" / "model.safetensors").read_bytes() == stale
+    # Another architecture: last/'s weights do not even fit the model; they are never loaded.
+    params["pretrain"]["presets"]["tiny"]["d_ff"] = 48
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain_stage.run(_settings(root).pretrain, paths, track=False)
+    assert json.loads((root / "metrics" / "pretrain.json").read_text())["resumed_from_step"] == 0
 
 
 def test_ddp_on_cpu_with_two_gloo_processes(token_project, tmp_path):

@@ -303,3 +303,33 @@ def test_mlflow_models_serve_returns_midi(registered_project, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_champion_with_other_voice_numbering_is_not_scored_on_these_windows(
+    registered_project, monkeypatch
+):
+    """The same vocabulary with `voice_programs` flipped is another tokenizer for the gate:
+    the champion's Program tokens would mean other parts, so it is not re-scored."""
+    import mlflow
+
+    from cadenza.tokens.tokenizer import build_tokenizer, load_tokenizer, uses_voice_programs
+    from cadenza.tracking.challenge import ChallengeError, _load_champion
+
+    repo = registered_project["repo"]
+    client = _client(repo)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    current = load_tokenizer(repo / "data" / "tokens" / "tokenizer.json")
+    flipped = build_tokenizer("REMI", 8, (21, 109), 8, not uses_voice_programs(current))
+    assert flipped.vocab == current.vocab
+    monkeypatch.chdir(repo)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client.tracking_uri)
+    try:
+        assert _load_champion(NAME, champion, current) is not None  # same encoding: loads
+        with pytest.raises(ChallengeError, match="voice_programs") as error:
+            _load_champion(NAME, champion, flipped)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    assert "promote by hand" in str(error.value)

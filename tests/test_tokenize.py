@@ -101,16 +101,84 @@ def test_parallel_encoding_matches_serial(token_project, tmp_path):
         np.testing.assert_array_equal(serial[split], parallel[split])
 
 
-def test_bpe_trains_on_train_split_and_round_trips(token_project, tmp_path):
+@pytest.mark.parametrize("voices", [False, True])
+def test_bpe_trains_on_train_split_and_round_trips(token_project, tmp_path, voices):
+    """With voice_programs, BPE learns from the numbered parts (what encoding sees)."""
     import shutil
 
     shutil.copytree(token_project, tmp_path / "p", ignore=shutil.ignore_patterns("tokens"))
-    arrays = _tokenize(tmp_path / "p", 1, bpe_vocab_size=700, transpositions=[], time_stretches=[])
+    arrays = _tokenize(tmp_path / "p", 1, bpe_vocab_size=700, transpositions=[],
+                       time_stretches=[], voice_programs=voices)  # fmt: skip
     tokenizer = load_tokenizer(tmp_path / "p" / "data" / "tokens" / "tokenizer.json")
     assert tokenizer.is_trained and len(tokenizer) == 700
     assert arrays["train"].max() < 700
-    plain = build_tokenizer("REMI", 8, (21, 109), 8)
+    plain = build_tokenizer("REMI", 8, (21, 109), 8, voice_programs=voices)
     score = Score(str(next((tmp_path / "p" / "data" / "raw" / "mine").glob("bwv*.mid"))))
     bpe_ids, base_ids = score_ids(tokenizer, score), score_ids(plain, score)
     assert len(bpe_ids) < len(base_ids)
-    assert _notes(tokenizer.decode(bpe_ids)) == _notes(plain.decode(base_ids))
+    decoded = tokenizer.decode(bpe_ids)
+    assert _notes(decoded) == _notes(plain.decode(base_ids))
+    assert len({t.program for t in decoded.tracks}) == (4 if voices else 1)
+    if voices:  # merges were learned across voices: no scratch copy is left behind
+        assert not list((tmp_path / "p" / "data").rglob("000000.mid"))
+
+
+def test_voice_programs_number_chorale_parts_by_register_and_keep_every_note(chorale_dir, tmp_path):
+    """tokenize.voice_programs: the parts of a real chorale (all program 0 from music21)
+    become programs 0.. from the top voice down; the setting survives tokenizer.json; every
+    note survives; each onset lists its voices in order (the grammar's rule holds and is
+    enforced); a score with distinct programs is left alone."""
+    import torch
+
+    from cadenza.generate import decode_ids
+    from cadenza.tokens.encode import number_voices
+    from cadenza.tokens.grammar import build_grammar
+
+    built = build_tokenizer("REMI", 8, (21, 109), 8, voice_programs=True)
+    built.save(tmp_path / "tokenizer.json")
+    tokenizer = load_tokenizer(tmp_path / "tokenizer.json")
+    grammar = build_grammar(tokenizer)
+    assert grammar.programs is not None
+    assert build_grammar(build_tokenizer("REMI", 8, (21, 109), 8)).programs is None
+    for path in sorted(chorale_dir.glob("*.mid"))[:2]:
+        score = Score(str(path))
+        parts = sum(t.note_num() > 0 for t in score.tracks)
+        assert parts >= 4 and {t.program for t in score.tracks} == {0}
+        numbered = number_voices(score)
+        voiced = numbered.tracks[:parts]
+        means = [sum(n.pitch for n in t.notes) / t.note_num() for t in voiced]
+        assert [t.program for t in voiced] == list(range(parts))
+        assert means == sorted(means, reverse=True)
+        assert _notes(numbered) == _notes(score)  # the source score is untouched too
+        assert {t.program for t in score.tracks} == {0}
+        ids = score_ids(tokenizer, score)
+        decoded = tokenizer.decode(ids)
+        assert len(_notes(decoded)) == score.note_num()
+        assert {t.program for t in decoded.tracks} == set(range(parts))
+        played = decode_ids(tokenizer, ids)  # what generate, the gallery and clips write
+        assert [t.name for t in played.tracks] == [f"Voice {k + 1}" for k in range(parts)]
+        assert {t.program for t in played.tracks} == {0} and _notes(played) == _notes(decoded)
+        row = torch.tensor([ids])
+        assert int(grammar.violations(row)[0]) == 0
+        # the same onset with its voices swapped is what the grammar refuses
+        programs = [i for i, t in enumerate(ids) if tokenizer[t].startswith("Program_")]
+        first, second = programs[0], programs[1]
+        swapped = list(ids)
+        swapped[first], swapped[second] = ids[second], ids[first]
+        assert int(grammar.violations(torch.tensor([swapped]))[0]) == 1
+    # a voice whose note overruns its own next onset is cut there when decoded (legato)
+    overrun = Score(480)
+    for pitch, notes in [(72, [(0, 960), (480, 480)]), (60, [(0, 480), (480, 480)])]:
+        track = Track(f"v{pitch}", 0, False)
+        track.notes.extend(Note(time, duration, pitch + i, 80) for i, (time, duration)
+                           in enumerate(notes))  # fmt: skip
+        overrun.tracks.append(track)
+    sung = decode_ids(tokenizer, score_ids(tokenizer, overrun))
+    top = [(n.time * 480 // sung.tpq, n.duration * 480 // sung.tpq) for n in sung.tracks[0].notes]
+    assert top == [(0, 480), (480, 480)]
+    arranged = Score(480)
+    for program, pitch in [(40, 72), (0, 60)]:
+        track = Track(f"p{program}", program, False)
+        track.notes.extend(Note(i * 480, 480, pitch, 80) for i in range(4))
+        arranged.tracks.append(track)
+    assert [t.program for t in number_voices(arranged).tracks] == [40, 0]

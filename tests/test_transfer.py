@@ -169,7 +169,7 @@ def test_fine_tune_starts_from_the_base_and_lineage_chains_through_it(base_proje
 
 def test_another_tokenizer_fails_before_any_work(base_project, tmp_path):
     from cadenza.stages import pretrain as pretrain_stage
-    from cadenza.tokens.tokenizer import build_tokenizer
+    from cadenza.tokens.tokenizer import build_tokenizer, load_tokenizer, uses_voice_programs
 
     root = base_project["root"]
     paths = Paths(root=tmp_path, corpus="mine")
@@ -182,6 +182,16 @@ def test_another_tokenizer_fails_before_any_work(base_project, tmp_path):
     assert "different tokenizers" in message
     assert str(paths.base_model_dir / "tokenizer.json") in message and "REMI" in message
     assert str(paths.tokens_dir / "tokenizer.json") in message and "TSD" in message
+    assert not paths.generator_mle_dir.exists()
+    # the same vocabulary, voices numbered on one side only: Program tokens would mean parts
+    # on one side and instruments on the other
+    base_voices = uses_voice_programs(load_tokenizer(paths.base_model_dir / "tokenizer.json"))
+    build_tokenizer("REMI", 8, (21, 109), 8, voice_programs=not base_voices).save(
+        paths.tokens_dir / "tokenizer.json"
+    )
+    with pytest.raises(ValueError, match="number voices differently") as error:
+        pretrain_stage.run(_target_settings("base").pretrain, paths, track=False)
+    assert f"tokenize.voice_programs: {base_voices} in" in str(error.value)
     assert not paths.generator_mle_dir.exists()
 
 

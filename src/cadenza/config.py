@@ -119,6 +119,9 @@ class TokenizeSettings(_Section):
     pitch_range is skipped for that file)."""
     time_stretches: list[float] = [0.95, 1.05]
     """Tempo-stretch factors added for the train split."""
+    voice_programs: bool = True
+    """Number the parts of a multi-part score by register (program 0 = top voice) where they
+    share one program, so each note's Program token names its voice."""
     num_workers: int = Field(0, ge=0)
     """Processes for encoding; 0 uses every core."""
 

@@ -60,6 +60,36 @@ def clean_ids(tokenizer, ids: list[int]) -> list[int]:
     return [i for i in ids if i not in specials]
 
 
+def decode_ids(tokenizer, ids: list[int]):
+    """Clean token ids decoded to a Score. With numbered voices (tokenize.voice_programs)
+    each voice stays its own track, named "Voice k" (1 = top), and plays program 0 again:
+    the voice number is for the model, not a choice of instrument, so a rendered sample
+    sounds like the corpus it was numbered from."""
+    from cadenza.tokens.tokenizer import uses_voice_programs
+
+    score = tokenizer.decode(ids)
+    if uses_voice_programs(tokenizer):
+        for track in score.tracks:
+            if not track.is_drum:
+                track.name = f"Voice {track.program + 1}"
+                track.program = 0
+                _one_note_at_a_time(track)
+    return score
+
+
+def _one_note_at_a_time(track) -> None:
+    """A voice sings one note at a time: a note still sounding when the same voice's next
+    onset comes is cut there (legato). Real chorale parts never need it; a generator's
+    Duration token can overrun its voice's next note, which would read as an extra voice."""
+    notes = sorted(track.notes, key=lambda n: n.time)
+    onsets = sorted({n.time for n in notes})
+    following = {t: nxt for t, nxt in zip(onsets, onsets[1:], strict=False)}
+    for note in notes:
+        nxt = following.get(note.time)
+        if nxt is not None and note.time + note.duration > nxt:
+            note.duration = nxt - note.time
+
+
 def sample_score(
     net,
     tokenizer,
@@ -84,7 +114,7 @@ def sample_score(
         grammar=build_grammar(tokenizer) if grammar else None,
     )  # fmt: skip
     ids = clean_ids(tokenizer, sequence[0, 1:].tolist())
-    return tokenizer.decode(ids), ids
+    return decode_ids(tokenizer, ids), ids
 
 
 def generate_midi(

@@ -110,9 +110,9 @@ def window_features(score) -> np.ndarray:
 
 def decode_window(tokenizer, ids: np.ndarray):
     """A window of token ids decoded to a Score (special tokens dropped)."""
-    from cadenza.generate import clean_ids
+    from cadenza.generate import clean_ids, decode_ids
 
-    return tokenizer.decode(clean_ids(tokenizer, [int(i) for i in ids]))
+    return decode_ids(tokenizer, clean_ids(tokenizer, [int(i) for i in ids]))
 
 
 def features_of_windows(tokenizer, windows: np.ndarray) -> np.ndarray:

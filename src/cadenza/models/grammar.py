@@ -7,7 +7,10 @@ onset). The grammar masks such tokens before temperature / top-k / top-p, so the
 probabilities are renormalised over the tokens that can follow. It is a finite-state machine
 over token *kinds* (the kind of the last token decides which kinds may come next) plus one
 counter per row (the last position in the current bar: positions must increase until the
-next bar). `cadenza.tokens.grammar` builds it from a tokenizer's vocabulary.
+next bar). With numbered voices (`tokenize.voice_programs`) a second counter keeps the voices
+of one onset in order: a Program may not be lower than the one before it at the same
+Position (top voice first, so no voice is written twice over at one onset).
+`cadenza.tokens.grammar` builds it from a tokenizer's vocabulary.
 """
 
 from __future__ import annotations
@@ -25,16 +28,26 @@ KINDS = 9
 class GrammarState:
     last_kind: torch.Tensor  # (B,) kind of each row's last token
     last_position: torch.Tensor  # (B,) last Position value in the current bar, -1 after a bar
+    last_program: torch.Tensor  # (B,) last Program at the current Position, -1 after one
 
 
 class TokenGrammar:
     """kinds: (V,) kind of every token id; positions: (V,) the value of Position tokens (-1
     elsewhere); follows: (KINDS, KINDS) bool, follows[a, b] = a token of kind b may follow
-    one of kind a."""
+    one of kind a; programs: (V,) the value of Program tokens (-1 elsewhere) when the voices
+    of an onset must come in program order, else None."""
 
-    def __init__(self, kinds: torch.Tensor, positions: torch.Tensor, follows: torch.Tensor):
+    def __init__(
+        self,
+        kinds: torch.Tensor,
+        positions: torch.Tensor,
+        follows: torch.Tensor,
+        programs: torch.Tensor | None = None,
+    ):
         self.kinds = kinds.long()
         self.positions = positions.long()
+        self.programs = programs.long() if programs is not None else None
+        self.is_program = self.kinds == PROGRAM
         # allowed[a] = (V,) mask of the ids allowed after a token of kind a
         self.allowed = follows[:, self.kinds]
         self.is_position = self.kinds == POSITION
@@ -42,6 +55,9 @@ class TokenGrammar:
     def to(self, device) -> TokenGrammar:
         self.kinds, self.positions = self.kinds.to(device), self.positions.to(device)
         self.allowed, self.is_position = self.allowed.to(device), self.is_position.to(device)
+        self.is_program = self.is_program.to(device)
+        if self.programs is not None:
+            self.programs = self.programs.to(device)
         return self
 
     def start(self, prompt: torch.Tensor) -> GrammarState:
@@ -49,6 +65,7 @@ class TokenGrammar:
         batch = prompt.shape[0]
         state = GrammarState(
             torch.full((batch,), START, dtype=torch.long, device=prompt.device),
+            torch.full((batch,), -1, dtype=torch.long, device=prompt.device),
             torch.full((batch,), -1, dtype=torch.long, device=prompt.device),
         )
         for column in prompt.T:
@@ -59,7 +76,11 @@ class TokenGrammar:
         """(B, V) True where a token may come next."""
         allowed = self.allowed[state.last_kind]
         later = self.positions[None, :] > state.last_position[:, None]
-        return allowed & (~self.is_position[None, :] | later)
+        allowed = allowed & (~self.is_position[None, :] | later)
+        if self.programs is not None:
+            in_order = self.programs[None, :] >= state.last_program[:, None]
+            allowed = allowed & (~self.is_program[None, :] | in_order)
+        return allowed
 
     def constrain(self, logits: torch.Tensor, state: GrammarState) -> torch.Tensor:
         return logits.masked_fill(~self.mask(state), float("-inf"))
@@ -74,6 +95,13 @@ class TokenGrammar:
             torch.full_like(state.last_position, -1),
             torch.where(kind == POSITION, self.positions[tokens], state.last_position),
         )
+        if self.programs is not None:
+            new_onset = (kind == BAR) | (kind == POSITION)
+            state.last_program = torch.where(
+                new_onset,
+                torch.full_like(state.last_program, -1),
+                torch.where(kind == PROGRAM, self.programs[tokens], state.last_program),
+            )
 
     def violations(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B,) how many tokens of each row (B, T) the grammar would not have allowed."""

@@ -42,7 +42,7 @@ PLAIN = "mle_plain"  # the MLE generator sampled at temperature 1, no top-k / to
 def real_pieces(tokenizer, tokens, offsets, count: int, length: int) -> list:
     """count real pieces of length tokens, decoded: the opening of each test document first,
     then (for small test splits) later windows of the documents, round by round."""
-    from cadenza.generate import clean_ids
+    from cadenza.generate import clean_ids, decode_ids
 
     pieces = []
     documents = list(zip(offsets[:-1], offsets[1:], strict=True))
@@ -55,7 +55,7 @@ def real_pieces(tokenizer, tokens, offsets, count: int, length: int) -> list:
                 tokenizer, np.asarray(tokens[begin : min(end, begin + length)]).tolist()
             )
             if ids:
-                pieces.append(tokenizer.decode(ids))
+                pieces.append(decode_ids(tokenizer, ids))
             if len(pieces) == count:
                 return pieces
     return pieces
@@ -194,7 +194,7 @@ def run(
     from cadenza.audio import AudioSpec
     from cadenza.evaluation import gallery, music_stats, report
     from cadenza.evaluation.instrument import compare
-    from cadenza.generate import clean_ids, load_generator
+    from cadenza.generate import clean_ids, decode_ids, load_generator
     from cadenza.tokens.stage import load_split
     from cadenza.training.pretrain import resolve_device
 
@@ -254,7 +254,7 @@ def run(
         with torch.no_grad():
             samples[name], sets[name] = model_windows(context, net, seed)
         openings = samples[name][: settings.num_pieces, : settings.piece_len]
-        scores = [tokenizer.decode(clean_ids(tokenizer, row.tolist())) for row in openings]
+        scores = [decode_ids(tokenizer, clean_ids(tokenizer, row.tolist())) for row in openings]
         metrics[name] = {"test_nll": nll, **_set_statistics(real_stats, scores, name)}
         gallery_scores[name] = scores[: settings.gallery_size]
         log.info("evaluate %s: test NLL %.4f", name, nll)

@@ -29,6 +29,12 @@ def _vocabulary(path: Path) -> dict[str, int]:
     return dict(load_tokenizer(path).vocab)
 
 
+def _voice_programs(path: Path) -> bool:
+    from cadenza.tokens.tokenizer import load_tokenizer, uses_voice_programs
+
+    return uses_voice_programs(load_tokenizer(path))
+
+
 def describe_tokenizer(path: Path) -> str:
     """'REMI, 530 tokens, vocabulary sha256 1a2b3c4d5e6f' for error messages."""
     raw = json.loads(path.read_text())
@@ -45,6 +51,15 @@ def check_tokenizers(base_tokenizer: Path, target_tokenizer: Path) -> None:
             "is unknown; re-run the base pipeline (dvc repro base/dvc.yaml)"
         )
     base_vocab, target_vocab = _vocabulary(base_tokenizer), _vocabulary(target_tokenizer)
+    voices = [_voice_programs(p) for p in (base_tokenizer, target_tokenizer)]
+    if base_vocab == target_vocab and voices[0] != voices[1]:
+        raise ValueError(
+            "pretrain.init = base: the base model and this corpus number voices differently "
+            f"(tokenize.voice_programs: {voices[0]} in {base_tokenizer}, {voices[1]} in "
+            f"{target_tokenizer}): the same Program token would mean another part. Set "
+            "tokenize.voice_programs equal in params.yaml and base/params.yaml and re-run "
+            "tokenize, or retrain the base."
+        )
     if base_vocab == target_vocab:
         return
     only_base = sorted(set(base_vocab) - set(target_vocab))[:3]
@@ -59,8 +74,8 @@ def check_tokenizers(base_tokenizer: Path, target_tokenizer: Path) -> None:
         f"  only in base: {only_base or '-'}; only in target: {only_target or '-'}; "
         f"same token, other id: {moved[:3] or '-'}\n"
         "Set the tokenize section of params.yaml equal to base/params.yaml's (tokenizer, "
-        "num_velocities, pitch_range, beat_resolution, bpe_vocab_size) and re-run tokenize, "
-        "or retrain the base with the target's settings."
+        "num_velocities, pitch_range, beat_resolution, bpe_vocab_size, voice_programs) and "
+        "re-run tokenize, or retrain the base with the target's settings."
     )
 
 

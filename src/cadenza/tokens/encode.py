@@ -39,8 +39,31 @@ def init_worker(tokenizer_path: str) -> None:
     _TOKENIZER = load_tokenizer(Path(tokenizer_path))
 
 
+def number_voices(score):
+    """The score with its parts numbered by register: when two or more pitched parts share
+    one program (music21 writes every chorale part as program 0), part k from the top (by
+    mean pitch) gets program k, and the parts are reordered so. Every note's Program token
+    then names its voice, and the notes of one onset come top voice first. A score whose
+    parts already have distinct programs (a real arrangement) is returned unchanged."""
+    pitched = [t for t in score.tracks if not t.is_drum and t.note_num() > 0]
+    if len(pitched) < 2 or len({t.program for t in pitched}) > 1:
+        return score
+    numbered = score.copy()
+    tracks = [t for t in numbered.tracks if not t.is_drum and t.note_num() > 0]
+    others = [t for t in numbered.tracks if t.is_drum or t.note_num() == 0]
+    tracks.sort(key=lambda t: -sum(n.pitch for n in t.notes) / t.note_num())
+    for rank, track in enumerate(tracks):
+        track.program = min(rank, 127)
+    numbered.tracks = tracks + others
+    return numbered
+
+
 def score_ids(tokenizer, score) -> list[int]:
     """Token ids of a score as one stream (BPE applied when the tokenizer is trained)."""
+    from cadenza.tokens.tokenizer import uses_voice_programs
+
+    if uses_voice_programs(tokenizer):
+        score = number_voices(score)
     sequence = tokenizer.encode(score)
     if isinstance(sequence, list):  # a tokenizer configured per track: should not happen
         raise AssertionError("expected one token stream for all programs")

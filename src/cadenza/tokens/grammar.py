@@ -1,7 +1,8 @@
 """The token grammar of a tokenizer's vocabulary, for constrained sampling.
 
 Only REMI without BPE has one here (its kinds: Bar, TimeSig, Position, Program, Pitch,
-Velocity, Duration, plus special tokens); any other tokenization, a BPE-trained vocabulary or
+Velocity, Duration, plus special tokens; with numbered voices, the Programs of an onset in
+order); any other tokenization, a BPE-trained vocabulary or
 a token kind this module does not know gives None, and sampling is then unconstrained.
 `tests/test_sampling.py` checks that every real sequence of the corpus obeys it.
 """
@@ -22,6 +23,7 @@ def build_grammar(tokenizer):
     import torch
 
     from cadenza.models import grammar as g
+    from cadenza.tokens.tokenizer import uses_voice_programs
 
     name = type(tokenizer).__name__
     if name != "REMI":
@@ -34,6 +36,7 @@ def build_grammar(tokenizer):
     size = max(vocab.values()) + 1
     kinds = torch.full((size,), g.OTHER, dtype=torch.long)
     positions = torch.full((size,), -1, dtype=torch.long)
+    programs = torch.full((size,), -1, dtype=torch.long)
     for token, index in vocab.items():
         prefix, _, value = token.partition("_")
         if prefix in SPECIAL:
@@ -44,6 +47,8 @@ def build_grammar(tokenizer):
         kinds[index] = getattr(g, KIND_NAMES[prefix])
         if prefix == "Position":
             positions[index] = int(value)
+        if prefix == "Program":
+            programs[index] = int(value)
     present = set(kinds.tolist())
     note_start = g.PROGRAM if g.PROGRAM in present else g.PITCH
     after_pitch = g.VELOCITY if g.VELOCITY in present else g.DURATION
@@ -62,4 +67,7 @@ def build_grammar(tokenizer):
         follows[kind, allowed] = True
     follows[g.OTHER, :] = True
     follows[:, g.OTHER] = True  # special tokens (EOS ends a piece) are the caller's to mask
-    return g.TokenGrammar(kinds, positions, follows)
+    # Numbered voices come top voice first at each onset (tokens.encode.number_voices); other
+    # multi-program streams keep their file's track order, which the grammar cannot know.
+    ordered = programs if uses_voice_programs(tokenizer) else None
+    return g.TokenGrammar(kinds, positions, follows, ordered)

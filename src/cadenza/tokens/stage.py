@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -117,6 +118,23 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
     return SplitSummary(total, len(lengths), notes, skipped, errors)
 
 
+def _bpe_training_files(train: list[str], settings: TokenizeSettings, scratch: Path) -> list[Path]:
+    """The files BPE learns from: the train files, or with voice_programs their numbered
+    copies in scratch (miditok reads the files itself, so it must see what encoding sees)."""
+    if not settings.voice_programs:
+        return [Path(p) for p in train]
+    from symusic import Score
+
+    from cadenza.tokens.encode import number_voices
+
+    copies = []
+    for i, path in enumerate(train):
+        copy = scratch / f"{i:06d}.mid"
+        number_voices(Score(path)).dump_midi(str(copy))
+        copies.append(copy)
+    return copies
+
+
 def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
     started = time.perf_counter()
     if not paths.splits_path.is_file():
@@ -138,6 +156,7 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
         settings.num_velocities,
         tuple(settings.pitch_range),
         settings.beat_resolution,
+        settings.voice_programs,
     )
     if settings.bpe_vocab_size:
         log.info(
@@ -145,11 +164,12 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
             settings.bpe_vocab_size,
             len(files["train"]),
         )
-        tokenizer.train(
-            vocab_size=settings.bpe_vocab_size,
-            model="BPE",
-            files_paths=[Path(p) for p in files["train"]],
-        )
+        with tempfile.TemporaryDirectory(dir=staging) as numbered:
+            tokenizer.train(
+                vocab_size=settings.bpe_vocab_size,
+                model="BPE",
+                files_paths=_bpe_training_files(files["train"], settings, Path(numbered)),
+            )
     tokenizer_path = staging / "tokenizer.json"
     tokenizer.save(tokenizer_path)
     dtype = token_dtype(len(tokenizer))

@@ -8,6 +8,7 @@ TOKENIZERS = ("REMI", "TSD", "MIDILike", "Structured")
 # miditok's default range rewrites x/2 meters (e.g. 3/2, common in chorales); cover them.
 TIME_SIGNATURE_RANGE = {8: [3, 12, 6], 4: [5, 6, 3, 2, 1, 4], 2: [1, 2, 3, 4]}
 SPECIAL_TOKENS = ["PAD", "BOS", "EOS", "MASK"]
+VOICE_PROGRAMS = "cadenza_voice_programs"  # key in the tokenizer config's additional params
 
 
 def build_tokenizer(
@@ -15,8 +16,13 @@ def build_tokenizer(
     num_velocities: int,
     pitch_range: tuple[int, int],
     beat_resolution: int,
+    voice_programs: bool = False,
 ):
-    """A fresh (untrained) tokenizer with every part in one token stream."""
+    """A fresh (untrained) tokenizer with every part in one token stream.
+
+    voice_programs: number the parts of a score by register before encoding (see
+    `cadenza.tokens.encode.number_voices`); saved in tokenizer.json, so every later encoding
+    with this tokenizer (prompts in generate and serving included) does the same."""
     import miditok
 
     if name not in TOKENIZERS:
@@ -33,6 +39,7 @@ def build_tokenizer(
         # Structured has no time-signature tokens.
         use_time_signatures=name != "Structured",
         time_signature_range=TIME_SIGNATURE_RANGE,
+        **{VOICE_PROGRAMS: True} if voice_programs else {},
     )
     return getattr(miditok, name)(config)
 
@@ -53,3 +60,7 @@ def load_tokenizer(path: Path):
 
 def special_ids(tokenizer) -> dict[str, int]:
     return {name: tokenizer[f"{name}_None"] for name in SPECIAL_TOKENS}
+
+
+def uses_voice_programs(tokenizer) -> bool:
+    return bool(getattr(tokenizer.config, "additional_params", {}).get(VOICE_PROGRAMS, False))

@@ -120,11 +120,18 @@ def _load_champion(model_name: str, champion, tokenizer):
 
     workdir = Path(tempfile.mkdtemp(prefix="cadenza-champion-"))
     folder = resolve_model_dir(f"models:/{model_name}/{champion.version}", workdir)
+    from cadenza.tokens.tokenizer import uses_voice_programs
+
     net, champion_tokenizer = load_generator(folder)
-    if champion_tokenizer.vocab != tokenizer.vocab:
+    then, now = uses_voice_programs(champion_tokenizer), uses_voice_programs(tokenizer)
+    if champion_tokenizer.vocab != tokenizer.vocab or then != now:
+        what = (
+            f"{len(champion_tokenizer.vocab)} tokens vs {len(tokenizer.vocab)} now"
+            if champion_tokenizer.vocab != tokenizer.vocab
+            else f"tokenize.voice_programs {then} vs {now} now: the same tokens, other parts"
+        )
         raise ChallengeError(
-            f"{model_name} version {champion.version} uses another tokenizer "
-            f"({len(champion_tokenizer.vocab)} tokens vs {len(tokenizer.vocab)} now): its "
+            f"{model_name} version {champion.version} uses another tokenizer ({what}): its "
             "samples cannot be read on the current windows; compare by listening and promote "
             "by hand (`cadenza registry promote N --force`)"
         )

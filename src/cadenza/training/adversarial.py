@@ -556,11 +556,15 @@ def train_adversarial(
     start_step, mems, warmup = 0, None, {}
     accuracy_history: list[tuple[int, float]] = []  # (step, held-out critic accuracy)
     previous_seconds = 0.0  # training time of earlier (interrupted) sessions
-    state = checkpoint.load_training_state(generator, out_dir, others)
-    if state is not None and (state.get("fingerprint"), state.get("format")) == (
-        fingerprint,
-        STATE_FORMAT,
-    ):
+    state = checkpoint.load_training_state(
+        generator,
+        out_dir,
+        others,
+        matches=lambda saved: (
+            (saved.get("fingerprint"), saved.get("format")) == (fingerprint, STATE_FORMAT)
+        ),
+    )
+    if state is not None:
         update.load_state_dict(state["g_optimizer"])
         if critic:
             critic.optimizer.load_state_dict(state["d_optimizer"])
@@ -575,12 +579,7 @@ def train_adversarial(
         start_step = state["step"]
         mems = [m.to(device) for m in state["mems"]] or None
         log.info("resuming adversarial training from step %d", start_step)
-    else:
-        if state is not None:  # other settings or an older format: start from pretrained weights
-            log.warning("%s/last does not match these settings: starting afresh", out_dir)
-            checkpoint.load_weights(generator, generator_init)
-            if discriminator is not None:
-                checkpoint.load_weights(discriminator, discriminator_init)
+    else:  # nothing saved, or other settings / an older format: the pretrained weights
         initial_nll = valid_nll()
         guard = Guard(initial_nll, initial_nll)
         guard.keep(generator, 0, initial_nll, out_dir)

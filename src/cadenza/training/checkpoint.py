@@ -12,12 +12,15 @@ tensors and plain containers and is loaded with weights_only=True.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -85,15 +88,23 @@ def save_training_state(
 
 
 def load_training_state(
-    model: torch.nn.Module, folder: Path, others: dict[str, torch.nn.Module] | None = None
+    model: torch.nn.Module,
+    folder: Path,
+    others: dict[str, torch.nn.Module] | None = None,
+    matches=None,
 ) -> dict | None:
     """Restore the latest weights; return the state dict, or None when there is none.
 
-    The state is read first, so weights are only touched when a complete state exists."""
+    The state is read first, so weights are only touched when a complete state exists and
+    `matches(state)` (when given) accepts it: a last/ left by other settings (another
+    architecture, other data) is ignored, never half-loaded."""
     last = folder / "last"
     if not (last / STATE).is_file():
         return None
     state = torch.load(last / STATE, map_location="cpu", weights_only=True)
+    if matches is not None and not matches(state):
+        log.warning("%s was saved with other settings or data: starting afresh", last)
+        return None
     model.load_state_dict(load_file(str(last / WEIGHTS)))
     for name, other in (others or {}).items():
         other.load_state_dict(load_file(str(last / f"{name}.safetensors")))

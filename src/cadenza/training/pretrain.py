@@ -192,14 +192,9 @@ def train(
     model = TransformerXL(model_config)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    state = checkpoint.load_training_state(model, out_dir)
-    if state is not None and state.get("fingerprint", "") != fingerprint:
-        log.warning("%s/last was trained with other settings or data: starting afresh", out_dir)
-        state = None
-        torch.manual_seed(config.seed + dist.rank)  # the same initial weights as a clean run
-        model = TransformerXL(model_config)
-        optimizer = build_optimizer(model, config)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    state = checkpoint.load_training_state(
+        model, out_dir, matches=lambda saved: saved.get("fingerprint", "") == fingerprint
+    )
     if state is None and dist.is_main:  # a fresh run: best weights of another run are stale
         for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
             (out_dir / name).unlink(missing_ok=True)
