@@ -122,11 +122,26 @@ class TokenizeSettings(_Section):
     voice_programs: bool = True
     """Number the parts of a multi-part score by register (program 0 = top voice) where they
     share one program, so each note's Program token names its voice."""
+    key_normalize: bool = False
+    """Move every piece into C major / A minor before encoding (train, valid and test); the
+    model learns key-relative music, samples are placed in keys drawn from the train split's
+    and real windows moved back to their own keys for evaluation (cadenza.tokens.keys)."""
     num_workers: int = Field(0, ge=0)
     """Processes for encoding; 0 uses every core."""
 
     @model_validator(mode="after")
     def _check(self) -> TokenizeSettings:
+        if self.key_normalize and self.transpositions:
+            raise ValueError(
+                f"key_normalize: true with transpositions {self.transpositions}: transposing "
+                "normalized pieces undoes the normalization; set transpositions: [] (the key "
+                "is drawn at generation instead)"
+            )
+        if self.key_normalize and self.bpe_vocab_size:
+            raise ValueError(
+                "key_normalize: true needs bpe_vocab_size: 0 (keys are placed by moving Pitch "
+                "tokens, which BPE merges hide)"
+            )
         low, high = self.pitch_range
         if not 0 <= low < high <= 128:
             raise ValueError(

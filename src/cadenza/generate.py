@@ -42,13 +42,15 @@ def load_generator(folder: Path):
     return model.eval(), load_tokenizer(folder / "tokenizer.json")
 
 
-def primer_ids(tokenizer, primer: Path, num_tokens: int) -> list[int]:
-    """The opening num_tokens tokens of a MIDI file."""
+def primer_ids(tokenizer, primer: Path, num_tokens: int) -> tuple[list[int], int]:
+    """(the opening num_tokens tokens of a MIDI file, the semitones it was key-normalized
+    by: 0 unless the tokenizer normalizes keys)."""
     from symusic import Score
 
-    from cadenza.tokens.encode import score_ids
+    from cadenza.tokens.encode import normalized_ids
 
-    return score_ids(tokenizer, Score(str(primer)))[:num_tokens]
+    ids, shift = normalized_ids(tokenizer, Score(str(primer)))
+    return ids[:num_tokens], shift
 
 
 def clean_ids(tokenizer, ids: list[int]) -> list[int]:
@@ -100,12 +102,17 @@ def sample_score(
     seed: int = 0,
     prompt: list[int] | None = None,
     grammar: bool = False,
+    key_shift: int | None = None,
 ):
     """(Score, generated ids) continuing [BOS] + prompt by num_tokens sampled tokens; with
-    grammar, only tokens the tokenizer's grammar allows (cadenza.tokens.grammar)."""
+    grammar, only tokens the tokenizer's grammar allows (cadenza.tokens.grammar). A
+    key-normalized model's output is moved back by key_shift (what its prompt was normalized
+    by), or with None into a key drawn (by seed) from its train split's keys."""
+    import numpy as np
     import torch
 
     from cadenza.tokens.grammar import build_grammar
+    from cadenza.tokens.keys import draw_shifts, place, uses_key_normalize
 
     prompt_ids = [tokenizer["BOS_None"], *(prompt or [])]
     generator = torch.Generator().manual_seed(seed)
@@ -114,6 +121,9 @@ def sample_score(
         grammar=build_grammar(tokenizer) if grammar else None,
     )  # fmt: skip
     ids = clean_ids(tokenizer, sequence[0, 1:].tolist())
+    if uses_key_normalize(tokenizer) and ids:
+        shift = int(draw_shifts(tokenizer, 1, seed)[0]) if key_shift is None else key_shift
+        ids = place(tokenizer, np.asarray([ids]), np.array([-shift]))[0].tolist()
     return decode_ids(tokenizer, ids), ids
 
 
@@ -146,9 +156,9 @@ def generate_midi(
     top_k = defaults["top_k"] if top_k is None else top_k
     top_p = defaults["top_p"] if top_p is None else top_p
     grammar = bool(defaults["grammar"]) if grammar is None else grammar
-    prompt = primer_ids(tokenizer, primer, primer_tokens) if primer else []
+    prompt, shift = primer_ids(tokenizer, primer, primer_tokens) if primer else ([], None)
     score, ids = sample_score(
-        net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt, grammar
+        net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt, grammar, shift
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     score.dump_midi(str(out_path))

@@ -94,7 +94,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         from symusic import Score
 
         from cadenza.generate import sample_score
-        from cadenza.tokens.encode import score_ids
+        from cadenza.tokens.encode import normalized_ids
 
         num_tokens = _field(row, "num_tokens", 256, int)
         defaults = getattr(self, "sampling", PLAIN_SAMPLING)
@@ -111,16 +111,18 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         if not 0 < top_p <= 1:
             raise RequestError(f"top_p: {top_p} must be in (0, 1]")
         prompt: list[int] = []
+        shift = None  # a key-normalized model without primer: a key drawn by seed
         primer = row.get("primer")
         if isinstance(primer, str) and primer:
             try:
                 data = base64.b64decode(primer, validate=True)
-                prompt = score_ids(self.tokenizer, Score.from_midi(data))[:MAX_TOKENS]
+                prompt, shift = normalized_ids(self.tokenizer, Score.from_midi(data))
+                prompt = prompt[:MAX_TOKENS]
             except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
                 raise RequestError(f"primer: not a base64 MIDI file ({exc})") from None
         score, ids = sample_score(
             self.net, self.tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt,
-            bool(defaults["grammar"]),
+            bool(defaults["grammar"]), shift,
         )  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sample.mid"

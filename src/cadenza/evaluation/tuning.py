@@ -72,13 +72,15 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
     started = time.perf_counter()
     device = resolve_device(evaluate_settings.device)
     context = stage.prepare(evaluate_settings, paths, device, split="valid")
-    net, _ = load_generator(model_dir)
+    net, tokenizer = load_generator(model_dir)
     net.to(device)
     s = evaluate_settings
     sets = {}
     for setting in settings:  # a Setting reads like SamplingSettings for model_windows
         with torch.no_grad():
-            _, sets[setting.name] = stage.model_windows(context, net, s.seed + 1, sampling=setting)
+            _, sets[setting.name] = stage.model_windows(
+                context, net, s.seed + 1, sampling=setting, tokenizer=tokenizer
+            )
         log.info("tune-sampling: %s sampled", setting.name)
     results, scores = stage.instrument_for(context).evaluate(sets)
     plain = settings[0].name
@@ -161,7 +163,9 @@ def compare_generators(
         net.to(device)
         nll[name] = stage.test_nll(net, paths, device)
         with torch.no_grad():
-            _, sets[name] = stage.model_windows(context, net, evaluate_settings.seed + 1)
+            _, sets[name] = stage.model_windows(
+                context, net, evaluate_settings.seed + 1, tokenizer=tokenizer
+            )
     results, scores = stage.instrument_for(context).evaluate(sets)
     a, b = folders
     return {

@@ -187,7 +187,12 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
     from cadenza.evaluation import windows
     from cadenza.evaluation.probes import cross_validated
     from cadenza.generate import load_generator
-    from cadenza.stages.evaluate import features_of, prepare_encoder
+    from cadenza.stages.evaluate import (
+        features_of,
+        place_samples,
+        prepare_encoder,
+        real_in_own_keys,
+    )  # fmt: skip
     from cadenza.tokens.stage import load_split
     from cadenza.training.pretrain import resolve_device
 
@@ -201,6 +206,7 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
     plan, tokenizer = context.plan, context.tokenizer
     docs = windows.documents(*load_split(paths.tokens_dir, "valid"), tokenizer["BOS_None"])
     real = windows.real_windows(docs, plan, tokenizer["EOS_None"], settings.seed)
+    real.tokens = real_in_own_keys(paths, ["valid"], tokenizer, real)  # as the evaluation
     real_features, _ = features_of(context, real.tokens)
     real_groups = real.documents.reshape(-1)
     fake_groups = np.repeat(np.arange(plan.num_samples), plan.num_bins)
@@ -225,6 +231,7 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
                         sampling.top_p, settings.seed + 1, device, evaluate.generation_batch,
                         sampling.grammar,
                     )  # fmt: skip
+                samples = place_samples(tokenizer, samples, settings.seed + 1)
                 fake_features, _ = features_of(context, windows.cut(samples, plan))
                 probes = {}
                 for probe in SELECTION_PROBES:

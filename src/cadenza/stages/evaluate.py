@@ -39,21 +39,24 @@ PROBES = ("learned", "music", "combined")
 PLAIN = "mle_plain"  # the MLE generator sampled at temperature 1, no top-k / top-p
 
 
-def real_pieces(tokenizer, tokens, offsets, count: int, length: int) -> list:
+def real_pieces(tokenizer, tokens, offsets, count: int, length: int, key_shifts=None) -> list:
     """count real pieces of length tokens, decoded: the opening of each test document first,
-    then (for small test splits) later windows of the documents, round by round."""
+    then (for small test splits) later windows of the documents, round by round. key_shifts:
+    (documents,) semitones each document was key-normalized by, moved back before decoding."""
     from cadenza.generate import clean_ids, decode_ids
+    from cadenza.tokens.keys import place
 
     pieces = []
     documents = list(zip(offsets[:-1], offsets[1:], strict=True))
     for round_index in range(max(1, int(max(offsets[1:] - offsets[:-1], default=0)) // length)):
-        for start, end in documents:
+        for doc, (start, end) in enumerate(documents):
             begin = start + round_index * length
             if begin >= end - 1:
                 continue
-            ids = clean_ids(
-                tokenizer, np.asarray(tokens[begin : min(end, begin + length)]).tolist()
-            )
+            window = np.asarray(tokens[begin : min(end, begin + length)], dtype=np.int64)
+            if key_shifts is not None:
+                window = place(tokenizer, window[None], -key_shifts[doc : doc + 1])[0]
+            ids = clean_ids(tokenizer, window.tolist())
             if ids:
                 pieces.append(decode_ids(tokenizer, ids))
             if len(pieces) == count:
@@ -130,9 +133,32 @@ def prepare(settings: EvaluateSettings, paths: Paths, device, split: str = "test
         docs += windows.documents(*load_split(paths.tokens_dir, "valid"), bos)
         context.splits.append("valid")
     context.real = windows.real_windows(docs, plan, eos, settings.seed)
+    context.real.tokens = real_in_own_keys(paths, context.splits, tokenizer, context.real)
     features, music = features_of(context, context.real.tokens)
     context.real_set = window_set(plan, features, context.real.documents, music)
     return context
+
+
+def real_in_own_keys(paths: Paths, splits: list[str], tokenizer, real) -> np.ndarray:
+    """The real windows' tokens, each moved back into its document's own key when the tokens
+    were key-normalized (`tokenize.key_normalize`); else unchanged."""
+    from cadenza.tokens.keys import place
+    from cadenza.tokens.stage import load_key_shifts
+
+    shifts = [load_key_shifts(paths.tokens_dir, split) for split in splits]
+    if any(s is None for s in shifts):
+        return real.tokens
+    return place(tokenizer, real.tokens, -np.concatenate(shifts)[real.documents])
+
+
+def place_samples(tokenizer, samples: np.ndarray, seed: int) -> np.ndarray:
+    """Generated samples of a key-normalized model moved into keys drawn from its train
+    split's (`cadenza.tokens.keys`); samples of any other model unchanged."""
+    from cadenza.tokens.keys import draw_shifts, place, uses_key_normalize
+
+    if not uses_key_normalize(tokenizer):
+        return samples
+    return place(tokenizer, samples, -draw_shifts(tokenizer, len(samples), seed))
 
 
 def features_of(context: Context, tokens: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -155,11 +181,13 @@ def test_nll(net, paths: Paths, device) -> float:
 
 
 def model_windows(
-    context: Context, net, seed: int, samples: np.ndarray | None = None, sampling=None
-):
+    context: Context, net, seed: int, samples: np.ndarray | None = None, sampling=None,
+    tokenizer=None,
+):  # fmt: skip
     """(samples, WindowSet) of one model: generated with the context's plan and seed and the
     `sampling` settings (default: the pipeline's), or the given samples, generated earlier
-    with the same fingerprint."""
+    with the same fingerprint. Generated samples of a key-normalized model (its `tokenizer`,
+    default the context's) are placed in keys drawn from its train split's."""
     from cadenza.evaluation import windows
     from cadenza.evaluation.instrument import window_set
 
@@ -170,6 +198,7 @@ def model_windows(
             net, context.tokenizer, context.plan, sampling.temperature, sampling.top_k,
             sampling.top_p, seed, context.device, s.generation_batch, sampling.grammar,
         )  # fmt: skip
+        samples = place_samples(tokenizer or context.tokenizer, samples, seed)
     features, music = features_of(context, windows.cut(samples, context.plan))
     groups = np.repeat(np.arange(context.plan.num_samples), context.plan.num_bins)
     return samples, window_set(context.plan, features, groups, music)
@@ -195,7 +224,7 @@ def run(
     from cadenza.evaluation import gallery, music_stats, report
     from cadenza.evaluation.instrument import compare
     from cadenza.generate import clean_ids, decode_ids, load_generator
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.stage import load_key_shifts, load_split
     from cadenza.training.pretrain import resolve_device
 
     started = time.perf_counter()
@@ -212,8 +241,9 @@ def run(
     context = prepare(settings, paths, device)
     tokenizer = context.tokenizer
     real_scores = real_pieces(
-        tokenizer, test_tokens, test_offsets, settings.num_pieces, settings.piece_len
-    )
+        tokenizer, test_tokens, test_offsets, settings.num_pieces, settings.piece_len,
+        load_key_shifts(paths.tokens_dir, "test"),
+    )  # fmt: skip
     real_stats = [f for f in map(music_stats.piece_features, real_scores) if f is not None]
     log.info(
         "evaluate: %d real windows from %d documents (%s), %d real pieces",

@@ -30,6 +30,7 @@ class EncodedFile:
     num_notes: int
     num_skipped_transpositions: int
     error: str = ""
+    key_shift: int = 0  # semitones the file was moved by (tokenize.key_normalize), else 0
 
 
 def init_worker(tokenizer_path: str) -> None:
@@ -58,6 +59,18 @@ def number_voices(score):
     return numbered
 
 
+def normalized_ids(tokenizer, score) -> tuple[list[int], int]:
+    """(token ids, key shift): the score moved into C major / A minor first when the
+    tokenizer normalizes keys (`cadenza.tokens.keys`), so a primer reads like training data;
+    the caller moves what it generates back by -shift, into the primer's own key."""
+    from cadenza.tokens.keys import normalize, uses_key_normalize
+
+    shift = 0
+    if uses_key_normalize(tokenizer):
+        score, shift = normalize(score, tuple(tokenizer.config.pitch_range))
+    return score_ids(tokenizer, score), shift
+
+
 def score_ids(tokenizer, score) -> list[int]:
     """Token ids of a score as one stream (BPE applied when the tokenizer is trained)."""
     from cadenza.tokens.tokenizer import uses_voice_programs
@@ -73,6 +86,8 @@ def score_ids(tokenizer, score) -> list[int]:
 def encode_file(job: EncodeJob) -> EncodedFile:
     from symusic import Score
 
+    from cadenza.tokens.keys import normalize, uses_key_normalize
+
     tokenizer = _TOKENIZER
     assert tokenizer is not None, "init_worker() was not called"
     bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
@@ -81,6 +96,9 @@ def encode_file(job: EncodeJob) -> EncodedFile:
     except Exception as exc:  # validated upstream; a file changed since is reported, not fatal
         return EncodedFile(job.path, [], 0, 0, error=f"{type(exc).__name__}: {exc}")
     pitch_range = tuple(tokenizer.config.pitch_range)
+    shift = 0
+    if uses_key_normalize(tokenizer):
+        score, shift = normalize(score, pitch_range)
     versions, skipped = augmented_versions(
         score, list(job.transpositions), list(job.time_stretches), pitch_range
     )
@@ -89,4 +107,4 @@ def encode_file(job: EncodeJob) -> EncodedFile:
         ids = score_ids(tokenizer, version)
         if ids:
             documents.append(np.asarray([bos, *ids, eos], dtype=np.int64))
-    return EncodedFile(job.path, documents, int(score.note_num()), skipped)
+    return EncodedFile(job.path, documents, int(score.note_num()), skipped, key_shift=shift)

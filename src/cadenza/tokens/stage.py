@@ -79,6 +79,8 @@ class SplitSummary:
     num_notes: int
     num_skipped: int
     errors: list[str]
+    key_shifts: list[int]  # per document: semitones its file was moved by (key_normalize)
+    file_key_shifts: list[int]  # per file read
 
 
 def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
@@ -86,7 +88,7 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
     in blocks), so memory stays bounded by one file's tokens whatever the corpus size."""
     raw_path = tokens_dir / f".{split}.raw"
     lengths: list[int] = []
-    notes, skipped, errors = 0, 0, []
+    notes, skipped, errors, shifts, file_shifts = 0, 0, [], [], []
     with raw_path.open("wb") as raw:
         for item in encoded:
             if item.error:
@@ -94,9 +96,11 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
                 continue
             notes += item.num_notes
             skipped += item.num_skipped_transpositions
+            file_shifts.append(item.key_shift)
             for doc in item.documents:
                 np.asarray(doc, dtype=dtype).tofile(raw)
                 lengths.append(len(doc))
+                shifts.append(item.key_shift)
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
     total = int(offsets[-1])
     # into the staging folder: swapped in whole
@@ -104,7 +108,7 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
         raw_path.unlink()
         np.save(tokens_dir / f"{split}.npy", np.zeros(0, dtype=dtype))
         np.save(tokens_dir / f"{split}_offsets.npy", offsets)
-        return SplitSummary(0, len(lengths), notes, skipped, errors)
+        return SplitSummary(0, len(lengths), notes, skipped, errors, shifts, file_shifts)
     flat = np.lib.format.open_memmap(tokens_dir / f"{split}.npy", "w+", dtype, (total,))
     block = 1 << 22
     with raw_path.open("rb") as raw:
@@ -115,7 +119,7 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
     del flat
     raw_path.unlink()
     np.save(tokens_dir / f"{split}_offsets.npy", offsets)
-    return SplitSummary(total, len(lengths), notes, skipped, errors)
+    return SplitSummary(total, len(lengths), notes, skipped, errors, shifts, file_shifts)
 
 
 def _bpe_training_files(train: list[str], settings: TokenizeSettings, scratch: Path) -> list[Path]:
@@ -133,6 +137,27 @@ def _bpe_training_files(train: list[str], settings: TokenizeSettings, scratch: P
         number_voices(Score(path)).dump_midi(str(copy))
         copies.append(copy)
     return copies
+
+
+def _counts(shifts: list[int]) -> dict[str, int]:
+    """{"-6": n, ..., "5": n}: how many train files were moved by each shift."""
+    from cadenza.tokens.keys import SHIFTS, histogram
+
+    return {str(s): n for s, n in zip(SHIFTS.tolist(), histogram(shifts), strict=True)}
+
+
+def _save_key_histogram(tokenizer, tokenizer_path: Path, train_shifts: list[int]) -> None:
+    from cadenza.tokens.keys import KEY_SHIFTS, histogram
+
+    tokenizer.config.additional_params[KEY_SHIFTS] = histogram(train_shifts)
+    tokenizer.save(tokenizer_path)
+
+
+def load_key_shifts(tokens_dir: Path, split: str) -> np.ndarray | None:
+    """(documents,) semitones each document of a split was moved by, or None when the
+    tokens were not key-normalized."""
+    path = tokens_dir / f"{split}_key_shift.npy"
+    return np.load(path).astype(np.int64) if path.is_file() else None
 
 
 def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
@@ -157,6 +182,7 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
         tuple(settings.pitch_range),
         settings.beat_resolution,
         settings.voice_programs,
+        settings.key_normalize,
     )
     if settings.bpe_vocab_size:
         log.info(
@@ -176,6 +202,7 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
     workers = settings.num_workers or os.cpu_count() or 1
 
     num_tokens, num_documents, num_notes, skipped, errors = {}, {}, {}, 0, []
+    key_shifts: dict[str, list[int]] = {}
     for split in SPLITS:
         augment = split == "train"
         jobs = [
@@ -191,6 +218,11 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
         skipped += summary.num_skipped
         num_notes[split] = summary.num_notes
         num_tokens[split], num_documents[split] = summary.num_tokens, summary.num_documents
+        key_shifts[split] = summary.file_key_shifts
+        if settings.key_normalize:  # evaluation moves real windows back into their own keys
+            np.save(staging / f"{split}_key_shift.npy", np.asarray(summary.key_shifts, np.int8))
+    if settings.key_normalize:  # generation draws its keys from the train split's
+        _save_key_histogram(tokenizer, tokenizer_path, key_shifts["train"])
     if errors:
         shutil.rmtree(staging)
         raise ValueError("could not read files listed in the splits:\n" + "\n".join(errors[:10]))
@@ -218,6 +250,9 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
             "tokens_per_note": round(plain_tokens / plain_notes, 4) if plain_notes else None,
             "files_per_second": round(total_files / seconds, 2),
             "skipped_transpositions": skipped,
+            **(
+                {"key_shifts_train": _counts(key_shifts["train"])} if settings.key_normalize else {}
+            ),
             "seconds": round(seconds, 2),
         },
     )

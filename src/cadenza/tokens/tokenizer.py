@@ -17,13 +17,18 @@ def build_tokenizer(
     pitch_range: tuple[int, int],
     beat_resolution: int,
     voice_programs: bool = False,
+    key_normalize: bool = False,
 ):
     """A fresh (untrained) tokenizer with every part in one token stream.
 
     voice_programs: number the parts of a score by register before encoding (see
     `cadenza.tokens.encode.number_voices`); saved in tokenizer.json, so every later encoding
-    with this tokenizer (prompts in generate and serving included) does the same."""
+    with this tokenizer (prompts in generate and serving included) does the same.
+    key_normalize: move every score into C major / A minor before encoding
+    (`cadenza.tokens.keys`); saved in tokenizer.json the same way."""
     import miditok
+
+    from cadenza.tokens.keys import KEY_NORMALIZE
 
     if name not in TOKENIZERS:
         raise ValueError(f"tokenize.tokenizer = {name!r}: choose one of {', '.join(TOKENIZERS)}")
@@ -40,6 +45,7 @@ def build_tokenizer(
         use_time_signatures=name != "Structured",
         time_signature_range=TIME_SIGNATURE_RANGE,
         **{VOICE_PROGRAMS: True} if voice_programs else {},
+        **{KEY_NORMALIZE: True} if key_normalize else {},
     )
     return getattr(miditok, name)(config)
 

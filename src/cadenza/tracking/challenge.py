@@ -94,10 +94,12 @@ def challenge(
             _, sets["champion"] = stage.model_windows(context, None, seed, samples.astype(np.int64))
         else:
             how = "re-evaluated on the current test split"
-            net = _load_champion(model_name, champion, context.tokenizer)
+            net, champion_tokenizer = _load_champion(model_name, champion, context.tokenizer)
             net.to(device)
             champion_nll = stage.test_nll(net, paths, device)
-            _, sets["champion"] = stage.model_windows(context, net, seed)
+            _, sets["champion"] = stage.model_windows(
+                context, net, seed, tokenizer=champion_tokenizer
+            )
     instrument = Instrument(plan, context.real_set, settings.folds, settings.cv_repeats,
                             settings.bootstrap, settings.seed)  # fmt: skip
     scores = {
@@ -115,7 +117,8 @@ def _evaluation_candidate(paths: Paths) -> str:
 
 
 def _load_champion(model_name: str, champion, tokenizer):
-    """The champion's generator from the registry; its vocabulary must be the current one."""
+    """(generator, tokenizer) of the champion from the registry; its vocabulary must be the
+    current one."""
     from cadenza.generate import load_generator, resolve_model_dir
 
     workdir = Path(tempfile.mkdtemp(prefix="cadenza-champion-"))
@@ -135,4 +138,6 @@ def _load_champion(model_name: str, champion, tokenizer):
             "samples cannot be read on the current windows; compare by listening and promote "
             "by hand (`cadenza registry promote N --force`)"
         )
-    return net
+    # A key-normalized champion (or challenger) is fine: its samples are placed in keys by
+    # its own tokenizer, so both are read in real keys on the same windows.
+    return net, champion_tokenizer
