@@ -316,6 +316,12 @@ class AdversarialSettings(_Sampled):
     gp_weight: float = Field(10.0, ge=0)
     critic_steps: int = Field(1, ge=1)
     freeze_layers: int = Field(0, ge=0)
+    critic: Literal["spanbert", "intervals", "both"] = "spanbert"
+    """spanbert: the pretrained SpanBERT encoder's real/fake head | intervals: an interval
+    critic (interval classes of notes `interval_lags` tokens apart, read from the same one-hot
+    samples; models/interval_critic.py) | both: the two scores summed."""
+    interval_lags: list[int] = Field([4, 8], min_length=1)
+    lr_intervals: float = Field(1e-2, gt=0)
     critic_warmup_steps: int = Field(0, ge=0)
     """Most critic updates on generated samples before the first adversarial update."""
     critic_warmup_target: float = Field(0.9, gt=0.5, le=1)
@@ -355,6 +361,11 @@ class AdversarialSettings(_Sampled):
             )
         if self.tau_end > self.tau_start:
             raise ValueError(f"tau_end {self.tau_end} must not exceed tau_start {self.tau_start}")
+        if any(not 1 <= lag < self.chunk_len for lag in self.interval_lags):
+            raise ValueError(
+                f"interval_lags {self.interval_lags} must lie within 1..chunk_len - 1 "
+                f"({self.chunk_len - 1})"
+            )
         if self.select_window_len > self.select_sample_len:
             raise ValueError(
                 f"select_window_len {self.select_window_len} must not exceed "

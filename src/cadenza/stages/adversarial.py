@@ -55,7 +55,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
     from cadenza.models.discriminator import DiscriminatorConfig
     from cadenza.models.generator import GeneratorConfig
     from cadenza.tokens.stage import load_split
-    from cadenza.tokens.tokenizer import load_tokenizer
+    from cadenza.tokens.tokenizer import load_tokenizer, pitch_classes
     from cadenza.training import checkpoint
     from cadenza.training.adversarial import AdversarialConfig, train_adversarial
 
@@ -102,6 +102,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
                 log_metrics if arm == "gan" else _prefixed(log_metrics, f"{arm}_"),
                 extra_config={"stage": "adversarial", "arm": arm},
                 fingerprint=fingerprint(asdict(arm_config), files=inputs),
+                pitch_classes=pitch_classes(tokenizer),
             )
         selections = select(settings, paths, {a: (arms[a][1], results[a]) for a in arms})
         for arm, (_, out_dir) in arms.items():

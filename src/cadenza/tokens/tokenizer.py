@@ -70,3 +70,13 @@ def special_ids(tokenizer) -> dict[str, int]:
 
 def uses_voice_programs(tokenizer) -> bool:
     return bool(getattr(tokenizer.config, "additional_params", {}).get(VOICE_PROGRAMS, False))
+
+
+def pitch_classes(tokenizer) -> list[int]:
+    """(V,) the pitch class (0-11) of each token id, -1 for every token that is not a Pitch."""
+    vocab = tokenizer.vocab
+    out = [-1] * (max(vocab.values()) + 1)
+    for token, index in vocab.items():
+        if token.startswith("Pitch_"):
+            out[index] = int(token.split("_", 1)[1]) % 12
+    return out

@@ -7,7 +7,10 @@ The loop is built from four parts:
   tokens is drawn in chunks of chunk_len with the generator's memory detached between
   chunks, so memory follows chunk_len; samples may be primed with `prime_tokens` real tokens.
 - `Critic`: the discriminator, its optimizer and its trainable parameters (the bottom
-  `freeze_layers` layers stay frozen); one update on hard samples, held-out accuracy.
+  `freeze_layers` layers stay frozen); one update on hard samples, held-out accuracy. With
+  `critic: intervals` (or `both`) an `IntervalCritic` (interval classes of notes written
+  close together, from the same one-hot samples) replaces (or adds its score to) the
+  SpanBERT critic, with its own learning rate.
 - `GeneratorUpdate`: NLL on real segments (memory carried, as in pretraining) and, every
   `adv_every` steps, adv_weight x the adversarial loss, either in the NLL's optimizer
   (`adv_optimizer: shared`) or in an optimizer of its own (`separate`, lr_adversarial). The
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
 from cadenza.models.generator import GeneratorConfig, TransformerXL
 from cadenza.models.gumbel import sample_chunks
+from cadenza.models.interval_critic import IntervalCritic
 from cadenza.training import checkpoint
 from cadenza.training.data import SegmentBatches
 from cadenza.training.gan_losses import discriminator_loss, generator_loss, gradient_penalty
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = 3  # bump when last/state.pt changes shape: older states then start afresh
 CANDIDATES_DIR = "candidates"
 Metrics = Callable[[dict[str, float], int], None]
+CRITICS = ("spanbert", "intervals", "both")
 
 
 @dataclass
@@ -76,6 +81,12 @@ class AdversarialConfig:
     critic_steps: int = 1
     freeze_layers: int = 0
     """Discriminator encoder layers (from the bottom) kept frozen."""
+    critic: str = "spanbert"
+    """spanbert (the pretrained SpanBERT encoder's real/fake head) | intervals (an
+    IntervalCritic: interval classes of tokens interval_lags apart) | both (scores summed)."""
+    interval_lags: tuple[int, ...] = (4, 8)
+    lr_intervals: float = 1e-2
+    """Learning rate of the IntervalCritic (a fresh 2-layer MLP on standardized features)."""
     critic_warmup_steps: int = 0
     """Most critic updates on generated samples before the first adversarial update."""
     critic_warmup_target: float = 0.9
@@ -107,6 +118,8 @@ class AdversarialConfig:
             )
         if self.adv_optimizer not in ("shared", "separate"):
             raise ValueError(f"adv_optimizer {self.adv_optimizer!r}: choose shared or separate")
+        if self.critic not in CRITICS:
+            raise ValueError(f"critic {self.critic!r}: choose one of {', '.join(CRITICS)}")
 
     @property
     def num_chunks(self) -> int:
@@ -248,15 +261,36 @@ def pairwise_accuracy(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 class Critic:
-    """The discriminator with its optimizer over the trainable (not frozen) parameters."""
+    """The discriminator (and/or an interval critic) with its optimizer over the trainable
+    (not frozen) parameters; its score is the sum of its parts' scores."""
 
-    def __init__(self, discriminator: Discriminator, config: AdversarialConfig) -> None:
-        _freeze(discriminator, config.freeze_layers)
-        self.model, self.config = discriminator, config
-        self.trainable = [p for p in discriminator.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.trainable, lr=config.lr_discriminator, betas=(0.5, 0.999)
+    def __init__(
+        self,
+        discriminator: Discriminator | None,
+        config: AdversarialConfig,
+        intervals: IntervalCritic | None = None,
+    ) -> None:
+        if discriminator is None and intervals is None:
+            raise ValueError("a critic needs the discriminator, the interval critic or both")
+        if discriminator is not None:
+            _freeze(discriminator, config.freeze_layers)
+        self.model, self.intervals, self.config = discriminator, intervals, config
+        self.parts = [m for m in (discriminator, intervals) if m is not None]
+        self.vocab_size = (
+            discriminator.config.vocab_size if discriminator is not None else intervals.vocab_size
         )
+        groups = []
+        if discriminator is not None:
+            params = [p for p in discriminator.parameters() if p.requires_grad]
+            groups.append({"params": params, "lr": config.lr_discriminator})
+        if intervals is not None:
+            groups.append({"params": list(intervals.parameters()), "lr": config.lr_intervals})
+        self.trainable = [p for group in groups for p in group["params"]]
+        self.optimizer = torch.optim.AdamW(groups, betas=(0.5, 0.999))
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) real/fake score of token ids (B, c) or one-hot chunks (B, c, V)."""
+        return sum(part.score(x) for part in self.parts)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -272,13 +306,13 @@ class Critic:
 
     def update(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
         """One step on real and generated chunks (N, c); loss, scores, accuracy, penalty."""
-        real_score, fake_score = self.model.score(real), self.model.score(fake)
+        real_score, fake_score = self.score(real), self.score(fake)
         loss = discriminator_loss(self.config.loss, real_score, fake_score)
         penalty = torch.zeros((), device=real.device)
         if self.config.loss == "wgan-gp":
-            vocab = self.model.config.vocab_size
+            vocab = self.vocab_size
             penalty = gradient_penalty(
-                self.model.score, F.one_hot(real, vocab).float(), F.one_hot(fake, vocab).float()
+                self.score, F.one_hot(real, vocab).float(), F.one_hot(fake, vocab).float()
             )
             loss = loss + self.config.gp_weight * penalty
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,12 +330,14 @@ class Critic:
 
     @torch.no_grad()
     def accuracy(self, real: torch.Tensor, fake: torch.Tensor, batch: int = 256) -> float:
-        self.model.eval()
+        for part in self.parts:
+            part.eval()
         scores = [
-            torch.cat([self.model.score(x[i : i + batch]) for i in range(0, len(x), batch)])
+            torch.cat([self.score(x[i : i + batch]) for i in range(0, len(x), batch)])
             for x in (real, fake)
         ]
-        self.model.train()
+        for part in self.parts:
+            part.train()
         return pairwise_accuracy(*scores)
 
 
@@ -446,9 +482,9 @@ def adversarial_loss_backward(
     total, fake_scores, real_scores = 0.0, [], []
     with critic.held():
         for one_hot, real_chunk in sampler.differentiable(tau):
-            fake_score = critic.model.score(one_hot)
+            fake_score = critic.score(one_hot)
             with torch.no_grad():
-                real_score = critic.model.score(real_chunk)
+                real_score = critic.score(real_chunk)
             loss = generator_loss(config.loss, real_score, fake_score) / config.num_chunks
             (config.adv_weight * loss).backward()
             total += loss.item()
@@ -498,6 +534,19 @@ class Guard:
         self.rollbacks += 1
 
 
+def _interval_critic(pitch_classes, train_data, config: AdversarialConfig, device):
+    """A fresh IntervalCritic, its features standardized on 512 real train chunks (drawn from
+    a stream of their own: the arms' data order is untouched)."""
+    if pitch_classes is None:
+        raise ValueError(f"critic {config.critic!r} needs the pitch class of every token id")
+    with torch.random.fork_rng(devices=[]):  # the global stream (dropout) stays the control's
+        torch.manual_seed(config.seed + 5)
+        intervals = IntervalCritic(pitch_classes, config.interval_lags).to(device)
+    reference = RealChunks(*train_data, config.chunk_len, config.seed + 5).sample(512)
+    intervals.standardize(reference.to(device))
+    return intervals
+
+
 def train_adversarial(
     generator_config: GeneratorConfig,
     discriminator_config: DiscriminatorConfig,
@@ -511,9 +560,12 @@ def train_adversarial(
     log_metrics: Metrics | None = None,
     extra_config: dict | None = None,
     fingerprint: str = "",
+    pitch_classes: list[int] | None = None,
 ) -> AdversarialResult:
     """Fine-tune from the pretrained weights; returns the run's record. out_dir gets
-    model.safetensors (best validation NLL), config.json, candidates/ and last/."""
+    model.safetensors (best validation NLL), config.json, candidates/ and last/.
+    pitch_classes: (V,) pitch class of each token id (-1 for others), for the interval
+    critic (`critic: intervals | both`)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = TransformerXL(generator_config)
@@ -525,14 +577,22 @@ def train_adversarial(
     stream = RngStream(config.seed + 3)
     real = RealChunks(*train_data, config.prime_tokens + config.sample_len, config.seed)
     valid_chunks = RealChunks(*valid_data, config.prime_tokens + config.sample_len, config.seed + 2)
+    intervals = None
     if config.adversarial:
-        discriminator = Discriminator(discriminator_config)
-        checkpoint.load_weights(discriminator, discriminator_init)
-        discriminator.to(device)
-        critic = Critic(discriminator, config)
+        if config.critic != "intervals":
+            discriminator = Discriminator(discriminator_config)
+            checkpoint.load_weights(discriminator, discriminator_init)
+            discriminator.to(device)
+        if config.critic != "spanbert":
+            intervals = _interval_critic(pitch_classes, train_data, config, device)
+        critic = Critic(discriminator, config, intervals)
         sampler = Sampler(generator, real, config, device, sample_rng, bos)
         heldout = HeldOut(valid_chunks, config)
-    others = {"discriminator": discriminator} if discriminator is not None else {}
+    others = {
+        name: module
+        for name, module in (("discriminator", discriminator), ("intervals", intervals))
+        if module is not None
+    }
     valid_tokens = valid_data[0]
     batches = SegmentBatches(
         *train_data, config.batch_size, generator_config.seg_len, config.seed + 1
