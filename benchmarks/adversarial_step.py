@@ -4,6 +4,7 @@ updates) against an NLL-only step measured in the same run, amortized over the c
 generated in.
 
     python benchmarks/adversarial_step.py [--steps 3] [--params params.yaml]
+        [--critic spanbert|intervals|both]
 
 Settings (sample_batch, sample_len, chunk_len, prime_tokens, adv_every, adv_optimizer,
 critic_steps, batch_size) come from params.yaml's adversarial section; model sizes mirror the
@@ -24,6 +25,7 @@ from cadenza.config import load_settings
 from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
 from cadenza.models.generator import GeneratorConfig, TransformerXL
 from cadenza.models.gumbel import sample_chunks
+from cadenza.models.interval_critic import IntervalCritic
 from cadenza.training import adversarial as adv
 from cadenza.training.memory import SavedTensorMeter
 
@@ -49,10 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--critic", choices=adv.CRITICS, help="override adversarial.critic")
     args = parser.parse_args()
     settings = load_settings(args.params).adversarial
     known = {f.name for f in fields(adv.AdversarialConfig)}
-    config = adv.AdversarialConfig(**{k: v for k, v in settings.model_dump().items() if k in known})
+    values = {k: v for k, v in settings.model_dump().items() if k in known}
+    config = adv.AdversarialConfig(**{**values, **({"critic": args.critic} if args.critic else {})})
     generator, discriminator = build()
     device = torch.device("cpu")
     rng = np.random.default_rng(0)
@@ -60,7 +64,11 @@ def main() -> None:
     offsets = np.arange(0, len(corpus) + 1, 1000)
     real = adv.RealChunks(corpus, offsets, config.prime_tokens + config.sample_len, 0)
     sampler = adv.Sampler(generator, real, config, device, torch.Generator().manual_seed(0), 1)
-    critic = adv.Critic(discriminator, config)
+    intervals = None
+    if config.critic != "spanbert":  # pitches are ids 100..187 of the random vocabulary
+        pitch_classes = [i % 12 if 100 <= i < 188 else -1 for i in range(VOCAB)]
+        intervals = IntervalCritic(pitch_classes, tuple(config.interval_lags))
+    critic = adv.Critic(discriminator if config.critic != "intervals" else None, config, intervals)
     update = adv.GeneratorUpdate(generator, config)
     seg = 128
     tokens = torch.from_numpy(
@@ -91,7 +99,8 @@ def main() -> None:
     print(
         f"batch {config.batch_size} x {seg} (NLL); {config.sample_batch} samples x "
         f"{config.sample_len} tokens in chunks of {config.chunk_len}, primed with "
-        f"{config.prime_tokens}; critic_steps {config.critic_steps}; adv_optimizer "
+        f"{config.prime_tokens}; critic {config.critic}, critic_steps {config.critic_steps}; "
+        "adv_optimizer "
         f"{config.adv_optimizer}; adv_every {k}; torch threads {torch.get_num_threads()}"
     )
     print(f"NLL step (reference):      {nll:7.3f} s  (before {timings['nll']:.3f}, after "

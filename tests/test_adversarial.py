@@ -468,3 +468,34 @@ def test_adversarial_stage_with_the_interval_critic(pretrained, tmp_path):
     assert all(0 <= accuracy <= 1 for _, accuracy in metrics["accuracy_history"])
     with pytest.raises(Exception, match="interval_lags"):
         parse_settings({"adversarial": {"interval_lags": [16], "chunk_len": 16, "sample_len": 32}})
+
+
+def test_critic_steps_zero_keeps_the_warmed_up_critic_fixed(pretrained, tmp_path):
+    """critic_steps 0 (and no warm-up): the interval critic saved at the end is the one built
+    at the start, never updated, while the generator trained against it."""
+    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.tokenizer import load_tokenizer, pitch_classes
+    from cadenza.training import adversarial as adv
+
+    root = tmp_path / "p"
+    shutil.copytree(pretrained, root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["adversarial"].update(critic="intervals", critic_steps=0, critic_warmup_steps=0)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    settings = _settings(root).adversarial
+    paths = Paths(root=root, corpus="mine")
+    adversarial_stage.run(settings, paths, track=False)
+    saved = load_file(root / "models" / "generator-gan" / "last" / "intervals.safetensors")
+    config = adv.AdversarialConfig(
+        critic="intervals", chunk_len=settings.chunk_len, seed=settings.seed,
+        interval_lags=tuple(settings.interval_lags),
+    )  # fmt: skip
+    classes = pitch_classes(load_tokenizer(paths.tokens_dir / "tokenizer.json"))
+    fresh = adv._interval_critic(
+        classes, load_split(paths.tokens_dir, "train"), config, torch.device("cpu")
+    )
+    assert saved.keys() == fresh.state_dict().keys()
+    assert all(torch.equal(saved[k], fresh.state_dict()[k]) for k in saved)
+    start = load_file(root / "models" / "generator-mle" / "model.safetensors")
+    moved = load_file(root / "models" / "generator-gan" / "last" / "model.safetensors")
+    assert any(not torch.equal(start[k], moved[k]) for k in start)

@@ -314,7 +314,8 @@ class AdversarialSettings(_Sampled):
     lr_adversarial: float = Field(1e-4, gt=0, le=1)
     loss: Literal["standard", "rsgan", "wgan-gp", "hinge"] = "rsgan"
     gp_weight: float = Field(10.0, ge=0)
-    critic_steps: int = Field(1, ge=1)
+    critic_steps: int = Field(1, ge=0)
+    """Critic updates per adversarial update; 0 keeps the warmed-up critic fixed."""
     freeze_layers: int = Field(0, ge=0)
     critic: Literal["spanbert", "intervals", "both"] = "spanbert"
     """spanbert: the pretrained SpanBERT encoder's real/fake head | intervals: an interval
