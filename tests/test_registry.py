@@ -322,14 +322,18 @@ def test_a_champion_with_other_voice_numbering_is_not_scored_on_these_windows(
     flipped = build_tokenizer("REMI", 8, (21, 109), 8, not uses_voice_programs(current))
     assert flipped.vocab == current.vocab
     monkeypatch.chdir(repo)
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # mlflow's process-wide URIs, restored to *unset* afterwards: restoring the resolved
+    # values would pin every later in-process registration to this test's store.
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # mlflow sets them too
+        monkeypatch.setenv(variable, client.tracking_uri)
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client.tracking_uri)
-    try:
-        assert _load_champion(NAME, champion, current) is not None  # same encoding: loads
-        with pytest.raises(ChallengeError, match="voice_programs") as error:
-            _load_champion(NAME, champion, flipped)
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    assert _load_champion(NAME, champion, current) is not None  # same encoding: loads
+    with pytest.raises(ChallengeError, match="voice_programs") as error:
+        _load_champion(NAME, champion, flipped)
     assert "promote by hand" in str(error.value)
