@@ -19,7 +19,13 @@ def test_project_params_are_valid_and_match_defaults():
     defaults = parse_settings({})
     for section in ("import_", "validate_", "split", "tokenize"):  # spelled out in params.yaml
         assert getattr(settings, section) == getattr(defaults, section)
-    assert set(settings.pretrain.presets) == {"tiny", "cpu", "gpu"}
+    assert set(settings.pretrain.presets) == {"tiny", "cpu", "cpu-long", "gpu"}
+    long, cpu = settings.pretrain.presets["cpu-long"], settings.pretrain.presets["cpu"]
+    assert long.max_steps == 4 * cpu.max_steps  # the same model, 4x the budget
+    assert (
+        long.model_copy(update={"max_steps": cpu.max_steps, "eval_interval": cpu.eval_interval})
+        == cpu
+    )
     assert settings.pretrain.selected == settings.pretrain.presets["cpu"]
 
 
@@ -55,7 +61,9 @@ def test_bad_values_are_named(raw, expected):
 def test_unknown_preset_lists_the_known_ones():
     raw = yaml.safe_load(PROJECT_PARAMS.read_text())
     raw["pretrain"]["preset"] = "huge"
-    with pytest.raises(ParamsError, match=r"preset 'huge' is not one of \['cpu', 'gpu', 'tiny'\]"):
+    with pytest.raises(
+        ParamsError, match=r"preset 'huge' is not one of \['cpu', 'cpu-long', 'gpu', 'tiny'\]"
+    ):
         parse_settings(raw)
     raw["pretrain"]["preset"] = "tiny"
     raw["pretrain"]["presets"]["tiny"]["n_heads"] = 3
