@@ -26,7 +26,7 @@ def test_project_params_are_valid_and_match_defaults():
         long.model_copy(update={"max_steps": cpu.max_steps, "eval_interval": cpu.eval_interval})
         == cpu
     )
-    assert settings.pretrain.selected == settings.pretrain.presets["cpu"]
+    assert settings.pretrain.selected == settings.pretrain.presets["cpu-long"]
 
 
 @pytest.mark.parametrize(
