@@ -34,6 +34,7 @@ from cadenza.generate import load_generator
 from cadenza.models.interval_critic import IntervalCritic
 from cadenza.paths import Paths
 from cadenza.stages import evaluate as stage
+from cadenza.tokens.keys import place_samples
 from cadenza.tokens.stage import load_split
 from cadenza.tokens.tokenizer import pitch_classes
 from cadenza.training import adversarial as adv
@@ -48,7 +49,7 @@ def draw(context, net, tokenizer, count: int, seed: int) -> np.ndarray:
         net, tokenizer, plan, sampling.temperature, sampling.top_k, sampling.top_p, seed,
         context.device, s.generation_batch, sampling.grammar,
     )  # fmt: skip
-    return stage.place_samples(tokenizer, samples, seed)
+    return place_samples(tokenizer, samples, seed)
 
 
 def chunks(samples: np.ndarray) -> torch.Tensor:

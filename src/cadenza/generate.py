@@ -112,7 +112,7 @@ def sample_score(
     import torch
 
     from cadenza.tokens.grammar import build_grammar
-    from cadenza.tokens.keys import draw_shifts, place, uses_key_normalize
+    from cadenza.tokens.keys import place, place_samples, uses_key_normalize
 
     prompt_ids = [tokenizer["BOS_None"], *(prompt or [])]
     generator = torch.Generator().manual_seed(seed)
@@ -121,9 +121,14 @@ def sample_score(
         grammar=build_grammar(tokenizer) if grammar else None,
     )  # fmt: skip
     ids = clean_ids(tokenizer, sequence[0, 1:].tolist())
-    if uses_key_normalize(tokenizer) and ids:
-        shift = int(draw_shifts(tokenizer, 1, seed)[0]) if key_shift is None else key_shift
-        ids = place(tokenizer, np.asarray([ids]), np.array([-shift]))[0].tolist()
+    if ids and uses_key_normalize(tokenizer):
+        row = np.asarray([ids])
+        placed = (
+            place_samples(tokenizer, row, seed)
+            if key_shift is None
+            else place(tokenizer, row, np.array([-key_shift]))
+        )
+        ids = placed[0].tolist()
     return decode_ids(tokenizer, ids), ids
 
 

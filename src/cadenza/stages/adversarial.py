@@ -188,12 +188,8 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
     from cadenza.evaluation import windows
     from cadenza.evaluation.probes import cross_validated
     from cadenza.generate import load_generator
-    from cadenza.stages.evaluate import (
-        features_of,
-        place_samples,
-        prepare_encoder,
-        real_in_own_keys,
-    )  # fmt: skip
+    from cadenza.stages.evaluate import features_of, prepare_encoder, real_in_own_keys
+    from cadenza.tokens.keys import place_samples
     from cadenza.tokens.stage import load_split
     from cadenza.training.pretrain import resolve_device
 

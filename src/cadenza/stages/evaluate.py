@@ -151,16 +151,6 @@ def real_in_own_keys(paths: Paths, splits: list[str], tokenizer, real) -> np.nda
     return place(tokenizer, real.tokens, -np.concatenate(shifts)[real.documents])
 
 
-def place_samples(tokenizer, samples: np.ndarray, seed: int) -> np.ndarray:
-    """Generated samples of a key-normalized model moved into keys drawn from its train
-    split's (`cadenza.tokens.keys`); samples of any other model unchanged."""
-    from cadenza.tokens.keys import draw_shifts, place, uses_key_normalize
-
-    if not uses_key_normalize(tokenizer):
-        return samples
-    return place(tokenizer, samples, -draw_shifts(tokenizer, len(samples), seed))
-
-
 def features_of(context: Context, tokens: np.ndarray) -> tuple[dict, np.ndarray]:
     """Per-probe features and the music-statistics matrix of (S, K, W) windows."""
     from cadenza.evaluation import discriminative, window_stats
@@ -190,6 +180,7 @@ def model_windows(
     default the context's) are placed in keys drawn from its train split's."""
     from cadenza.evaluation import windows
     from cadenza.evaluation.instrument import window_set
+    from cadenza.tokens.keys import place_samples
 
     s = context.settings
     sampling = sampling or s.sampling

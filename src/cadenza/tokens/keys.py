@@ -128,3 +128,11 @@ def place(tokenizer, tokens: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         rows = np.asarray(shifts) == semitones
         out[rows] = pitch_table(tokenizer, int(semitones))[tokens[rows]]
     return out
+
+
+def place_samples(tokenizer, samples: np.ndarray, seed: int) -> np.ndarray:
+    """Generated samples (N, T) of a key-normalized model moved into keys drawn (by seed) from
+    its train split's; samples of any other model unchanged."""
+    if not uses_key_normalize(tokenizer):
+        return samples
+    return place(tokenizer, samples, -draw_shifts(tokenizer, len(samples), seed))
