@@ -60,7 +60,7 @@ def chunks(samples: np.ndarray) -> torch.Tensor:
 def train_critic(tokenizer, train, fake: np.ndarray, steps: int = 300) -> adv.Critic:
     config = adv.AdversarialConfig(critic="intervals", chunk_len=CHUNK)
     torch.manual_seed(0)
-    intervals = IntervalCritic(pitch_classes(tokenizer), tuple(config.interval_lags))
+    intervals = IntervalCritic(pitch_classes(tokenizer), tuple(config.interval_lags), key_profile=config.key_profile)
     real = adv.RealChunks(*train, CHUNK, 0)
     intervals.standardize(real.sample(512))
     critic = adv.Critic(None, config, intervals)

@@ -182,3 +182,37 @@ def test_voice_programs_number_chorale_parts_by_register_and_keep_every_note(cho
         track.notes.extend(Note(i * 480, 480, pitch, 80) for i in range(4))
         arranged.tracks.append(track)
     assert [t.program for t in number_voices(arranged).tracks] == [40, 0]
+
+
+def test_no_velocity_tokens_save_one_token_per_note_and_keep_the_music(chorale_dir, tmp_path):
+    """tokenize.num_velocities 0: no Velocity tokens in the vocabulary or the stream (music21's
+    chorales have one velocity, so the token carries nothing); every note's onset,
+    duration, pitch and voice survive, at miditok's default velocity; the grammar still holds
+    on real chorales; the stream is exactly one token per note shorter."""
+    import torch
+
+    from cadenza.generate import decode_ids
+    from cadenza.tokens.grammar import build_grammar
+
+    assert TokenizeSettings(num_velocities=0).num_velocities == 0
+    with pytest.raises(ValueError, match="num_velocities"):
+        TokenizeSettings(num_velocities=-1)
+    with_velocity = build_tokenizer("REMI", 8, (21, 109), 8, voice_programs=True)
+    built = build_tokenizer("REMI", 0, (21, 109), 8, voice_programs=True)
+    built.save(tmp_path / "tokenizer.json")
+    tokenizer = load_tokenizer(tmp_path / "tokenizer.json")
+    assert not any(token.startswith("Velocity_") for token in tokenizer.vocab)
+    assert len(with_velocity) - len(tokenizer) == 8
+    grammar = build_grammar(tokenizer)
+    for path in sorted(chorale_dir.glob("*.mid"))[:2]:
+        score = Score(str(path))
+        assert len({n.velocity for t in score.tracks for n in t.notes}) == 1
+        ids = score_ids(tokenizer, score)
+        reference = score_ids(with_velocity, score)
+        assert len(reference) - len(ids) == score.note_num()
+        played = decode_ids(tokenizer, ids)
+        expected = decode_ids(with_velocity, reference)
+        assert [n[:3] for n in _notes(played)] == [n[:3] for n in _notes(expected)]
+        assert [t.name for t in played.tracks] == [t.name for t in expected.tracks]
+        assert {n[3] for n in _notes(played)} == {100}  # miditok's default velocity
+        assert int(grammar.violations(torch.tensor([ids]))[0]) == 0

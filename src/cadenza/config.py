@@ -107,7 +107,10 @@ class TokenizeSettings(_Section):
     """`tokenize` stage: the miditok tokenizer and train-only augmentation."""
 
     tokenizer: Literal["REMI", "TSD", "MIDILike", "Structured"] = "REMI"
-    num_velocities: int = Field(8, ge=1, le=127)
+    num_velocities: int = Field(8, ge=0, le=127)
+    """Velocity bins; 0 = no Velocity tokens (notes decode at miditok's default velocity): for
+    corpora whose velocities carry nothing, like music21's Bach (every note 95), it saves a
+    token per note."""
     pitch_range: tuple[int, int] = (21, 109)
     """Lowest pitch and one past the highest (miditok convention)."""
     beat_resolution: int = Field(8, ge=1, le=64)
@@ -322,6 +325,9 @@ class AdversarialSettings(_Sampled):
     critic (interval classes of notes `interval_lags` tokens apart, read from the same one-hot
     samples; models/interval_critic.py) | both: the two scores summed."""
     interval_lags: list[int] = Field([4, 8], min_length=1)
+    key_profile: bool = False
+    """The interval critic also reads each chunk's pitch-class profile, sorted, and its DFT
+    magnitudes (transposition-invariant: how far the chunk strays from one key)."""
     lr_intervals: float = Field(1e-2, gt=0)
     critic_warmup_steps: int = Field(0, ge=0)
     """Most critic updates on generated samples before the first adversarial update."""

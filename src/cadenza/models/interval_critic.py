@@ -12,8 +12,16 @@ from the straight-through one-hot samples, so the generator gets a gradient thro
 
 With numbered voices a note is ~4 tokens (Program, Pitch, Velocity, Duration), so lag 4 pairs
 neighbouring voices of one onset (vertical intervals) and lag 8 the voice after; interval
-classes are the same in every key, so the critic needs no key. The features are standardized
-by a reference (real) batch, then a small MLP scores them; higher means "looks real".
+classes are the same in every key, so the critic needs no key. With `key_profile` it also reads
+how the chunk's notes spread over the pitch classes, in no particular key:
+
+    h        = sum_t pc[t], normalized               # (B, 12): pitch-class histogram
+    profile  = sort(h, descending)                   # (B, 12): how many classes, how unevenly
+    spectrum = |DFT_k(h)|, k = 1..6                  # (B, 6): |DFT_5| is high for diatonic sets
+
+both unchanged by transposition; a chunk that wanders out of key spreads over more classes.
+The features are standardized by a reference (real) batch, then a small MLP scores them;
+higher means "looks real".
 Pure torch.
 """
 
@@ -24,8 +32,12 @@ from torch import nn
 
 
 class IntervalCritic(nn.Module):
-    def __init__(self, pitch_classes: list[int], lags: tuple[int, ...] = (4, 8), hidden: int = 32):
-        """pitch_classes: (V,) the pitch class 0-11 of each token id, -1 for non-pitch ids."""
+    def __init__(
+        self, pitch_classes: list[int], lags: tuple[int, ...] = (4, 8), hidden: int = 32,
+        key_profile: bool = False,
+    ):  # fmt: skip
+        """pitch_classes: (V,) the pitch class 0-11 of each token id, -1 for non-pitch ids;
+        key_profile: also read the chunk's sorted pitch-class profile and its DFT magnitudes."""
         super().__init__()
         classes = torch.as_tensor(pitch_classes, dtype=torch.long)
         if not (classes >= 0).any():
@@ -39,13 +51,20 @@ class IntervalCritic(nn.Module):
         # fold[a, k] = (a + k) % 12: the class b with interval b - a = k
         fold = (torch.arange(12)[:, None] + torch.arange(12)[None, :]) % 12
         self.register_buffer("fold", fold)
-        num_features = 12 * len(self.lags)
+        self.key_profile = bool(key_profile)
+        # (12, 6) real and imaginary DFT bases for k = 1..6 (a plain matmul: |z| of a complex
+        # tensor has no gradient at 0, which an empty chunk's histogram is)
+        angle = 2 * torch.pi * torch.arange(12)[:, None] * torch.arange(1, 7)[None, :] / 12
+        self.register_buffer("dft_cos", torch.cos(angle))
+        self.register_buffer("dft_sin", torch.sin(angle))
+        num_features = 12 * len(self.lags) + (18 if self.key_profile else 0)
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
         self.head = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 12 * len(lags)) interval-class distributions of ids (B, c) or one-hot (B, c, V)."""
+        """(B, 12 * len(lags) [+ 18]) interval-class distributions [and the pitch-class
+        profile] of ids (B, c) or one-hot (B, c, V)."""
         pc = self.pc_map[x] if x.dtype == torch.long else x @ self.pc_map  # (B, c, 12)
         out = []
         for lag in self.lags:
@@ -53,6 +72,12 @@ class IntervalCritic(nn.Module):
             index = self.fold.expand(len(co), 12, 12)
             ic = torch.gather(co, 2, index).sum(dim=1)  # (B, 12): sum_a co[a, (a + k) % 12]
             out.append(ic / ic.sum(dim=-1, keepdim=True).clamp_min(1.0))
+        if self.key_profile:
+            h = pc.sum(dim=1)  # (B, 12)
+            h = h / h.sum(dim=-1, keepdim=True).clamp_min(1.0)
+            out.append(h.sort(dim=-1, descending=True).values)
+            real, imag = h @ self.dft_cos, h @ self.dft_sin  # (B, 6) each
+            out.append(torch.sqrt(real.square() + imag.square() + 1e-8))
         return torch.cat(out, dim=-1)
 
     @torch.no_grad()

@@ -35,7 +35,9 @@ def build_tokenizer(
     config = miditok.TokenizerConfig(
         pitch_range=tuple(pitch_range),
         beat_res={(0, 4): beat_resolution, (4, 12): max(1, beat_resolution // 2)},
-        num_velocities=num_velocities,
+        # 0 = no Velocity tokens (miditok still wants a bin count).
+        use_velocities=num_velocities > 0,
+        num_velocities=max(1, num_velocities),
         special_tokens=SPECIAL_TOKENS,
         # Programs in one stream: multi-part pieces keep every part (miditok's default is
         # one sequence per track).

@@ -85,6 +85,8 @@ class AdversarialConfig:
     """spanbert (the pretrained SpanBERT encoder's real/fake head) | intervals (an
     IntervalCritic: interval classes of tokens interval_lags apart) | both (scores summed)."""
     interval_lags: tuple[int, ...] = (4, 8)
+    key_profile: bool = False
+    """The IntervalCritic also reads the chunk's pitch-class profile (in no key)."""
     lr_intervals: float = 1e-2
     """Learning rate of the IntervalCritic (a fresh 2-layer MLP on standardized features)."""
     critic_warmup_steps: int = 0
@@ -541,7 +543,9 @@ def _interval_critic(pitch_classes, train_data, config: AdversarialConfig, devic
         raise ValueError(f"critic {config.critic!r} needs the pitch class of every token id")
     with torch.random.fork_rng(devices=[]):  # the global stream (dropout) stays the control's
         torch.manual_seed(config.seed + 5)
-        intervals = IntervalCritic(pitch_classes, config.interval_lags).to(device)
+        intervals = IntervalCritic(
+            pitch_classes, config.interval_lags, key_profile=config.key_profile
+        ).to(device)
     reference = RealChunks(*train_data, config.chunk_len, config.seed + 5).sample(512)
     intervals.standardize(reference.to(device))
     return intervals
