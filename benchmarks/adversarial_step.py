@@ -67,7 +67,9 @@ def main() -> None:
     intervals = None
     if config.critic != "spanbert":  # pitches are ids 100..187 of the random vocabulary
         pitch_classes = [i % 12 if 100 <= i < 188 else -1 for i in range(VOCAB)]
-        intervals = IntervalCritic(pitch_classes, tuple(config.interval_lags), key_profile=config.key_profile)
+        intervals = IntervalCritic(
+            pitch_classes, tuple(config.interval_lags), key_profile=config.key_profile
+        )
     critic = adv.Critic(discriminator if config.critic != "intervals" else None, config, intervals)
     update = adv.GeneratorUpdate(generator, config)
     seg = 128

@@ -36,7 +36,7 @@ from cadenza.paths import Paths
 from cadenza.stages import evaluate as stage
 from cadenza.tokens.keys import place_samples
 from cadenza.tokens.stage import load_split
-from cadenza.tokens.tokenizer import pitch_classes
+from cadenza.tokens.tokenizer import pitch_classes, tokens_per_note
 from cadenza.training import adversarial as adv
 
 CHUNK = 64
@@ -58,9 +58,12 @@ def chunks(samples: np.ndarray) -> torch.Tensor:
 
 
 def train_critic(tokenizer, train, fake: np.ndarray, steps: int = 300) -> adv.Critic:
-    config = adv.AdversarialConfig(critic="intervals", chunk_len=CHUNK)
+    per_note = tokens_per_note(tokenizer)  # neighbouring voices, and the voice after
+    config = adv.AdversarialConfig(
+        critic="intervals", chunk_len=CHUNK, interval_lags=(per_note, 2 * per_note)
+    )
     torch.manual_seed(0)
-    intervals = IntervalCritic(pitch_classes(tokenizer), tuple(config.interval_lags), key_profile=config.key_profile)
+    intervals = IntervalCritic(pitch_classes(tokenizer), config.interval_lags)
     real = adv.RealChunks(*train, CHUNK, 0)
     intervals.standardize(real.sample(512))
     critic = adv.Critic(None, config, intervals)

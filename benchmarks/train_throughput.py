@@ -2,7 +2,7 @@
 width, depth and feed-forward size, measured in the same run.
 
     python benchmarks/train_throughput.py [--preset cpu|gpu] [--steps N] [--rounds R]
-        [--threads N] [--compile | --no-compile]
+        [--threads N] [--compile | --no-compile] [--cpu-bf16]
 
 References, over segments of seg_len tokens without memory:
 - nanoGPT: a nanoGPT-style decoder of the same width, depth, heads and feed-forward size
@@ -16,6 +16,10 @@ median per-round ratio ours / nanoGPT, and on CUDA the MFU (6N + attention FLOPs
 against the bf16 dense peak, 989 TFLOP/s for an H100 SXM). `--compile` on CPU also prints
 how long the first compiled steps took. Imports only torch and cadenza.models, so it runs
 on a bare GPU box with PYTHONPATH=src.
+
+`--cpu-bf16` (CPU only) adds our model under bf16 autocast (what `pretrain.precision: bf16`
+trains with; native on CPUs with AMX or AVX512-BF16) and prints its ratio to our fp32 model,
+measured in the same rounds.
 """
 
 from __future__ import annotations
@@ -64,16 +68,19 @@ class Reference(nn.Module):
         return F.linear(self.norm(h), self.embedding.weight), None
 
 
-def make_step(model: nn.Module, device: torch.device, compile_model: bool):
+def make_step(
+    model: nn.Module, device: torch.device, compile_model: bool, cpu_bf16: bool = False
+):  # fmt: skip
     """One AdamW training step of model on (B, T + 1) tokens, memory carried between calls."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = torch.compile(model) if compile_model else model
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    if device.type == "cuda":
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    elif cpu_bf16:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext()
     mems = None
 
     def step(tokens: torch.Tensor) -> None:
@@ -115,6 +122,9 @@ def main() -> None:
         default=None,
         help="torch.compile every model (default: on CUDA only)",
     )
+    parser.add_argument(
+        "--cpu-bf16", action="store_true", help="also time our model under CPU bf16 autocast"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,6 +145,12 @@ def main() -> None:
     tokens = torch.randint(2, args.vocab, (batch, config.seg_len + 1), device=device)
     tokens[:, ::40] = 1  # documents of 40 tokens: our document mask is in play
     steps = {name: make_step(model, device, compile_model) for name, model in models.items()}
+    ours_name = list(models)[2]
+    bf16_name = "ours, CPU bf16 autocast"
+    if args.cpu_bf16 and device.type == "cpu":
+        torch.manual_seed(0)
+        models[bf16_name] = TransformerXL(config)
+        steps[bf16_name] = make_step(models[bf16_name], device, compile_model, cpu_bf16=True)
     warmup = {name: timed_steps(step, tokens, 3, device) for name, step in steps.items()}
     speeds: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(args.rounds):
@@ -158,10 +174,15 @@ def main() -> None:
             f"first 3 steps {warmup[name]:.1f} s"
         )
     names = list(speeds)
-    for reference in names[:2]:
-        ratios = [a / b for a, b in zip(speeds[names[2]], speeds[reference], strict=True)]
+    pairs = [(ours_name, reference) for reference in names[:2]]
+    if bf16_name in speeds:
+        pairs += [(bf16_name, ours_name), (bf16_name, names[0])]
+    for mine, reference in pairs:
+        ratios = [a / b for a, b in zip(speeds[mine], speeds[reference], strict=True)]
+        label = "ours bf16" if mine == bf16_name else "ours"
+        versus = "ours fp32" if reference == ours_name else reference.split(" ")[0]
         print(
-            f"ratio ours / {reference.split(' ')[0]}: {statistics.median(ratios):.2f} "
+            f"ratio {label} / {versus}: {statistics.median(ratios):.2f} "
             f"(per round {', '.join(f'{r:.2f}' for r in ratios)})"
         )
     if device.type == "cuda":

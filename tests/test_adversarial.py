@@ -480,7 +480,9 @@ def test_key_profile_is_the_same_in_every_key_and_tells_a_scale_from_all_twelve_
         classes = [PITCH_CLASSES[i] for i in ids[row].tolist() if PITCH_CLASSES[i] >= 0]
         h = np.bincount(classes, minlength=12) / len(classes)
         np.testing.assert_allclose(features[row, 12:24].numpy(), np.sort(h)[::-1], atol=1e-6)
-        np.testing.assert_allclose(features[row, 24:].numpy(), np.abs(np.fft.rfft(h))[1:], atol=1e-3)
+        np.testing.assert_allclose(
+            features[row, 24:].numpy(), np.abs(np.fft.rfft(h))[1:], atol=1e-3
+        )
     for shift in (1, 5):
         moved = _melodies(major, 3, 64, seed=0, shift=shift)
         torch.testing.assert_close(critic.features(moved), features)
@@ -513,7 +515,7 @@ def test_adversarial_stage_with_the_interval_critic(pretrained, tmp_path):
     root = tmp_path / "p"
     shutil.copytree(pretrained, root)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["adversarial"].update(critic="both", interval_lags=[4])
+    params["adversarial"].update(critic="both", interval_lags=[1])
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     adversarial_stage.run(_settings(root).adversarial, Paths(root=root, corpus="mine"), track=False)
     last = root / "models" / "generator-gan" / "last"
@@ -524,6 +526,13 @@ def test_adversarial_stage_with_the_interval_critic(pretrained, tmp_path):
     assert all(0 <= accuracy <= 1 for _, accuracy in metrics["accuracy_history"])
     with pytest.raises(Exception, match="interval_lags"):
         parse_settings({"adversarial": {"interval_lags": [16], "chunk_len": 16, "sample_len": 32}})
+    # 4 notes apart are 16 tokens: not inside a 16-token chunk, refused before any training
+    params["adversarial"].update(interval_lags=[4], chunk_len=16, sample_len=32)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=r"interval_lags \[4\] notes apart are \[16\] tokens"):
+        adversarial_stage.run(
+            _settings(root).adversarial, Paths(root=root, corpus="mine"), track=False
+        )
 
 
 def test_critic_steps_zero_keeps_the_warmed_up_critic_fixed(pretrained, tmp_path):
@@ -542,11 +551,10 @@ def test_critic_steps_zero_keeps_the_warmed_up_critic_fixed(pretrained, tmp_path
     paths = Paths(root=root, corpus="mine")
     adversarial_stage.run(settings, paths, track=False)
     saved = load_file(root / "models" / "generator-gan" / "last" / "intervals.safetensors")
-    config = adv.AdversarialConfig(
-        critic="intervals", chunk_len=settings.chunk_len, seed=settings.seed,
-        interval_lags=tuple(settings.interval_lags),
-    )  # fmt: skip
-    classes = pitch_classes(load_tokenizer(paths.tokens_dir / "tokenizer.json"))
+    tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
+    config = adversarial_stage.adversarial_config(settings, tokenizer)
+    assert config.interval_lags == (4, 8)  # notes [1, 2] at 4 tokens per note
+    classes = pitch_classes(tokenizer)
     fresh = adv._interval_critic(
         classes, load_split(paths.tokens_dir, "train"), config, torch.device("cpu")
     )

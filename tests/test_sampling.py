@@ -180,3 +180,55 @@ def test_grammar_holds_for_real_tokens_and_masks_what_a_model_would_break(token_
     rows = torch.from_numpy(np.concatenate([bos.numpy(), samples], axis=1).astype(np.int64))
     assert grammar.violations(rows).sum() == 0
     assert build_grammar(build_tokenizer("TSD", 8, (21, 109), 8)) is None
+
+
+def test_compare_reads_a_generator_of_another_tokenizer_in_the_pipelines_tokens(
+    registered_project, chorale_dir, tmp_path
+):
+    """Real chorales re-encoded from velocity tokens to a tokenizer without them and back
+    are the same ids (the corpus' most common velocity given back); `compare` takes a
+    generator whose tokenizer has no Velocity tokens: its samples are read in the pipeline's
+    tokens and its NLL is given per token of its own and per note, where an untrained model
+    is worse."""
+    import numpy as np
+    import torch
+    from symusic import Score
+
+    from cadenza.generate import load_generator
+    from cadenza.models.generator import GeneratorConfig, TransformerXL
+    from cadenza.tokens.encode import modal_velocity, retokenize, score_ids
+    from cadenza.tokens.tokenizer import build_tokenizer
+    from cadenza.training.checkpoint import read_config, save_weights
+
+    repo = registered_project["repo"]
+    mle = repo / "models" / "generator-mle"
+    _, reference = load_generator(mle)
+    tokenize = yaml.safe_load((repo / "params.yaml").read_text()).get("tokenize", {})
+    plain = build_tokenizer(
+        "REMI", 0, tuple(tokenize.get("pitch_range", (21, 109))),
+        tokenize.get("beat_resolution", 8), tokenize.get("voice_programs", True),
+    )  # fmt: skip
+    for path in sorted(chorale_dir.glob("*.mid"))[:2]:
+        ids = score_ids(reference, Score(str(path)))
+        velocity = modal_velocity(reference, np.asarray(ids))
+        there = retokenize(ids, reference, plain)
+        assert there == score_ids(plain, Score(str(path)))  # as if tokenized so from the start
+        assert len(ids) - len(there) == Score(str(path)).note_num()
+        assert retokenize(there, plain, reference, velocity) == ids
+
+    foreign = tmp_path / "foreign"
+    config = read_config(mle)
+    config["model"]["vocab_size"] = len(plain)
+    torch.manual_seed(0)
+    save_weights(TransformerXL(GeneratorConfig(**config["model"])), config, foreign)
+    plain.save(foreign / "tokenizer.json")
+    out = tmp_path / "compare.json"
+    result = CliRunner().invoke(
+        app, ["compare", str(foreign), str(mle), "--root", str(repo), "--params",
+              str(repo / "params.yaml"), "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    models = json.loads(out.read_text())["models"]
+    assert models["a"]["tokenizer"] == "re-encoded" and models["b"]["tokenizer"] == "own"
+    assert models["a"]["test_nll_per_note"] > models["b"]["test_nll_per_note"] > 0
+    assert models["a"]["test_nll"] > 0.5 * np.log(len(plain))  # untrained: near uniform

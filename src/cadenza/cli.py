@@ -275,7 +275,8 @@ def compare_command(
     for name, folder in folders.items():
         m = result["models"][name]
         typer.echo(
-            f"{name} ({folder}): test NLL {m['test_nll']:.4f}; strongest probe "
+            f"{name} ({folder}): test NLL {m['test_nll']:.4f} per token "
+            f"({m['tokenizer']} tokens), {m['test_nll_per_note']:.3f} per note; strongest probe "
             f"{m['discriminative_probe']} {m['discriminative_accuracy']:.3f} "
             f"[{m['discriminative_accuracy_ci_low']:.3f}, "
             f"{m['discriminative_accuracy_ci_high']:.3f}]"

@@ -204,6 +204,9 @@ class PretrainSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = True
     """torch.compile on CUDA (ignored on CPU)."""
+    cpu_bf16: bool | Literal["auto"] = False
+    """bf16 autocast for training steps on CPU (validation and test NLL stay fp32): auto =
+    on where the CPU has native bf16 (AMX or AVX512-BF16; docs/PERFORMANCE.md)."""
     ngram_order: int = Field(4, ge=2, le=6)
     """Order of the n-gram baseline written next to the model's test NLL."""
     init: Literal["scratch", "base"] = "scratch"
@@ -322,9 +325,11 @@ class AdversarialSettings(_Sampled):
     freeze_layers: int = Field(0, ge=0)
     critic: Literal["spanbert", "intervals", "both"] = "spanbert"
     """spanbert: the pretrained SpanBERT encoder's real/fake head | intervals: an interval
-    critic (interval classes of notes `interval_lags` tokens apart, read from the same one-hot
+    critic (interval classes of notes `interval_lags` notes apart, read from the same one-hot
     samples; models/interval_critic.py) | both: the two scores summed."""
-    interval_lags: list[int] = Field([4, 8], min_length=1)
+    interval_lags: list[int] = Field([1, 2], min_length=1)
+    """Notes apart (times the tokenizer's tokens per note: 4 with velocities, 3 without):
+    1 pairs neighbouring voices of one onset, 2 the voice after."""
     key_profile: bool = False
     """The interval critic also reads each chunk's pitch-class profile, sorted, and its DFT
     magnitudes (transposition-invariant: how far the chunk strays from one key)."""
@@ -368,7 +373,7 @@ class AdversarialSettings(_Sampled):
             )
         if self.tau_end > self.tau_start:
             raise ValueError(f"tau_end {self.tau_end} must not exceed tau_start {self.tau_start}")
-        if any(not 1 <= lag < self.chunk_len for lag in self.interval_lags):
+        if any(not 1 <= lag < self.chunk_len for lag in self.interval_lags):  # notes <= tokens
             raise ValueError(
                 f"interval_lags {self.interval_lags} must lie within 1..chunk_len - 1 "
                 f"({self.chunk_len - 1})"

@@ -136,7 +136,10 @@ def compare_generators(
     evaluate_settings, paths, folders: dict[str, object], split: str = "test"
 ) -> dict:
     """Two generators on the same windows (same plan, same seeds, the pipeline's sampling):
-    each one's probes and the paired difference of the first minus the second."""
+    each one's probes and the paired difference of the first minus the second. A generator
+    with another tokenizer than the pipeline's (say, without Velocity tokens) has its samples
+    re-encoded into the pipeline's, so both are read as windows of equal length in the same
+    tokens; its test NLL is per token of its own tokenization and, for both, per note."""
     import torch
 
     from cadenza.evaluation.instrument import compare
@@ -152,19 +155,20 @@ def compare_generators(
     started = time.perf_counter()
     device = resolve_device(evaluate_settings.device)
     context = stage.prepare(evaluate_settings, paths, device, split=split)
-    sets, nll = {}, {}
+    reference_test = _test_documents(paths, context.tokenizer)
+    sets, nll, per_note, tokenizers = {}, {}, {}, {}
     for name, folder in folders.items():
         net, tokenizer = load_generator(folder)
-        if tokenizer.vocab != context.tokenizer.vocab:
-            raise ValueError(
-                f"{folder}: its tokenizer differs from {paths.generator_mle_dir}'s; generators "
-                "are compared on one vocabulary"
-            )
         net.to(device)
-        nll[name] = stage.test_nll(net, paths, device)
+        foreign = tokenizer.vocab != context.tokenizer.vocab
+        tokenizers[name] = "own" if not foreign else "re-encoded"
+        nll[name], per_note[name] = _test_nll(net, tokenizer, context.tokenizer, reference_test)
+        samples = None
+        if foreign:  # its samples re-encoded: windows of the same music as the real ones
+            samples = _foreign_samples(context, net, tokenizer, evaluate_settings.seed + 1)
         with torch.no_grad():
             _, sets[name] = stage.model_windows(
-                context, net, evaluate_settings.seed + 1, tokenizer=tokenizer
+                context, net, evaluate_settings.seed + 1, samples=samples, tokenizer=tokenizer
             )
     results, scores = stage.instrument_for(context).evaluate(sets)
     a, b = folders
@@ -177,6 +181,8 @@ def compare_generators(
             name: {
                 "folder": str(folders[name]),
                 "test_nll": nll[name],
+                "test_nll_per_note": per_note[name],
+                "tokenizer": tokenizers[name],
                 **{k: v for k, v in results[name].items() if k != "position_bins"},
                 "music": _music_summary(results[name]["position_bins"]),
             }
@@ -185,6 +191,76 @@ def compare_generators(
         "comparison": compare(scores, a, b),
         "seconds": time.perf_counter() - started,
     }
+
+
+def _test_documents(paths, tokenizer) -> list[list[int]]:
+    """The test split's documents as clean ids of the reference tokenizer."""
+    from cadenza.generate import clean_ids
+    from cadenza.tokens.stage import load_split
+
+    tokens, offsets = load_split(paths.tokens_dir, "test")
+    return [
+        clean_ids(tokenizer, tokens[a:b].astype(int).tolist())
+        for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+    ]
+
+
+def _test_nll(net, tokenizer, reference, documents: list[list[int]]) -> tuple[float, float]:
+    """(nats per token, nats per note) on the test documents written by `tokenizer`
+    (re-encoded from the reference's when the vocabularies differ): per note is what two
+    tokenizations can be compared on."""
+    import numpy as np
+
+    from cadenza.tokens.encode import retokenize
+    from cadenza.training.pretrain import evaluate_nll
+
+    bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
+    same = tokenizer.vocab == reference.vocab
+    stream: list[int] = []
+    num_notes = 0
+    for ids in documents:
+        own = ids if same else retokenize(ids, reference, tokenizer)
+        stream += [bos, *own, eos]
+        num_notes += reference.decode(ids).note_num() if ids else 0
+    tokens = np.asarray(stream, dtype=np.int64)
+    nll = evaluate_nll(net, tokens, net.config.seg_len, next(net.parameters()).device)
+    return nll, nll * (len(tokens) - 1) / max(num_notes, 1)
+
+
+def _foreign_samples(context, net, tokenizer, seed: int):
+    """(num_samples, sample_len) samples of a generator with another tokenizer, in the
+    context's: generated with the same plan, seeds and sampling, placed in keys as the
+    evaluation places them, re-encoded note for note (velocities: the real windows' most
+    common one, when the generator writes none), cut to the plan's length."""
+    import numpy as np
+    import torch
+
+    from cadenza.evaluation import windows
+    from cadenza.generate import clean_ids
+    from cadenza.tokens.encode import modal_velocity, retokenize
+    from cadenza.tokens.keys import place_samples
+
+    s, plan, reference = context.settings, context.plan, context.tokenizer
+    sampling = s.sampling
+    with torch.no_grad():
+        own = windows.generate_samples(
+            net, tokenizer, plan, sampling.temperature, sampling.top_k, sampling.top_p, seed,
+            context.device, s.generation_batch, sampling.grammar,
+        )  # fmt: skip
+    own = place_samples(tokenizer, own, seed)
+    velocity = modal_velocity(reference, context.real.tokens)
+    pad = reference["PAD_None"]
+    out = np.full((len(own), plan.sample_len), pad, dtype=own.dtype)
+    short = 0
+    for row, ids in enumerate(own):
+        moved = retokenize(clean_ids(tokenizer, ids.astype(int).tolist()), tokenizer, reference,
+                           velocity)[: plan.sample_len]  # fmt: skip
+        out[row, : len(moved)] = moved
+        short += len(moved) < plan.sample_len
+    if short:
+        log.warning("%d of %d re-encoded samples are shorter than %d tokens (padded)",
+                    short, len(own), plan.sample_len)  # fmt: skip
+    return out
 
 
 def _music_summary(bins: list[dict]) -> dict:

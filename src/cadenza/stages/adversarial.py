@@ -51,6 +51,25 @@ def _prefixed(log_metrics, prefix: str):
     return lambda metrics, step: log_metrics({prefix + k: v for k, v in metrics.items()}, step)
 
 
+def adversarial_config(settings: AdversarialSettings, tokenizer):
+    """The training loop's config: the settings, with interval_lags turned from notes into
+    tokens (this tokenizer's tokens per note)."""
+    from cadenza.tokens.tokenizer import tokens_per_note
+    from cadenza.training.adversarial import AdversarialConfig
+
+    known = {f.name for f in fields(AdversarialConfig)}
+    values = {k: v for k, v in settings.model_dump().items() if k in known}
+    per_note = tokens_per_note(tokenizer)
+    lags = tuple(lag * per_note for lag in settings.interval_lags)
+    if settings.critic != "spanbert" and max(lags) >= settings.chunk_len:
+        raise ValueError(
+            f"adversarial.interval_lags {settings.interval_lags} notes apart are {list(lags)} "
+            f"tokens at {per_note} tokens per note: each must be under chunk_len "
+            f"{settings.chunk_len}; lower the lags or raise chunk_len"
+        )
+    return AdversarialConfig(**{**values, "interval_lags": lags})
+
+
 def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> AdversarialStageResult:
     from cadenza.models.discriminator import DiscriminatorConfig
     from cadenza.models.generator import GeneratorConfig
@@ -71,8 +90,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
     tokenizer = load_tokenizer(paths.generator_mle_dir / "tokenizer.json")
     train_data = load_split(paths.tokens_dir, "train")
     valid_data = load_split(paths.tokens_dir, "valid")
-    known = {f.name for f in fields(AdversarialConfig)}
-    config = AdversarialConfig(**{k: v for k, v in settings.model_dump().items() if k in known})
+    config = adversarial_config(settings, tokenizer)
     control = AdversarialConfig(**{**asdict(config), "adv_weight": 0.0, "adv_optimizer": "shared"})
     arms = {
         "gan": (config, paths.generator_gan_dir),

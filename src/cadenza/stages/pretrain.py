@@ -66,6 +66,7 @@ def build_configs(settings: PretrainSettings, vocab_size: int, bos_id: int = -1)
         seed=settings.seed,
         device=settings.device,
         compile=settings.compile,
+        cpu_bf16=settings.cpu_bf16,
     )
     return model_config, train_config
 
@@ -109,7 +110,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
     from cadenza.tokens.tokenizer import load_tokenizer
     from cadenza.training import checkpoint
     from cadenza.training.baselines import NGramModel, unigram_nll
-    from cadenza.training.pretrain import evaluate_nll, resolve_device, train
+    from cadenza.training.pretrain import evaluate_nll, resolve_device, train, use_cpu_bf16
 
     tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
     vocab_size = len(tokenizer)
@@ -190,6 +191,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             "resumed_from_step": result.resumed_from,
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
+            "cpu_bf16": use_cpu_bf16(train_config.cpu_bf16, device),
         }
         curve = paths.reports_dir / "pretrain" / "loss.csv"
         recorder.write(curve, result.resumed_from)

@@ -83,6 +83,41 @@ def score_ids(tokenizer, score) -> list[int]:
     return list(sequence.ids)
 
 
+def retokenize(ids: list[int], source, target, velocity: int | None = None) -> list[int]:
+    """Clean ids of tokenizer `source` as tokenizer `target` writes the same notes (to read two
+    generators' samples on one vocabulary). velocity: given to every note when `source` has no
+    Velocity tokens (miditok would decode them all at 100, which `target` might encode as a
+    velocity its corpus never has)."""
+    score = source.decode(ids)
+    # miditok lists the notes of an onset in track order; decoded tracks come in order of
+    # first appearance, encoded (numbered) voices from the top: put them back in that order.
+    tracks = sorted(score.tracks, key=lambda track: (track.is_drum, track.program))
+    score.tracks.clear()
+    score.tracks.extend(tracks)
+    if velocity is not None and not source.config.use_velocities:
+        for track in score.tracks:
+            for note in track.notes:
+                note.velocity = velocity
+    return score_ids(target, score)
+
+
+def modal_velocity(tokenizer, tokens) -> int | None:
+    """The most common velocity written in a token array, None without Velocity tokens."""
+    import numpy as np
+
+    values = {
+        i: int(t.split("_")[1]) for t, i in tokenizer.vocab.items() if t.startswith("Velocity_")
+    }
+    if not values:
+        return None
+    ids = np.fromiter(values, dtype=np.int64)
+    counts = np.isin(np.asarray(tokens).ravel(), ids)
+    flat = np.asarray(tokens).ravel()[counts]
+    if not len(flat):
+        return None
+    return values[int(np.bincount(flat).argmax())]
+
+
 def encode_file(job: EncodeJob) -> EncodedFile:
     from symusic import Score
 

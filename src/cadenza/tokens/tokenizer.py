@@ -74,6 +74,18 @@ def uses_voice_programs(tokenizer) -> bool:
     return bool(getattr(tokenizer.config, "additional_params", {}).get(VOICE_PROGRAMS, False))
 
 
+def tokens_per_note(tokenizer) -> int:
+    """Tokens that spell one note after its onset: Pitch, plus Program, Velocity and Duration
+    where the tokenizer writes them (REMI with numbered voices: 4, or 3 without velocities).
+    Onset tokens (Bar, Position, TimeShift) are shared by the notes of an onset, not counted."""
+    config = tokenizer.config
+    per_note_program = config.use_programs and not config.program_changes
+    return (
+        1 + int(per_note_program) + int(config.use_velocities)
+        + int(bool(config.use_note_duration_programs))
+    )  # fmt: skip
+
+
 def pitch_classes(tokenizer) -> list[int]:
     """(V,) the pitch class (0-11) of each token id, -1 for every token that is not a Pitch."""
     vocab = tokenizer.vocab

@@ -50,6 +50,9 @@ class TrainConfig:
     """auto | cpu | cuda."""
     compile: bool = False
     """torch.compile the model (CUDA only)."""
+    cpu_bf16: bool | str = False
+    """True | False | "auto": bf16 autocast for training steps on CPU (auto: where the CPU has
+    native bf16 matmuls); validation NLL stays fp32."""
 
 
 @dataclass
@@ -96,11 +99,27 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     )
 
 
-def autocast_context(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
+def autocast_context(device: torch.device, cpu_bf16: bool = False):
+    """bf16 autocast on CUDA, and on CPU when asked; plain fp32 elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (oneDNN with AMX or AVX512-BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_cpu_bf16(setting: bool | str, device: torch.device) -> bool:
+    if device.type != "cpu":
+        return False
+    return native_cpu_bf16() if setting == "auto" else bool(setting)
 
 
 @torch.no_grad()
@@ -188,6 +207,9 @@ def train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(config.seed + dist.rank)
+    cpu_bf16 = use_cpu_bf16(config.cpu_bf16, device)
+    if cpu_bf16:
+        log.info("training steps under CPU bf16 autocast")
 
     model = TransformerXL(model_config)
     optimizer = build_optimizer(model, config)
@@ -245,7 +267,7 @@ def train(
         inputs, targets, new_epoch = batches.batch(step)
         if new_epoch:
             mems = None  # the streams were reshuffled: old memory is not their past
-        with autocast_context(device):
+        with autocast_context(device, cpu_bf16):
             logits, mems = train_model(inputs.to(device, non_blocking=True), mems)
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
         optimizer.zero_grad(set_to_none=True)
