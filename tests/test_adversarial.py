@@ -526,10 +526,10 @@ def test_adversarial_stage_with_the_interval_critic(pretrained, tmp_path):
     assert all(0 <= accuracy <= 1 for _, accuracy in metrics["accuracy_history"])
     with pytest.raises(Exception, match="interval_lags"):
         parse_settings({"adversarial": {"interval_lags": [16], "chunk_len": 16, "sample_len": 32}})
-    # 4 notes apart are 16 tokens: not inside a 16-token chunk, refused before any training
-    params["adversarial"].update(interval_lags=[4], chunk_len=16, sample_len=32)
+    # 6 notes apart are 18 or 24 tokens: not inside a 16-token chunk, refused before training
+    params["adversarial"].update(interval_lags=[6], chunk_len=16, sample_len=32)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ValueError, match=r"interval_lags \[4\] notes apart are \[16\] tokens"):
+    with pytest.raises(ValueError, match=r"interval_lags \[6\] notes apart are \[(18|24)\]"):
         adversarial_stage.run(
             _settings(root).adversarial, Paths(root=root, corpus="mine"), track=False
         )
@@ -553,7 +553,8 @@ def test_critic_steps_zero_keeps_the_warmed_up_critic_fixed(pretrained, tmp_path
     saved = load_file(root / "models" / "generator-gan" / "last" / "intervals.safetensors")
     tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
     config = adversarial_stage.adversarial_config(settings, tokenizer)
-    assert config.interval_lags == (4, 8)  # notes [1, 2] at 4 tokens per note
+    per_note = 4 if tokenizer.config.use_velocities else 3  # Program, Pitch, [Velocity], Duration
+    assert config.interval_lags == (per_note, 2 * per_note)  # notes [1, 2]
     classes = pitch_classes(tokenizer)
     fresh = adv._interval_critic(
         classes, load_split(paths.tokens_dir, "train"), config, torch.device("cpu")
