@@ -21,7 +21,7 @@ def test_project_params_are_valid_and_match_defaults():
         assert getattr(settings, section) == getattr(defaults, section)
     assert set(settings.pretrain.presets) == {"tiny", "cpu", "cpu-long", "gpu"}
     long, cpu = settings.pretrain.presets["cpu-long"], settings.pretrain.presets["cpu"]
-    assert long.max_steps == 4 * cpu.max_steps  # the same model, 4x the budget
+    assert long.max_steps == 5 * cpu.max_steps  # the same model, 5x the budget
     assert (
         long.model_copy(update={"max_steps": cpu.max_steps, "eval_interval": cpu.eval_interval})
         == cpu

@@ -186,7 +186,7 @@ def test_another_tokenizer_fails_before_any_work(base_project, tmp_path):
     # the same vocabulary, voices numbered on one side only: Program tokens would mean parts
     # on one side and instruments on the other
     base_voices = uses_voice_programs(load_tokenizer(paths.base_model_dir / "tokenizer.json"))
-    build_tokenizer("REMI", 8, (21, 109), 8, voice_programs=not base_voices).save(
+    build_tokenizer("REMI", 0, (21, 109), 8, voice_programs=not base_voices).save(
         paths.tokens_dir / "tokenizer.json"
     )
     with pytest.raises(ValueError, match="number voices differently") as error:

@@ -107,7 +107,7 @@ class TokenizeSettings(_Section):
     """`tokenize` stage: the miditok tokenizer and train-only augmentation."""
 
     tokenizer: Literal["REMI", "TSD", "MIDILike", "Structured"] = "REMI"
-    num_velocities: int = Field(8, ge=0, le=127)
+    num_velocities: int = Field(0, ge=0, le=127)
     """Velocity bins; 0 = no Velocity tokens (notes decode at miditok's default velocity): for
     corpora whose velocities carry nothing, like music21's Bach (every note 95), it saves a
     token per note."""
