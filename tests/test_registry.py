@@ -319,7 +319,8 @@ def test_a_champion_with_other_voice_numbering_is_not_scored_on_these_windows(
     client = _client(repo)
     champion = client.get_model_version_by_alias(NAME, "champion")
     current = load_tokenizer(repo / "data" / "tokens" / "tokenizer.json")
-    flipped = build_tokenizer("REMI", 8, (21, 109), 8, not uses_voice_programs(current))
+    velocities = sum(token.startswith("Velocity_") for token in current.vocab)
+    flipped = build_tokenizer("REMI", velocities, (21, 109), 8, not uses_voice_programs(current))
     assert flipped.vocab == current.vocab
     monkeypatch.chdir(repo)
     # mlflow's process-wide URIs, restored to *unset* afterwards: restoring the resolved

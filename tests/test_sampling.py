@@ -185,11 +185,11 @@ def test_grammar_holds_for_real_tokens_and_masks_what_a_model_would_break(token_
 def test_compare_reads_a_generator_of_another_tokenizer_in_the_pipelines_tokens(
     registered_project, chorale_dir, tmp_path
 ):
-    """Real chorales re-encoded from velocity tokens to a tokenizer without them and back
-    are the same ids (the corpus' most common velocity given back); `compare` takes a
-    generator whose tokenizer has no Velocity tokens: its samples are read in the pipeline's
-    tokens and its NLL is given per token of its own and per note, where an untrained model
-    is worse."""
+    """Real chorales re-encoded between a tokenizer with Velocity tokens and one without are
+    the ids the other tokenizer writes for them, both ways (the corpus' most common
+    velocity given back); `compare` takes a generator whose tokenizer differs from the
+    pipeline's in exactly that: its samples are read in the pipeline's tokens and its NLL is
+    given per token of its own and per note, where an untrained model is worse."""
     import numpy as np
     import torch
     from symusic import Score
@@ -197,31 +197,30 @@ def test_compare_reads_a_generator_of_another_tokenizer_in_the_pipelines_tokens(
     from cadenza.generate import load_generator
     from cadenza.models.generator import GeneratorConfig, TransformerXL
     from cadenza.tokens.encode import modal_velocity, retokenize, score_ids
-    from cadenza.tokens.tokenizer import build_tokenizer
+    from cadenza.tokens.tokenizer import build_tokenizer, uses_voice_programs
     from cadenza.training.checkpoint import read_config, save_weights
 
     repo = registered_project["repo"]
     mle = repo / "models" / "generator-mle"
     _, reference = load_generator(mle)
-    tokenize = yaml.safe_load((repo / "params.yaml").read_text()).get("tokenize", {})
-    plain = build_tokenizer(
-        "REMI", 0, tuple(tokenize.get("pitch_range", (21, 109))),
-        tokenize.get("beat_resolution", 8), tokenize.get("voice_programs", True),
-    )  # fmt: skip
+    shape = ((21, 109), 8, uses_voice_programs(reference))
+    with_velocity, without = build_tokenizer("REMI", 8, *shape), build_tokenizer("REMI", 0, *shape)
     for path in sorted(chorale_dir.glob("*.mid"))[:2]:
-        ids = score_ids(reference, Score(str(path)))
-        velocity = modal_velocity(reference, np.asarray(ids))
-        there = retokenize(ids, reference, plain)
-        assert there == score_ids(plain, Score(str(path)))  # as if tokenized so from the start
-        assert len(ids) - len(there) == Score(str(path)).note_num()
-        assert retokenize(there, plain, reference, velocity) == ids
+        score = Score(str(path))
+        ids, plain = score_ids(with_velocity, score), score_ids(without, score)
+        assert len(ids) - len(plain) == score.note_num()
+        assert retokenize(ids, with_velocity, without) == plain
+        velocity = modal_velocity(with_velocity, np.asarray(ids))
+        assert retokenize(plain, without, with_velocity, velocity) == ids
 
+    other = without if reference.config.use_velocities else with_velocity
+    assert other.vocab != reference.vocab
     foreign = tmp_path / "foreign"
     config = read_config(mle)
-    config["model"]["vocab_size"] = len(plain)
+    config["model"]["vocab_size"] = len(other)
     torch.manual_seed(0)
     save_weights(TransformerXL(GeneratorConfig(**config["model"])), config, foreign)
-    plain.save(foreign / "tokenizer.json")
+    other.save(foreign / "tokenizer.json")
     out = tmp_path / "compare.json"
     result = CliRunner().invoke(
         app, ["compare", str(foreign), str(mle), "--root", str(repo), "--params",
@@ -231,4 +230,4 @@ def test_compare_reads_a_generator_of_another_tokenizer_in_the_pipelines_tokens(
     models = json.loads(out.read_text())["models"]
     assert models["a"]["tokenizer"] == "re-encoded" and models["b"]["tokenizer"] == "own"
     assert models["a"]["test_nll_per_note"] > models["b"]["test_nll_per_note"] > 0
-    assert models["a"]["test_nll"] > 0.5 * np.log(len(plain))  # untrained: near uniform
+    assert models["a"]["test_nll"] > 0.5 * np.log(len(other))  # untrained: near uniform

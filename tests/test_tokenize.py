@@ -112,7 +112,7 @@ def test_bpe_trains_on_train_split_and_round_trips(token_project, tmp_path, voic
     tokenizer = load_tokenizer(tmp_path / "p" / "data" / "tokens" / "tokenizer.json")
     assert tokenizer.is_trained and len(tokenizer) == 700
     assert arrays["train"].max() < 700
-    plain = build_tokenizer("REMI", 8, (21, 109), 8, voice_programs=voices)
+    plain = build_tokenizer("REMI", 0, (21, 109), 8, voice_programs=voices)  # the default
     score = Score(str(next((tmp_path / "p" / "data" / "raw" / "mine").glob("bwv*.mid"))))
     bpe_ids, base_ids = score_ids(tokenizer, score), score_ids(plain, score)
     assert len(bpe_ids) < len(base_ids)
