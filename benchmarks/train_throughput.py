@@ -17,7 +17,7 @@ against the bf16 dense peak, 989 TFLOP/s for an H100 SXM). `--compile` on CPU al
 how long the first compiled steps took. Imports only torch and cadenza.models, so it runs
 on a bare GPU box with PYTHONPATH=src.
 
-`--cpu-bf16` (CPU only) adds our model under bf16 autocast (what `pretrain.precision: bf16`
+`--cpu-bf16` (CPU only) adds our model under bf16 autocast (what `pretrain.cpu_bf16`
 trains with; native on CPUs with AMX or AVX512-BF16) and prints its ratio to our fp32 model,
 measured in the same rounds.
 """

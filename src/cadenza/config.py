@@ -109,7 +109,7 @@ class TokenizeSettings(_Section):
     tokenizer: Literal["REMI", "TSD", "MIDILike", "Structured"] = "REMI"
     num_velocities: int = Field(0, ge=0, le=127)
     """Velocity bins; 0 = no Velocity tokens (notes decode at miditok's default velocity): for
-    corpora whose velocities carry nothing, like music21's Bach (every note 95), it saves a
+    corpora whose velocities carry nothing, like music21's Bach (one velocity), it saves a
     token per note."""
     pitch_range: tuple[int, int] = (21, 109)
     """Lowest pitch and one past the highest (miditok convention)."""

@@ -233,21 +233,13 @@ def _foreign_samples(context, net, tokenizer, seed: int):
     evaluation places them, re-encoded note for note (velocities: the real windows' most
     common one, when the generator writes none), cut to the plan's length."""
     import numpy as np
-    import torch
 
-    from cadenza.evaluation import windows
     from cadenza.generate import clean_ids
+    from cadenza.stages.evaluate import sample_model
     from cadenza.tokens.encode import modal_velocity, retokenize
-    from cadenza.tokens.keys import place_samples
 
-    s, plan, reference = context.settings, context.plan, context.tokenizer
-    sampling = s.sampling
-    with torch.no_grad():
-        own = windows.generate_samples(
-            net, tokenizer, plan, sampling.temperature, sampling.top_k, sampling.top_p, seed,
-            context.device, s.generation_batch, sampling.grammar,
-        )  # fmt: skip
-    own = place_samples(tokenizer, own, seed)
+    plan, reference = context.plan, context.tokenizer
+    own = sample_model(context, net, seed, tokenizer=tokenizer)
     velocity = modal_velocity(reference, context.real.tokens)
     pad = reference["PAD_None"]
     out = np.full((len(own), plan.sample_len), pad, dtype=own.dtype)

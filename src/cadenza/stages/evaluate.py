@@ -170,6 +170,23 @@ def test_nll(net, paths: Paths, device) -> float:
     return evaluate_nll(net, tokens, net.config.seg_len, device)
 
 
+def sample_model(context: Context, net, seed: int, sampling=None, tokenizer=None) -> np.ndarray:
+    """(num_samples, sample_len) samples of one model with the context's plan and seed and
+    the `sampling` settings (default: the pipeline's), in its `tokenizer`'s tokens (default
+    the context's); a key-normalized model's are placed in keys drawn from its train split's."""
+    from cadenza.evaluation import windows
+    from cadenza.tokens.keys import place_samples
+
+    s = context.settings
+    sampling = sampling or s.sampling
+    tokenizer = tokenizer or context.tokenizer
+    samples = windows.generate_samples(
+        net, tokenizer, context.plan, sampling.temperature, sampling.top_k, sampling.top_p,
+        seed, context.device, s.generation_batch, sampling.grammar,
+    )  # fmt: skip
+    return place_samples(tokenizer, samples, seed)
+
+
 def model_windows(
     context: Context, net, seed: int, samples: np.ndarray | None = None, sampling=None,
     tokenizer=None,
@@ -180,16 +197,9 @@ def model_windows(
     default the context's) are placed in keys drawn from its train split's."""
     from cadenza.evaluation import windows
     from cadenza.evaluation.instrument import window_set
-    from cadenza.tokens.keys import place_samples
 
-    s = context.settings
-    sampling = sampling or s.sampling
     if samples is None:
-        samples = windows.generate_samples(
-            net, context.tokenizer, context.plan, sampling.temperature, sampling.top_k,
-            sampling.top_p, seed, context.device, s.generation_batch, sampling.grammar,
-        )  # fmt: skip
-        samples = place_samples(tokenizer or context.tokenizer, samples, seed)
+        samples = sample_model(context, net, seed, sampling, tokenizer)
     features, music = features_of(context, windows.cut(samples, context.plan))
     groups = np.repeat(np.arange(context.plan.num_samples), context.plan.num_bins)
     return samples, window_set(context.plan, features, groups, music)

@@ -110,9 +110,8 @@ def modal_velocity(tokenizer, tokens) -> int | None:
     }
     if not values:
         return None
-    ids = np.fromiter(values, dtype=np.int64)
-    counts = np.isin(np.asarray(tokens).ravel(), ids)
-    flat = np.asarray(tokens).ravel()[counts]
+    flat = np.asarray(tokens).ravel()
+    flat = flat[np.isin(flat, list(values))]
     if not len(flat):
         return None
     return values[int(np.bincount(flat).argmax())]
