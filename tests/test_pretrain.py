@@ -235,3 +235,47 @@ def test_cpu_bf16_trains_under_autocast_and_measures_nll_in_fp32(token_project, 
     assert nll == pytest.approx(saved["valid_nll"], rel=1e-6)
     with pytest.raises(Exception, match="cpu_bf16"):
         parse_settings({"pretrain": {"cpu_bf16": "maybe"}})
+
+
+def test_final_phase_trains_on_the_original_documents(tmp_path):
+    """train(final_data=...): the last final_original_steps steps read final_data only. Two
+    disjoint vocabularies make it visible: after a final phase on the second one the model
+    puts most next-token mass there; without the phase, on the first. A phase without data
+    is refused."""
+    import torch
+
+    from cadenza.models.generator import GeneratorConfig, TransformerXL
+    from cadenza.training import checkpoint
+    from cadenza.training.pretrain import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+
+    def corpus(low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        docs = [np.r_[1, rng.integers(low, high, 60), 2] for _ in range(8)]
+        offsets = np.r_[0, np.cumsum([len(d) for d in docs])]
+        return np.concatenate(docs).astype(np.uint16), offsets
+
+    first, second = corpus(3, 10), corpus(10, 17)
+    model_config = GeneratorConfig(
+        vocab_size=17, d_model=32, n_layers=1, n_heads=2, d_ff=64, seg_len=16, mem_len=16,
+        dropout=0.0, bos_id=1,
+    )  # fmt: skip
+    mass = {}
+    for final_steps in (0, 40):
+        config = TrainConfig(
+            batch_size=4, max_steps=60, lr=3e-3, warmup_steps=0, eval_interval=60,
+            checkpoint_interval=60, final_original_steps=final_steps, device="cpu",
+        )  # fmt: skip
+        out = tmp_path / f"final-{final_steps}"
+        train(model_config, config, first, first[0], out, final_data=second)
+        net = TransformerXL(model_config)
+        checkpoint.load_weights(net, out)
+        net.eval()
+        with torch.no_grad():
+            logits, _ = net(torch.tensor([[1]]))  # what follows [BOS]
+        probs = logits[0, -1].softmax(-1)
+        mass[final_steps] = float(probs[10:17].sum())
+    assert mass[0] < 0.1 and mass[40] > 0.5, mass
+    with pytest.raises(ValueError, match="final_data"):
+        train(model_config, TrainConfig(max_steps=4, final_original_steps=2), first, first[0],
+              tmp_path / "none")  # fmt: skip

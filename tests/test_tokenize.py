@@ -46,6 +46,29 @@ def test_stage_outputs(token_project):
         assert metrics["num_documents"][split] == len(offsets) - 1 == expected_docs
     assert metrics["vocab_size"] == len(tokenizer)
     assert 3 < metrics["tokens_per_note"] < 6
+    # Which train documents are the files as written: the first of each file's three.
+    flags = np.load(paths.tokens_dir / "train_original.npy")
+    num_train = int((splits["split"] == "train").sum())
+    assert flags.tolist() == [True, False, False] * num_train
+    tokens, offsets = tokenize_stage.load_split(paths.tokens_dir, "train")
+    originals, original_offsets = tokenize_stage.load_originals(paths.tokens_dir, "train")
+    assert len(original_offsets) - 1 == num_train
+    for k, i in enumerate(np.flatnonzero(flags)):
+        doc = originals[original_offsets[k] : original_offsets[k + 1]]
+        np.testing.assert_array_equal(doc, tokens[offsets[i] : offsets[i + 1]])
+    valid = tokenize_stage.load_originals(paths.tokens_dir, "valid")  # never augmented
+    np.testing.assert_array_equal(valid[0], tokenize_stage.load_split(paths.tokens_dir, "valid")[0])
+
+
+def test_missing_original_flags_are_named(token_project, tmp_path):
+    """Tokens written before the flags existed: a clear error naming the file and the fix."""
+    import shutil
+
+    tokens_dir = tmp_path / "tokens"
+    shutil.copytree(Paths(root=token_project, corpus="mine").tokens_dir, tokens_dir)
+    (tokens_dir / "train_original.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="train_original.npy.*cadenza tokenize"):
+        tokenize_stage.load_originals(tokens_dir, "train")
 
 
 @pytest.mark.parametrize("name", ["REMI", "TSD", "Structured"])

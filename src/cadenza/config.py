@@ -207,6 +207,10 @@ class PretrainSettings(_Section):
     cpu_bf16: bool | Literal["auto"] = False
     """bf16 autocast for training steps on CPU (validation and test NLL stay fp32): auto =
     on where the CPU has native bf16 (AMX or AVX512-BF16; docs/PERFORMANCE.md)."""
+    final_original_fraction: float = Field(0.15, ge=0, lt=1)
+    """The last this fraction of steps read only the train documents as the corpus wrote them
+    (no transposed or stretched versions): augmentation teaches every key about equally, the
+    corpus has its own keys, and samples drifted towards the augmented ones (EXPERIMENTS.md)."""
     ngram_order: int = Field(4, ge=2, le=6)
     """Order of the n-gram baseline written next to the model's test NLL."""
     init: Literal["scratch", "base"] = "scratch"
@@ -311,6 +315,9 @@ class AdversarialSettings(_Sampled):
     """Generated tokens per chunk; must not exceed pretrain_discriminator.seq_len."""
     prime_tokens: int = Field(0, ge=0)
     """Real tokens after [BOS] that start each adversarial sample (0 = a bare [BOS])."""
+    train_documents: Literal["all", "original"] = "original"
+    """Train documents for the NLL term, the primes and the critic's real chunks: all (with
+    the augmented versions) or original (the corpus as written, as pretrain's final phase)."""
     adv_weight: float = Field(0.1, ge=0)
     adv_every: int = Field(1, ge=1)
     """An adversarial update (generator and critic) every this many steps."""

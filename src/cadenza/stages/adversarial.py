@@ -73,7 +73,7 @@ def adversarial_config(settings: AdversarialSettings, tokenizer):
 def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> AdversarialStageResult:
     from cadenza.models.discriminator import DiscriminatorConfig
     from cadenza.models.generator import GeneratorConfig
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.stage import load_originals, load_split
     from cadenza.tokens.tokenizer import load_tokenizer, pitch_classes
     from cadenza.training import checkpoint
     from cadenza.training.adversarial import AdversarialConfig, train_adversarial
@@ -88,7 +88,8 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
             f"{discriminator_config.max_len}"
         )
     tokenizer = load_tokenizer(paths.generator_mle_dir / "tokenizer.json")
-    train_data = load_split(paths.tokens_dir, "train")
+    originals = settings.train_documents == "original"
+    train_data = (load_originals if originals else load_split)(paths.tokens_dir, "train")
     valid_data = load_split(paths.tokens_dir, "valid")
     config = adversarial_config(settings, tokenizer)
     control = AdversarialConfig(**{**asdict(config), "adv_weight": 0.0, "adv_optimizer": "shared"})
@@ -100,6 +101,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
         paths.generator_mle_dir / "model.safetensors",
         paths.discriminator_dir / "model.safetensors",
         paths.tokens_dir / "train.npy",
+        *([paths.tokens_dir / "train_original.npy"] if originals else []),
     )
     params = {"adversarial": settings.model_dump()}
     results, metrics = {}, {}

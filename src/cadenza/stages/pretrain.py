@@ -65,6 +65,7 @@ def build_configs(settings: PretrainSettings, vocab_size: int, bos_id: int = -1)
         log_interval=preset.log_interval,
         seed=settings.seed,
         device=settings.device,
+        final_original_steps=round(settings.final_original_fraction * preset.max_steps),
         compile=settings.compile,
         cpu_bf16=settings.cpu_bf16,
     )
@@ -106,7 +107,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
 
     from cadenza.models.generator import TransformerXL
     from cadenza.stages import transfer
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.stage import load_originals, load_split
     from cadenza.tokens.tokenizer import load_tokenizer
     from cadenza.training import checkpoint
     from cadenza.training.baselines import NGramModel, unigram_nll
@@ -125,11 +126,17 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
     train_tokens, train_offsets = load_split(paths.tokens_dir, "train")
     valid_tokens, _ = load_split(paths.tokens_dir, "valid")
     test_tokens, _ = load_split(paths.tokens_dir, "test")
+    final_data = (
+        load_originals(paths.tokens_dir, "train") if train_config.final_original_steps else None
+    )
     identity = fingerprint(  # a fine-tuning run also names its starting weights
         model_config.to_dict(),
         asdict(train_config),
         *([base["weights_sha256"]] if base else []),
-        files=(paths.tokens_dir / "train.npy",),
+        files=(
+            paths.tokens_dir / "train.npy",
+            *([paths.tokens_dir / "train_original.npy"] if final_data is not None else []),
+        ),
     )
     out_dir = paths.generator_mle_dir
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -167,6 +174,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             extra_config=extra,
             fingerprint=identity,
             init_from=paths.base_model_dir if base else None,
+            final_data=final_data,
         )
         if not is_main:
             return None

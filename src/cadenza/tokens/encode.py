@@ -6,7 +6,7 @@ encodes files independently, so the result does not depend on the number of work
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class EncodedFile:
     num_skipped_transpositions: int
     error: str = ""
     key_shift: int = 0  # semitones the file was moved by (tokenize.key_normalize), else 0
+    originals: list[bool] = field(default_factory=list)  # per document: not augmented
 
 
 def init_worker(tokenizer_path: str) -> None:
@@ -136,9 +137,12 @@ def encode_file(job: EncodeJob) -> EncodedFile:
     versions, skipped = augmented_versions(
         score, list(job.transpositions), list(job.time_stretches), pitch_range
     )
-    documents = []
-    for version in versions:
+    documents, originals = [], []
+    for index, version in enumerate(versions):  # versions[0] is the score as written
         ids = score_ids(tokenizer, version)
         if ids:
             documents.append(np.asarray([bos, *ids, eos], dtype=np.int64))
-    return EncodedFile(job.path, documents, int(score.note_num()), skipped, key_shift=shift)
+            originals.append(index == 0)
+    return EncodedFile(
+        job.path, documents, int(score.note_num()), skipped, key_shift=shift, originals=originals
+    )

@@ -55,6 +55,33 @@ def load_split(tokens_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def load_originals(tokens_dir: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, offsets) of the split's documents as the corpus wrote them: no transposed or
+    time-stretched versions (train is augmented; the other splits never are)."""
+    tokens, offsets = load_split(tokens_dir, split)
+    flags_path = tokens_dir / f"{split}_original.npy"
+    if not flags_path.is_file():
+        if split != "train":
+            return tokens, offsets
+        raise FileNotFoundError(
+            f"{flags_path}: missing, so the un-augmented train documents are unknown; "
+            "run `cadenza tokenize` again (tokens written before session 8 lack it)"
+        )
+    flags = np.load(flags_path)
+    if len(flags) != len(offsets) - 1:
+        raise ValueError(
+            f"{flags_path}: {len(flags)} flags for {len(offsets) - 1} documents; "
+            "run `cadenza tokenize` again"
+        )
+    keep = np.flatnonzero(flags)
+    if len(keep) == 0:
+        raise ValueError(f"{flags_path}: no un-augmented documents in the {split} split")
+    parts = [np.asarray(tokens[offsets[i] : offsets[i + 1]]) for i in keep]
+    lengths = [len(p) for p in parts]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+    return np.concatenate(parts), new_offsets
+
+
 def _encode_all(jobs: list[EncodeJob], tokenizer_path: Path, workers: int):
     """EncodedFile per job, in job order, as they come (a generator: nothing piles up)."""
     with progress_bar("tokenize", total=len(jobs)) as advance:
@@ -81,6 +108,7 @@ class SplitSummary:
     errors: list[str]
     key_shifts: list[int]  # per document: semitones its file was moved by (key_normalize)
     file_key_shifts: list[int]  # per file read
+    originals: list[bool]  # per document: the file as written (not an augmented version)
 
 
 def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
@@ -88,7 +116,7 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
     in blocks), so memory stays bounded by one file's tokens whatever the corpus size."""
     raw_path = tokens_dir / f".{split}.raw"
     lengths: list[int] = []
-    notes, skipped, errors, shifts, file_shifts = 0, 0, [], [], []
+    notes, skipped, errors, shifts, file_shifts, originals = 0, 0, [], [], [], []
     with raw_path.open("wb") as raw:
         for item in encoded:
             if item.error:
@@ -97,10 +125,11 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
             notes += item.num_notes
             skipped += item.num_skipped_transpositions
             file_shifts.append(item.key_shift)
-            for doc in item.documents:
+            for doc, original in zip(item.documents, item.originals, strict=True):
                 np.asarray(doc, dtype=dtype).tofile(raw)
                 lengths.append(len(doc))
                 shifts.append(item.key_shift)
+                originals.append(original)
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
     total = int(offsets[-1])
     # into the staging folder: swapped in whole
@@ -108,7 +137,7 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
         raw_path.unlink()
         np.save(tokens_dir / f"{split}.npy", np.zeros(0, dtype=dtype))
         np.save(tokens_dir / f"{split}_offsets.npy", offsets)
-        return SplitSummary(0, len(lengths), notes, skipped, errors, shifts, file_shifts)
+        return SplitSummary(0, len(lengths), notes, skipped, errors, shifts, file_shifts, originals)
     flat = np.lib.format.open_memmap(tokens_dir / f"{split}.npy", "w+", dtype, (total,))
     block = 1 << 22
     with raw_path.open("rb") as raw:
@@ -119,7 +148,7 @@ def _write_split(tokens_dir: Path, split: str, encoded, dtype) -> SplitSummary:
     del flat
     raw_path.unlink()
     np.save(tokens_dir / f"{split}_offsets.npy", offsets)
-    return SplitSummary(total, len(lengths), notes, skipped, errors, shifts, file_shifts)
+    return SplitSummary(total, len(lengths), notes, skipped, errors, shifts, file_shifts, originals)
 
 
 def _bpe_training_files(train: list[str], settings: TokenizeSettings, scratch: Path) -> list[Path]:
@@ -219,6 +248,8 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
         num_notes[split] = summary.num_notes
         num_tokens[split], num_documents[split] = summary.num_tokens, summary.num_documents
         key_shifts[split] = summary.file_key_shifts
+        if augment:  # which train documents are the corpus as written (pretrain's final phase)
+            np.save(staging / f"{split}_original.npy", np.asarray(summary.originals, bool))
         if settings.key_normalize:  # evaluation moves real windows back into their own keys
             np.save(staging / f"{split}_key_shift.npy", np.asarray(summary.key_shifts, np.int8))
     if settings.key_normalize:  # generation draws its keys from the train split's

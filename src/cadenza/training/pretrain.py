@@ -53,6 +53,9 @@ class TrainConfig:
     cpu_bf16: bool | str = False
     """True | False | "auto": bf16 autocast for training steps on CPU (auto: where the CPU has
     native bf16 matmuls); validation NLL stays fp32."""
+    final_original_steps: int = 0
+    """The last this many steps read `final_data` (the train documents as the corpus wrote
+    them, without augmented versions) instead of `train_data`."""
 
 
 @dataclass
@@ -191,12 +194,16 @@ def train(
     extra_config: dict | None = None,
     fingerprint: str = "",
     init_from: Path | None = None,
+    final_data: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train (or resume from out_dir/last) until max_steps; keep the best weights by
     validation NLL in out_dir/model.safetensors.
 
     init_from: a checkpoint folder whose weights a fresh run starts from (fine-tuning);
     the caller makes sure its architecture and vocabulary match model_config.
+
+    final_data: (tokens, offsets) the last config.final_original_steps steps train on (memory
+    starts afresh where they begin).
 
     A saved state is resumed only when its fingerprint (config and data identity, chosen by
     the caller) matches; otherwise training starts afresh.
@@ -256,6 +263,20 @@ def train(
         dist.rank,
         dist.world_size,
     )
+    switch = config.max_steps - config.final_original_steps  # first step of the final phase
+    final_batches = None
+    if config.final_original_steps:
+        if final_data is None:
+            raise ValueError("final_original_steps > 0 needs final_data")
+        final_batches = SegmentBatches(
+            *final_data,
+            config.batch_size,
+            model_config.seg_len,
+            config.seed + 1,
+            True,
+            dist.rank,
+            dist.world_size,
+        )
     tokens_per_step = config.batch_size * model_config.seg_len * dist.world_size
     eval_batch = max(
         1, min(config.batch_size, (len(valid_tokens) - 1) // (model_config.seg_len + 1))
@@ -264,7 +285,10 @@ def train(
     started, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
     step = start_step
     for step in range(start_step, config.max_steps):
-        inputs, targets, new_epoch = batches.batch(step)
+        if final_batches is not None and step >= switch:
+            inputs, targets, new_epoch = final_batches.batch(step - switch)
+        else:
+            inputs, targets, new_epoch = batches.batch(step)
         if new_epoch:
             mems = None  # the streams were reshuffled: old memory is not their past
         with autocast_context(device, cpu_bf16):
