@@ -73,7 +73,7 @@ def adversarial_config(settings: AdversarialSettings, tokenizer):
 def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> AdversarialStageResult:
     from cadenza.models.discriminator import DiscriminatorConfig
     from cadenza.models.generator import GeneratorConfig
-    from cadenza.tokens.stage import load_originals, load_split
+    from cadenza.tokens.stage import load_originals, load_split, originals_path
     from cadenza.tokens.tokenizer import load_tokenizer, pitch_classes
     from cadenza.training import checkpoint
     from cadenza.training.adversarial import AdversarialConfig, train_adversarial
@@ -101,7 +101,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
         paths.generator_mle_dir / "model.safetensors",
         paths.discriminator_dir / "model.safetensors",
         paths.tokens_dir / "train.npy",
-        *([paths.tokens_dir / "train_original.npy"] if originals else []),
+        *([originals_path(paths.tokens_dir)] if originals else []),
     )
     params = {"adversarial": settings.model_dump()}
     results, metrics = {}, {}

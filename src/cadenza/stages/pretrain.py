@@ -107,7 +107,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
 
     from cadenza.models.generator import TransformerXL
     from cadenza.stages import transfer
-    from cadenza.tokens.stage import load_originals, load_split
+    from cadenza.tokens.stage import load_originals, load_split, originals_path
     from cadenza.tokens.tokenizer import load_tokenizer
     from cadenza.training import checkpoint
     from cadenza.training.baselines import NGramModel, unigram_nll
@@ -135,7 +135,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
         *([base["weights_sha256"]] if base else []),
         files=(
             paths.tokens_dir / "train.npy",
-            *([paths.tokens_dir / "train_original.npy"] if final_data is not None else []),
+            *([originals_path(paths.tokens_dir)] if final_data is not None else []),
         ),
     )
     out_dir = paths.generator_mle_dir

@@ -55,11 +55,16 @@ def load_split(tokens_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def originals_path(tokens_dir: Path, split: str = "train") -> Path:
+    """Which of the split's documents are a file as written (bool per document)."""
+    return tokens_dir / f"{split}_original.npy"
+
+
 def load_originals(tokens_dir: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """(tokens, offsets) of the split's documents as the corpus wrote them: no transposed or
     time-stretched versions (train is augmented; the other splits never are)."""
     tokens, offsets = load_split(tokens_dir, split)
-    flags_path = tokens_dir / f"{split}_original.npy"
+    flags_path = originals_path(tokens_dir, split)
     if not flags_path.is_file():
         if split != "train":
             return tokens, offsets
@@ -249,7 +254,7 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
         num_tokens[split], num_documents[split] = summary.num_tokens, summary.num_documents
         key_shifts[split] = summary.file_key_shifts
         if augment:  # which train documents are the corpus as written (pretrain's final phase)
-            np.save(staging / f"{split}_original.npy", np.asarray(summary.originals, bool))
+            np.save(originals_path(staging, split), np.asarray(summary.originals, bool))
         if settings.key_normalize:  # evaluation moves real windows back into their own keys
             np.save(staging / f"{split}_key_shift.npy", np.asarray(summary.key_shifts, np.int8))
     if settings.key_normalize:  # generation draws its keys from the train split's

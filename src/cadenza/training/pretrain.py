@@ -254,29 +254,19 @@ def train(
     train_model = dist.wrap(model)
     if config.compile and device.type == "cuda":
         train_model = torch.compile(train_model)
-    batches = SegmentBatches(
-        *train_data,
-        config.batch_size,
-        model_config.seg_len,
-        config.seed,
-        True,
-        dist.rank,
-        dist.world_size,
-    )
+
+    def segment_batches(data: tuple[np.ndarray, np.ndarray], seed: int) -> SegmentBatches:
+        return SegmentBatches(
+            *data, config.batch_size, model_config.seg_len, seed, True, dist.rank, dist.world_size
+        )
+
+    batches = segment_batches(train_data, config.seed)
     switch = config.max_steps - config.final_original_steps  # first step of the final phase
     final_batches = None
     if config.final_original_steps:
         if final_data is None:
             raise ValueError("final_original_steps > 0 needs final_data")
-        final_batches = SegmentBatches(
-            *final_data,
-            config.batch_size,
-            model_config.seg_len,
-            config.seed + 1,
-            True,
-            dist.rank,
-            dist.world_size,
-        )
+        final_batches = segment_batches(final_data, config.seed + 1)
     tokens_per_step = config.batch_size * model_config.seg_len * dist.world_size
     eval_batch = max(
         1, min(config.batch_size, (len(valid_tokens) - 1) // (model_config.seg_len + 1))
