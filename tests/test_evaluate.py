@@ -92,7 +92,8 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         if m["num_pieces_with_notes"] < 2:  # a tiny model may write no notes: said so
             assert "music_stats_note" in m and m["mean_overlap"] == 0.0
     assert {"unigram", "4gram"} <= set(metrics["baselines"])
-    assert metrics["sampling"] == {"temperature": 0.9, "top_k": 0, "top_p": 0.95, "grammar": False}
+    assert metrics["sampling"] == {"temperature": 0.9, "top_k": 0, "top_p": 0.95, "grammar": False,
+                                   "pitch_top_p": 1.0}  # fmt: skip
     plain = metrics["plain_sampling"]  # the same MLE generator at temperature 1, same windows
     assert plain["mle"]["num_windows"] == metrics["mle"]["num_windows"]
     versus = plain["mle_vs_plain"]

@@ -129,6 +129,32 @@ def test_sampling_filters():
         sample_next(logits, top_p=0.0)
 
 
+def test_pitch_nucleus_trims_only_the_pitch_tail():
+    """pitch_top_p keeps the smallest set of pitch tokens holding that share of the pitch
+    probability; other tokens keep their logits, and a row that allows no pitch is untouched."""
+    # tokens 0-1: not pitches; 2-5: pitches with probabilities ~0.64, 0.24, 0.09, 0.03 among pitches
+    logits = torch.tensor([[5.0, 1.0, 4.0, 3.0, 2.0, 1.0],
+                           [5.0, 1.0, *[float("-inf")] * 4]])  # fmt: skip
+    pitches = torch.tensor([False, False, True, True, True, True])
+    out = filter_logits(logits, pitch_mask=pitches, pitch_top_p=0.8)
+    assert torch.isinf(out[0]).tolist() == [False, False, False, False, True, True]
+    assert torch.equal(out[0, :4], logits[0, :4])  # kept tokens: logits as they were
+    assert torch.equal(out[1], logits[1]) and not out.isnan().any()
+    assert torch.equal(filter_logits(logits, pitch_mask=pitches, pitch_top_p=1.0), logits)
+    assert torch.equal(filter_logits(logits, pitch_mask=None, pitch_top_p=0.5), logits)
+    # sampled with it, the dropped pitches never come up; the other tokens keep their share
+    many = logits[:1].expand(4000, -1)
+    drawn = sample_next(many, generator=torch.Generator().manual_seed(0), pitch_mask=pitches,
+                        pitch_top_p=0.8)  # fmt: skip
+    assert not ((drawn == 4) | (drawn == 5)).any()
+    plain_share = logits[0].softmax(-1)[0].item()  # token 0 before trimming: ~0.64
+    trimmed = out[0].softmax(-1)[0].item()  # after: a little more (the tail's mass is gone)
+    assert trimmed > plain_share
+    assert (drawn == 0).float().mean().item() == pytest.approx(trimmed, abs=0.03)
+    with pytest.raises(ValueError, match="pitch_top_p"):
+        sample_next(logits, pitch_mask=pitches, pitch_top_p=0.0)
+
+
 def test_detached_memory_path_matches_the_full_forward():
     """The chunked-sampling path (live keys + detached memory, split softmax) against the
     plain full forward pass, token by token, with chunk boundaries every 5 tokens."""

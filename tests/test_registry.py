@@ -300,6 +300,8 @@ def test_mlflow_models_serve_returns_midi(registered_project, tmp_path):
         assert status == 400 and body["message"] == "num_tokens: 0 is outside 1..8192", body
         status, body = _post(port, [{"num_tokens": 8, "top_p": 1.5}])
         assert status == 400 and body["message"] == "top_p: 1.5 must be in (0, 1]", body
+        status, body = _post(port, [{"num_tokens": 8, "pitch_top_p": 0.0}])
+        assert status == 400 and body["message"] == "pitch_top_p: 0.0 must be in (0, 1]", body
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -54,13 +54,23 @@ def test_apply_rewrites_only_the_sampling_section_and_keeps_comments(tmp_path):
     text = (
         "evaluate:\n  temperature_note: 1  # not this one\n  seed: 0\n"
         "sampling:   # the default\n  temperature: 1.0  # chosen on valid\n  top_k: 0\n"
-        "  top_p: 1.0\n  grammar: false\nlisten:\n  seed: 0\n"
+        "  top_p: 1.0\n  grammar: false\n  pitch_top_p: 1.0  # pitches only\nlisten:\n  seed: 0\n"
     )
     params.write_text(text)
-    tuning.apply(params, {"temperature": 0.85, "top_k": 0, "top_p": 0.9, "grammar": True})
+    tuning.apply(params, {"temperature": 0.85, "top_k": 0, "top_p": 0.9, "grammar": True,
+                          "pitch_top_p": 0.8})  # fmt: skip
     written = params.read_text()
     assert "temperature: 0.85  # chosen on valid" in written and "top_p: 0.9\n" in written
+    assert "pitch_top_p: 0.8  # pitches only" in written
     assert yaml.safe_load(written)["sampling"]["grammar"] is True
+    # a params.yaml from before the option: off needs no line, a pitch nucleus does
+    old = tmp_path / "old.yaml"
+    old.write_text(text.replace("  pitch_top_p: 1.0  # pitches only\n", ""))
+    tuning.apply(old, {"temperature": 1, "top_k": 0, "top_p": 1, "grammar": False,
+                       "pitch_top_p": 1.0})  # fmt: skip
+    with pytest.raises(ValueError, match="no `sampling.pitch_top_p`"):
+        tuning.apply(old, {"temperature": 1, "top_k": 0, "top_p": 1, "grammar": False,
+                           "pitch_top_p": 0.8})  # fmt: skip
     assert yaml.safe_load(written)["evaluate"] == {"temperature_note": 1, "seed": 0}
     (tmp_path / "bare.yaml").write_text("evaluate:\n  seed: 0\n")
     with pytest.raises(ValueError, match="no `sampling.temperature`"):
@@ -82,14 +92,16 @@ def test_tune_sampling_scores_settings_on_valid_and_applies_the_best(registered_
         app,
         ["tune-sampling", "--root", str(root), "--params", str(root / "params.yaml"),
          "--temperatures", "0.5", "--top-ps", "1.0", "--grammars", "1", "--samples", "8",
-         "--bootstrap", "10",
+         "--pitch-top-ps", "1.0,0.5", "--bootstrap", "10",
          "--apply"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     sweep = json.loads((root / "reports" / "sampling" / "sweep.json").read_text())
     assert sweep["split"] == "valid" and sweep["num_windows"] == 8
-    plain, cooler = sweep["rows"]
+    plain, cooler, pitch = sweep["rows"]
     assert (plain["temperature"], plain["top_p"]) == (1.0, 1.0) and "vs_plain" not in plain
+    assert pitch["pitch_top_p"] == 0.5 and cooler["pitch_top_p"] == 1.0
+    assert pitch["name"] == "T=0.5 k=0 p=1 pitch-p=0.5 +grammar" and "vs_plain" in pitch
     pair = cooler["vs_plain"]
     assert pair["difference"] == pytest.approx(cooler["probes"][pair["probe"]] - plain["probes"][
         pair["probe"]])  # fmt: skip
@@ -99,6 +111,7 @@ def test_tune_sampling_scores_settings_on_valid_and_applies_the_best(registered_
     chosen = parse_settings(yaml.safe_load((root / "params.yaml").read_text())).sampling
     assert chosen.temperature == best["temperature"] and chosen.top_p == best["top_p"]
     assert chosen.grammar == best["grammar"] and cooler["grammar"] is True
+    assert chosen.pitch_top_p == best["pitch_top_p"]
     assert "| T=1 k=0 p=1 |" in (root / "reports" / "sampling" / "sweep.md").read_text()
 
 
@@ -124,6 +137,8 @@ def test_generate_takes_sampling_from_params_and_the_model(registered_project, t
     cool = {"temperature": 0.3, "top_k": 0, "top_p": 1.0}
     by_params = run(sampling=cool)
     assert by_params == run("--temperature", "0.3", sampling={})
+    trimmed = run(sampling={"pitch_top_p": 0.2})
+    assert trimmed == run("--pitch-top-p", "0.2", sampling={}) != run(sampling={})
     (model / "sampling.json").write_text(json.dumps(cool))
     assert run(sampling={"temperature": 2.0}) == by_params  # the model's own default wins
 
@@ -180,6 +195,57 @@ def test_grammar_holds_for_real_tokens_and_masks_what_a_model_would_break(token_
     rows = torch.from_numpy(np.concatenate([bos.numpy(), samples], axis=1).astype(np.int64))
     assert grammar.violations(rows).sum() == 0
     assert build_grammar(build_tokenizer("TSD", 8, (21, 109), 8)) is None
+
+
+def test_pitch_nucleus_holds_in_both_samplers(token_project):
+    """With pitch_top_p, every pitch an untrained model draws lies inside the pitch nucleus of
+    its own next-token distribution at that step (teacher-forced logits), in generate and in
+    the evaluation's sampler; without it, pitches outside come up."""
+    import numpy as np
+    import torch
+
+    from cadenza.evaluation import windows
+    from cadenza.models.generator import GeneratorConfig, TransformerXL
+    from cadenza.tokens.grammar import pitch_mask
+    from cadenza.tokens.tokenizer import build_tokenizer, load_tokenizer
+
+    tokenizer = load_tokenizer(token_project / "data" / "tokens" / "tokenizer.json")
+    pitches = pitch_mask(tokenizer)
+    names = {i: t for t, i in tokenizer.vocab.items()}
+    assert {names[i].split("_")[0] for i in pitches.nonzero()[:, 0].tolist()} == {"Pitch"}
+    assert int(pitches.sum()) == sum(t.startswith("Pitch_") for t in tokenizer.vocab)
+    midilike = build_tokenizer("MIDILike", 8, (21, 109), 8)
+    assert int(pitch_mask(midilike).sum()) == sum(t.startswith("NoteOn_") for t in midilike.vocab)
+    torch.manual_seed(0)
+    config = GeneratorConfig(vocab_size=len(tokenizer.vocab), d_model=32, n_layers=1,
+                             n_heads=2, d_ff=64, seg_len=16, mem_len=16)  # fmt: skip
+    net = TransformerXL(config).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # a peaked pitch distribution, as a trained model's
+            p.mul_(8.0)
+
+    def outside(rows: torch.Tensor, q: float = 0.5) -> int:
+        """Pitch tokens drawn outside the q-nucleus of the pitch tokens at their step."""
+        with torch.no_grad():
+            logits, _ = net(rows[:, :-1])
+        step = logits.reshape(-1, logits.shape[-1]).float()
+        from cadenza.models.sampling import filter_logits
+
+        kept = ~torch.isinf(filter_logits(step, pitch_mask=pitches, pitch_top_p=q))
+        drawn = rows[:, 1:].reshape(-1)
+        is_pitch = pitches[drawn]
+        return int((is_pitch & ~kept[torch.arange(len(drawn)), drawn]).sum())
+
+    bos = torch.full((8, 1), tokenizer["BOS_None"])
+    free = net.generate(bos, 96, generator=torch.Generator().manual_seed(1))
+    trimmed = net.generate(bos, 96, generator=torch.Generator().manual_seed(1),
+                           pitch_mask=pitches, pitch_top_p=0.5)  # fmt: skip
+    assert outside(free) > 0 and outside(trimmed) == 0
+    plan = windows.make_plan(8, 96, 32, 2, 0)
+    samples = windows.generate_samples(net, tokenizer, plan, 1.0, 0, 1.0, 0, "cpu", 8,
+                                       pitch_top_p=0.5)  # fmt: skip
+    rows = torch.from_numpy(np.concatenate([bos.numpy(), samples], axis=1).astype(np.int64))
+    assert outside(rows) == 0
 
 
 def test_compare_reads_a_generator_of_another_tokenizer_in_the_pipelines_tokens(

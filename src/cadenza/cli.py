@@ -302,6 +302,10 @@ def tune_sampling(
     grammars: Annotated[
         str, typer.Option("--grammars", help="comma-separated 0/1: token grammar off/on")
     ] = "0,1",
+    pitch_top_ps: Annotated[
+        str,
+        typer.Option("--pitch-top-ps", help="comma-separated; nucleus within the pitch tokens"),
+    ] = "1.0",
     samples: Annotated[
         int | None, typer.Option(min=4, help="evaluate.num_samples if unset")
     ] = None,
@@ -325,6 +329,7 @@ def tune_sampling(
         _numbers(top_ks, int, "--top-ks"),
         _numbers(top_ps, float, "--top-ps"),
         tuple(bool(g) for g in _numbers(grammars, int, "--grammars")),
+        tuple(_numbers(pitch_top_ps, float, "--pitch-top-ps")),
     )
     folder = model if model.is_absolute() else paths.root / model
     result = _run_stage(tuning.tune, evaluate_settings, paths, folder, grid)
@@ -337,7 +342,8 @@ def tune_sampling(
     chosen = result["chosen"]
     typer.echo(
         f"chosen: temperature {chosen['temperature']:g}, top_k {chosen['top_k']}, top_p "
-        f"{chosen['top_p']:g}, grammar {chosen['grammar']} (strongest-probe accuracy "
+        f"{chosen['top_p']:g}, grammar {chosen['grammar']}, pitch_top_p "
+        f"{chosen['pitch_top_p']:g} (strongest-probe accuracy "
         f"{chosen['accuracy']:.3f} on valid)"
     )
     if apply:
@@ -611,6 +617,10 @@ def generate(
         bool | None,
         typer.Option("--grammar/--no-grammar", help="mask tokens the token grammar forbids"),
     ] = None,
+    pitch_top_p: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="nucleus within the pitch tokens only (1 = off)"),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Sample a MIDI file from a trained generator (and, with --audio, render it).
@@ -624,7 +634,7 @@ def generate(
         default = _load(params, Path("."))[0].sampling.model_dump()
     result = _run_stage(
         generate_midi, model, tokens, out, temperature, top_k, top_p, seed, primer, primer_tokens,
-        default, grammar,
+        default, grammar, pitch_top_p,
     )  # fmt: skip
     typer.echo(f"wrote {result.out_path}: {len(result.token_ids)} tokens, {result.num_notes} notes")
     if audio:

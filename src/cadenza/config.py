@@ -281,11 +281,15 @@ class SamplingSettings(_Section):
     """Mask the tokens the tokenizer's grammar does not allow next (a REMI Position before
     the last one in its bar, a Pitch without its Velocity and Duration): cadenza.tokens.grammar.
     No effect for tokenizations without one (BPE, TSD, ...)."""
+    pitch_top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus within the pitch tokens only: when a note's pitch is drawn, keep the likeliest
+    pitches holding this much of the pitch probability (1 = off); positions, durations and
+    voices keep their probabilities. No effect for a BPE vocabulary."""
 
     @property
     def is_plain(self) -> bool:
         return (self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
-                and not self.grammar)  # fmt: skip
+                and not self.grammar and self.pitch_top_p == 1.0)  # fmt: skip
 
 
 class _Sampled(_Section):
@@ -529,7 +533,8 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         section, _, name = key.partition(".")
-        if section in ("evaluate", "listen") and name in ("temperature", "top_k", "top_p"):
+        moved = ("temperature", "top_k", "top_p", "pitch_top_p")
+        if section in ("evaluate", "listen") and name in moved:
             return (
                 f"{source}: '{key}' has moved to the top-level `sampling` section (one default "
                 f"for generate, serving, evaluation and listening): set sampling.{name} instead"

@@ -103,15 +103,17 @@ def sample_score(
     prompt: list[int] | None = None,
     grammar: bool = False,
     key_shift: int | None = None,
+    pitch_top_p: float = 1.0,
 ):
     """(Score, generated ids) continuing [BOS] + prompt by num_tokens sampled tokens; with
     grammar, only tokens the tokenizer's grammar allows (cadenza.tokens.grammar). A
     key-normalized model's output is moved back by key_shift (what its prompt was normalized
-    by), or with None into a key drawn (by seed) from its train split's keys."""
+    by), or with None into a key drawn (by seed) from its train split's keys. pitch_top_p: a
+    nucleus within the pitch tokens (models.sampling.filter_logits)."""
     import numpy as np
     import torch
 
-    from cadenza.tokens.grammar import build_grammar
+    from cadenza.tokens.grammar import build_grammar, pitch_mask
     from cadenza.tokens.keys import place, place_samples, uses_key_normalize
 
     prompt_ids = [tokenizer["BOS_None"], *(prompt or [])]
@@ -119,6 +121,7 @@ def sample_score(
     sequence = net.generate(
         torch.tensor([prompt_ids]), num_tokens, temperature, top_k, top_p, generator,
         grammar=build_grammar(tokenizer) if grammar else None,
+        pitch_mask=pitch_mask(tokenizer) if pitch_top_p < 1.0 else None, pitch_top_p=pitch_top_p,
     )  # fmt: skip
     ids = clean_ids(tokenizer, sequence[0, 1:].tolist())
     if ids and uses_key_normalize(tokenizer):
@@ -144,6 +147,7 @@ def generate_midi(
     primer_tokens: int = 64,
     default_sampling: dict | None = None,
     grammar: bool | None = None,
+    pitch_top_p: float | None = None,
 ) -> Generated:
     """Sample a MIDI file. A sampling value left None comes from the model's sampling.json (a
     registered model carries the pipeline's choice), else from `default_sampling` (the
@@ -161,10 +165,12 @@ def generate_midi(
     top_k = defaults["top_k"] if top_k is None else top_k
     top_p = defaults["top_p"] if top_p is None else top_p
     grammar = bool(defaults["grammar"]) if grammar is None else grammar
+    pitch_top_p = defaults["pitch_top_p"] if pitch_top_p is None else pitch_top_p
     prompt, shift = primer_ids(tokenizer, primer, primer_tokens) if primer else ([], None)
     score, ids = sample_score(
-        net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt, grammar, shift
-    )
+        net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt, grammar, shift,
+        pitch_top_p,
+    )  # fmt: skip
     out_path.parent.mkdir(parents=True, exist_ok=True)
     score.dump_midi(str(out_path))
     return Generated(ids, int(score.note_num()), out_path)

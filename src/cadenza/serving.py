@@ -1,12 +1,12 @@
 """The generator as an MLflow pyfunc model: what `mlflow models serve` serves.
 
-Input: one row per request with num_tokens (required), temperature, top_k and top_p (default:
-the `sampling` the model was logged with, sampling.json beside its weights; plain sampling for a
-model logged without one), seed (0) and optionally primer (a MIDI file, base64). A bad field
-is an HTTP 400 whose top-level `message` names it. Output: one row per request with midi
-(base64 MIDI file), num_notes and num_tokens. The model folder carries the weights
-(safetensors), config.json, tokenizer.json, sampling.json and the cadenza package itself, so
-it loads wherever torch, miditok and symusic are installed.
+Input: one row per request with num_tokens (required), temperature, top_k, top_p and
+pitch_top_p (default: the `sampling` the model was logged with, sampling.json beside its
+weights; plain sampling for a model logged without one), seed (0) and optionally primer (a
+MIDI file, base64). A bad field is an HTTP 400 whose top-level `message` names it. Output:
+one row per request with midi (base64 MIDI file), num_notes and num_tokens. The model folder
+carries the weights (safetensors), config.json, tokenizer.json, sampling.json and the
+cadenza package itself, so it loads wherever torch, miditok and symusic are installed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` met
 MAX_TOKENS = 8192
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 SAMPLING_FILE = "sampling.json"
-PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "grammar": False}
+PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "grammar": False,
+                  "pitch_top_p": 1.0}  # fmt: skip
 
 
 def model_sampling(checkpoint_dir: Path) -> dict:
@@ -101,6 +102,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         temperature = _field(row, "temperature", defaults["temperature"], float)
         top_k = _field(row, "top_k", defaults["top_k"], int)
         top_p = _field(row, "top_p", defaults["top_p"], float)
+        pitch_top_p = _field(row, "pitch_top_p", defaults.get("pitch_top_p", 1.0), float)
         seed = _field(row, "seed", 0, int)
         if not 1 <= num_tokens <= MAX_TOKENS:
             raise RequestError(f"num_tokens: {num_tokens} is outside 1..{MAX_TOKENS}")
@@ -110,6 +112,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             raise RequestError(f"top_k: {top_k} must be >= 0")
         if not 0 < top_p <= 1:
             raise RequestError(f"top_p: {top_p} must be in (0, 1]")
+        if not 0 < pitch_top_p <= 1:
+            raise RequestError(f"pitch_top_p: {pitch_top_p} must be in (0, 1]")
         prompt: list[int] = []
         shift = None  # a key-normalized model without primer: a key drawn by seed
         primer = row.get("primer")
@@ -122,7 +126,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                 raise RequestError(f"primer: not a base64 MIDI file ({exc})") from None
         score, ids = sample_score(
             self.net, self.tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt,
-            bool(defaults["grammar"]), shift,
+            bool(defaults["grammar"]), shift, pitch_top_p,
         )  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sample.mid"
@@ -144,6 +148,7 @@ def signature():
             ColSpec("double", "temperature", required=False),  # defaults: sampling.json
             ColSpec("double", "top_k", required=False),
             ColSpec("double", "top_p", required=False),
+            ColSpec("double", "pitch_top_p", required=False),
             ColSpec("double", "seed", required=False),  # default 0
             ColSpec("string", "primer", required=False),
         ]

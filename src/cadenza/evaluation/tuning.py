@@ -1,13 +1,13 @@
 """Choose sampling settings by the evaluation's strongest probe on the validation split.
 
-Every candidate setting (temperature, top-k, top-p) samples from the same generator with the
-same plan and the same random numbers (common seeds), its windows are read by the same probes
-against real *valid* windows (never test), and each is compared with plain temperature-1
-sampling by the paired cluster bootstrap of the instrument. The chosen setting is the one
-with the lowest strongest-probe accuracy among those the paired comparison finds harder to
-tell from real than plain sampling (p < 0.05), else plain sampling; `cadenza tune-sampling
---apply` writes it to the `sampling` section of params.yaml, which generate, serving, the
-gallery and the listening clips all read.
+Every candidate setting (temperature, top-k, top-p, grammar, pitch nucleus) samples from the
+same generator with the same plan and the same random numbers (common seeds), its windows
+are read by the same probes against real *valid* windows (never test), and each is compared
+with plain temperature-1 sampling by the paired cluster bootstrap of the instrument. The
+chosen setting is the one with the lowest strongest-probe accuracy among those the paired
+comparison finds harder to tell from real than plain sampling (p < 0.05), else plain
+sampling; `cadenza tune-sampling --apply` writes it to the `sampling` section of
+params.yaml, which generate, serving, the gallery and the listening clips all read.
 """
 
 from __future__ import annotations
@@ -28,35 +28,38 @@ class Setting:
     top_k: int
     top_p: float
     grammar: bool = False
+    pitch_top_p: float = 1.0
 
     @property
     def name(self) -> str:
         grammar = " +grammar" if self.grammar else ""
-        return f"T={self.temperature:g} k={self.top_k} p={self.top_p:g}{grammar}"
+        pitch = f" pitch-p={self.pitch_top_p:g}" if self.pitch_top_p < 1.0 else ""
+        return f"T={self.temperature:g} k={self.top_k} p={self.top_p:g}{pitch}{grammar}"
 
     def as_dict(self) -> dict:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "grammar": self.grammar}  # fmt: skip
+                "grammar": self.grammar, "pitch_top_p": self.pitch_top_p}  # fmt: skip
 
 
 def grid(
     temperatures: list[float], top_ks: list[int], top_ps: list[float],
-    grammars: tuple[bool, ...] = (False,),
+    grammars: tuple[bool, ...] = (False,), pitch_top_ps: tuple[float, ...] = (1.0,),
 ) -> list[Setting]:  # fmt: skip
     """Every combination, plain temperature-1 sampling first (the reference)."""
     settings = [Setting(*PLAIN)]
     for t in temperatures:
         for k in top_ks:
             for p in top_ps:
-                if t <= 0 or k < 0 or not 0 < p <= 1:
-                    raise ValueError(
-                        f"sampling grid: temperature {t} must be > 0, top_k {k} >= 0 and "
-                        f"top_p {p} in (0, 1]"
-                    )
-                for g in grammars:
-                    setting = Setting(float(t), int(k), float(p), bool(g))
-                    if setting not in settings:
-                        settings.append(setting)
+                for q in pitch_top_ps:
+                    if t <= 0 or k < 0 or not 0 < p <= 1 or not 0 < q <= 1:
+                        raise ValueError(
+                            f"sampling grid: temperature {t} must be > 0, top_k {k} >= 0, "
+                            f"top_p {p} and pitch_top_p {q} in (0, 1]"
+                        )
+                    for g in grammars:
+                        setting = Setting(float(t), int(k), float(p), bool(g), float(q))
+                        if setting not in settings:
+                            settings.append(setting)
     return settings
 
 
@@ -115,7 +118,10 @@ def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
         "sample_len": s.sample_len,
         "bootstrap": s.bootstrap,
         "rows": rows,
-        "chosen": {k: chosen[k] for k in ("temperature", "top_k", "top_p", "grammar", "accuracy")},
+        "chosen": {
+            k: chosen[k]
+            for k in ("temperature", "top_k", "top_p", "grammar", "pitch_top_p", "accuracy")
+        },
         "seconds": time.perf_counter() - started,
     }
 
@@ -293,10 +299,12 @@ def apply(params_path, chosen: dict) -> None:
     import re
 
     text = params_path.read_text()
-    for key in ("temperature", "top_k", "top_p", "grammar"):
+    for key in ("temperature", "top_k", "top_p", "grammar", "pitch_top_p"):
         pattern = re.compile(
             rf"^(sampling:.*\n(?:[ \t]+.*\n|\n)*?[ \t]+{key}:[ \t]*)([^ \t#\n]+)", re.M
         )
+        if key == "pitch_top_p" and not pattern.search(text) and chosen.get(key, 1.0) == 1.0:
+            continue  # a params.yaml from before the option: off is its default
         if not pattern.search(text):
             raise ValueError(
                 f"{params_path}: no `sampling.{key}` to update; add a `sampling:` section with "

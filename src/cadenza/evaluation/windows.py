@@ -113,18 +113,20 @@ def real_windows(docs: list[np.ndarray], plan: WindowPlan, eos: int, seed: int) 
 
 def generate_samples(
     net, tokenizer, plan: WindowPlan, temperature: float, top_k: int, top_p: float,
-    seed: int, device, batch_size: int = 64, grammar: bool = False,
+    seed: int, device, batch_size: int = 64, grammar: bool = False, pitch_top_p: float = 1.0,
 ) -> np.ndarray:  # fmt: skip
     """(num_samples, sample_len) tokens continuing [BOS]; batch b draws from a generator
     seeded by (seed, b) only, so two models see the same random numbers. grammar: mask the
-    tokens the tokenizer's grammar does not allow (cadenza.tokens.grammar), when it has one."""
+    tokens the tokenizer's grammar does not allow (cadenza.tokens.grammar), when it has one.
+    pitch_top_p: a nucleus within the pitch tokens (models.sampling.filter_logits)."""
     import torch
 
     from cadenza.models.sampling import filter_logits
-    from cadenza.tokens.grammar import build_grammar
+    from cadenza.tokens.grammar import build_grammar, pitch_mask
 
     suppressed = [tokenizer[name] for name in SPECIAL_TOKENS if name in tokenizer.vocab]
     rules = build_grammar(tokenizer) if grammar else None
+    pitches = pitch_mask(tokenizer) if pitch_top_p < 1.0 else None
     if rules is not None:
         rules.to(device)
     out = []
@@ -145,7 +147,9 @@ def generate_samples(
                 logits[:, suppressed] = float("-inf")
                 if rules is not None:
                     logits = rules.constrain(logits, grammar_state)
-                probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+                probs = filter_logits(
+                    logits / temperature, top_k, top_p, pitches, pitch_top_p
+                ).softmax(dim=-1)
                 token = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
                 if rules is not None:
                     rules.advance(grammar_state, token)

@@ -119,7 +119,7 @@ def source_midi(source: dict, count: int, settings, workdir: Path, seed: int) ->
         score, _ = sample_score(
             net, tokenizer, settings.piece_tokens, settings.sampling.temperature,
             settings.sampling.top_k, settings.sampling.top_p, seed + index, None,
-            settings.sampling.grammar,
+            settings.sampling.grammar, pitch_top_p=settings.sampling.pitch_top_p,
         )  # fmt: skip
         path = workdir / f"{secrets.token_hex(8)}.mid"
         score.dump_midi(str(path))

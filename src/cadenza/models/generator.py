@@ -461,6 +461,8 @@ class TransformerXL(nn.Module):
         generator: torch.Generator | None = None,
         prompt_chunk: int | None = None,
         grammar=None,
+        pitch_mask: torch.Tensor | None = None,
+        pitch_top_p: float = 1.0,
     ) -> torch.Tensor:
         """Extend prompt (B, P>=1) by num_tokens sampled tokens; returns (B, P + num_tokens).
 
@@ -468,7 +470,8 @@ class TransformerXL(nn.Module):
         token per step through decode_step: a fixed ring buffer per layer (no copy of the
         window per token), rotary tables computed once, query/key/value in one matmul.
         grammar (models.grammar.TokenGrammar): tokens it does not allow after the sequence so
-        far are masked before temperature / top-k / top-p.
+        far are masked before temperature / top-k / top-p. pitch_mask (V,) and pitch_top_p:
+        a nucleus within the pitch tokens only (models.sampling.filter_logits).
         """
         was_training = self.training
         self.eval()
@@ -483,7 +486,9 @@ class TransformerXL(nn.Module):
         for position in range(prompt.shape[1], total):
             if rules is not None:
                 logits = grammar.constrain(logits, rules)
-            next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            next_token = sample_next(
+                logits, temperature, top_k, top_p, generator, pitch_mask, pitch_top_p
+            )  # (B,)
             if rules is not None:
                 grammar.advance(rules, next_token)
             out.append(next_token[:, None])

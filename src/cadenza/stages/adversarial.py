@@ -246,7 +246,7 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
                     samples = windows.generate_samples(
                         net, tokenizer, plan, sampling.temperature, sampling.top_k,
                         sampling.top_p, settings.seed + 1, device, evaluate.generation_batch,
-                        sampling.grammar,
+                        sampling.grammar, sampling.pitch_top_p,
                     )  # fmt: skip
                 samples = place_samples(tokenizer, samples, settings.seed + 1)
                 fake_features, _ = features_of(context, windows.cut(samples, plan))

@@ -86,6 +86,8 @@ class Context:
                 len(self.tokenizer.vocab))  # fmt: skip
         if s.sampling.grammar:  # (a plain fingerprint stays what it was before the option)
             keys = (*keys, "grammar")
+        if s.sampling.pitch_top_p < 1.0:  # (likewise)
+            keys = (*keys, "pitch_top_p", s.sampling.pitch_top_p)
         return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
 
 
@@ -183,6 +185,7 @@ def sample_model(context: Context, net, seed: int, sampling=None, tokenizer=None
     samples = windows.generate_samples(
         net, tokenizer, context.plan, sampling.temperature, sampling.top_k, sampling.top_p,
         seed, context.device, s.generation_batch, sampling.grammar,
+        getattr(sampling, "pitch_top_p", 1.0),
     )  # fmt: skip
     return place_samples(tokenizer, samples, seed)
 

@@ -71,3 +71,28 @@ def build_grammar(tokenizer):
     # multi-program streams keep their file's track order, which the grammar cannot know.
     ordered = programs if uses_voice_programs(tokenizer) else None
     return g.TokenGrammar(kinds, positions, follows, ordered)
+
+
+PITCH_PREFIXES = ("Pitch", "NoteOn")  # a note's pitch: REMI, TSD, Structured; MIDILike
+
+
+def pitch_mask(tokenizer):
+    """A bool tensor (vocabulary size,) marking the tokens that choose a note's pitch, for
+    `sampling.pitch_top_p`; None for a BPE-trained vocabulary (merged tokens mix pitch with
+    the rest) or a vocabulary without pitch tokens (said in the log: sampling then ignores
+    pitch_top_p)."""
+    import torch
+
+    if getattr(tokenizer, "is_trained", False):
+        log.info("no pitch tokens in a BPE vocabulary: pitch_top_p has no effect")
+        return None
+    vocab = tokenizer.vocab
+    mask = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    for token, index in vocab.items():
+        if token.partition("_")[0] in PITCH_PREFIXES:
+            mask[index] = True
+    if not mask.any():
+        log.info("no pitch tokens in %s's vocabulary: pitch_top_p has no effect",
+                 type(tokenizer).__name__)  # fmt: skip
+        return None
+    return mask
