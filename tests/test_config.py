@@ -19,13 +19,16 @@ def test_project_params_are_valid_and_match_defaults():
     defaults = parse_settings({})
     for section in ("import_", "validate_", "split", "tokenize"):  # spelled out in params.yaml
         assert getattr(settings, section) == getattr(defaults, section)
-    assert set(settings.pretrain.presets) == {"tiny", "cpu", "cpu-long", "gpu"}
+    assert set(settings.pretrain.presets) == {"tiny", "cpu", "cpu-long", "cpu-xl", "gpu"}
     long, cpu = settings.pretrain.presets["cpu-long"], settings.pretrain.presets["cpu"]
+    xl = settings.pretrain.presets["cpu-xl"]
     assert long.max_steps == 5 * cpu.max_steps  # the same model, 5x the budget
-    assert (
-        long.model_copy(update={"max_steps": cpu.max_steps, "eval_interval": cpu.eval_interval})
-        == cpu
-    )
+    assert xl.max_steps == 3 * long.max_steps  # and 15x
+    for preset in (long, xl):
+        same = preset.model_copy(
+            update={"max_steps": cpu.max_steps, "eval_interval": cpu.eval_interval}
+        )
+        assert same == cpu
     assert settings.pretrain.selected == settings.pretrain.presets["cpu-long"]
 
 
@@ -61,9 +64,8 @@ def test_bad_values_are_named(raw, expected):
 def test_unknown_preset_lists_the_known_ones():
     raw = yaml.safe_load(PROJECT_PARAMS.read_text())
     raw["pretrain"]["preset"] = "huge"
-    with pytest.raises(
-        ParamsError, match=r"preset 'huge' is not one of \['cpu', 'cpu-long', 'gpu', 'tiny'\]"
-    ):
+    known = r"\['cpu', 'cpu-long', 'cpu-xl', 'gpu', 'tiny'\]"
+    with pytest.raises(ParamsError, match=rf"preset 'huge' is not one of {known}"):
         parse_settings(raw)
     raw["pretrain"]["preset"] = "tiny"
     raw["pretrain"]["presets"]["tiny"]["n_heads"] = 3
