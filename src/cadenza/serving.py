@@ -102,7 +102,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         temperature = _field(row, "temperature", defaults["temperature"], float)
         top_k = _field(row, "top_k", defaults["top_k"], int)
         top_p = _field(row, "top_p", defaults["top_p"], float)
-        pitch_top_p = _field(row, "pitch_top_p", defaults.get("pitch_top_p", 1.0), float)
+        pitch_top_p = _field(row, "pitch_top_p", defaults["pitch_top_p"], float)
         seed = _field(row, "seed", 0, int)
         if not 1 <= num_tokens <= MAX_TOKENS:
             raise RequestError(f"num_tokens: {num_tokens} is outside 1..{MAX_TOKENS}")

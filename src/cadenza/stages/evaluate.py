@@ -185,7 +185,7 @@ def sample_model(context: Context, net, seed: int, sampling=None, tokenizer=None
     samples = windows.generate_samples(
         net, tokenizer, context.plan, sampling.temperature, sampling.top_k, sampling.top_p,
         seed, context.device, s.generation_batch, sampling.grammar,
-        getattr(sampling, "pitch_top_p", 1.0),
+        sampling.pitch_top_p,
     )  # fmt: skip
     return place_samples(tokenizer, samples, seed)
 
