@@ -564,3 +564,116 @@ def test_critic_steps_zero_keeps_the_warmed_up_critic_fixed(pretrained, tmp_path
     start = load_file(root / "models" / "generator-mle" / "model.safetensors")
     moved = load_file(root / "models" / "generator-gan" / "last" / "model.safetensors")
     assert any(not torch.equal(start[k], moved[k]) for k in start)
+
+
+def _drifting(rows: int, length: int, chunk: int, seed: int, drift: bool):
+    """Major-scale melodies of `length` tokens: in one key per row, or (drift) in a new
+    random key every `chunk` tokens."""
+    rng = np.random.default_rng(seed)
+    major = [0, 2, 4, 5, 7, 9, 11]
+    parts = []
+    for r in range(rows):
+        keys = (
+            rng.integers(0, 12, length // chunk)
+            if drift
+            else [rng.integers(0, 12)] * (length // chunk)
+        )
+        parts.append(
+            torch.cat(
+                [_melodies(major, 1, chunk, seed * 1000 + r * 50 + k, int(key)) for k, key in
+                 enumerate(keys)],
+                1,
+            )
+        )  # fmt: skip
+    return torch.cat(parts)
+
+
+def test_a_whole_sample_critic_sees_key_drift_that_a_chunk_critic_cannot():
+    """Real samples stay in one key; generated ones change key at every chunk boundary, each
+    chunk a clean major scale. critic_window chunk scores 32-token chunks: nothing to tell
+    (chance). critic_window sample scores the whole 128 tokens and finds the drift."""
+    from cadenza.models.interval_critic import IntervalCritic
+    from cadenza.training import adversarial as adv
+
+    accuracies = {}
+    for window in ("chunk", "sample"):
+        config = adv.AdversarialConfig(
+            critic="intervals", critic_window=window, sample_len=128, chunk_len=32,
+            lr_intervals=1e-2,
+        )  # fmt: skip
+        w = config.window_len
+
+        def rows(n, seed, drift, w=w):
+            return _drifting(n, 128, 32, seed, drift).reshape(-1, w)
+
+        torch.manual_seed(0)
+        intervals = IntervalCritic(PITCH_CLASSES, lags=(4,), key_profile=True)
+        intervals.standardize(rows(32, 0, False))
+        judge = adv.Critic(None, config, intervals)
+        for step in range(60):
+            judge.update(rows(8, step + 1, False), rows(8, 500 + step, True))
+        accuracies[window] = judge.accuracy(rows(64, 900, False), rows(64, 901, True))
+    assert abs(accuracies["chunk"] - 0.5) < 0.1, accuracies
+    assert accuracies["sample"] > 0.9, accuracies
+
+
+def test_critic_window_sample_feeds_whole_samples_everywhere_the_critic_reads():
+    """With critic_window sample the generator's adversarial pass hands the critic one
+    (B, sample_len, V) window per sample (not one per chunk), gradient reaches the generator,
+    and the critic's update, the warm-up and the held-out set read whole samples too."""
+    from cadenza.models.interval_critic import IntervalCritic
+    from cadenza.training import adversarial as adv
+
+    shapes = {}
+    for window in ("chunk", "sample"):
+        generator, _ = tiny_pair()
+        config = adv.AdversarialConfig(
+            critic="intervals", critic_window=window, sample_batch=2, sample_len=32,
+            chunk_len=8, critic_heldout=6, critic_warmup_steps=2, critic_eval_interval=1,
+        )  # fmt: skip
+        intervals = IntervalCritic(PITCH_CLASSES, lags=(4,), key_profile=True)
+        seen = []
+        score = intervals.score
+        intervals.score = lambda x, score=score, seen=seen: (seen.append(tuple(x.shape)), score(x))[
+            1
+        ]
+        critic = adv.Critic(None, config, intervals)
+        tokens = np.tile(np.arange(4, VOCAB), 20).astype(np.int64)
+        offsets = np.array([0, len(tokens) // 2, len(tokens)])
+        real = adv.RealChunks(tokens, offsets, config.sample_len, seed=0)
+        sampler = adv.Sampler(generator, real, config, torch.device("cpu"),
+                              torch.Generator().manual_seed(0), bos=1)  # fmt: skip
+        adv.adversarial_loss_backward(critic, sampler, config, tau=1.0)
+        grads = [p.grad for p in generator.parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum().item() for g in grads) > 0
+        shapes[window, "generator"] = sorted(set(seen))
+        seen.clear()
+        adv.discriminator_step(critic, sampler, tau=1.0)
+        shapes[window, "update"] = sorted(set(seen))
+        heldout = adv.HeldOut(adv.RealChunks(tokens, offsets, 32, seed=1), config)
+        shapes[window, "heldout"] = tuple(heldout.real.shape)
+        adv.warm_up_critic(critic, sampler, heldout, config, None)
+    assert shapes["chunk", "generator"] == [(2, 8), (2, 8, VOCAB)]
+    assert shapes["sample", "generator"] == [(2, 32), (2, 32, VOCAB)]
+    assert shapes["chunk", "update"] == [(8, 8)]
+    assert shapes["sample", "update"] == [(2, 32)]
+    assert shapes["chunk", "heldout"] == (6, 8) and shapes["sample", "heldout"] == (6, 32)
+
+
+def test_a_sample_window_longer_than_the_discriminator_is_refused():
+    with pytest.raises(Exception, match="critic_window sample: the spanbert critic would read"):
+        parse_settings(
+            {
+                "pretrain_discriminator": {"seq_len": 64},
+                "adversarial": {"critic_window": "sample", "chunk_len": 32, "sample_len": 128},
+            }
+        )
+    parse_settings(  # the interval critic reads any length
+        {
+            "pretrain_discriminator": {"seq_len": 64},
+            "adversarial": {
+                "critic_window": "sample", "critic": "intervals", "chunk_len": 32,
+                "sample_len": 128,
+            },
+        }
+    )  # fmt: skip

@@ -344,6 +344,10 @@ class AdversarialSettings(_Sampled):
     key_profile: bool = False
     """The interval critic also reads each chunk's pitch-class profile, sorted, and its DFT
     magnitudes (transposition-invariant: how far the chunk strays from one key)."""
+    critic_window: Literal["chunk", "sample"] = "chunk"
+    """What the critic scores: chunk (each chunk_len tokens; memory flat in sample_len) |
+    sample (the whole sample_len-token sample, as the evaluation's probes read windows; every
+    chunk's graph is kept until one backward pass, so memory grows with sample_len)."""
     lr_intervals: float = Field(1e-2, gt=0)
     critic_warmup_steps: int = Field(0, ge=0)
     """Most critic updates on generated samples before the first adversarial update."""
@@ -524,6 +528,18 @@ class Settings(_Section):
             raise ValueError(
                 f"adversarial.chunk_len {self.adversarial.chunk_len} exceeds "
                 f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}"
+            )
+        adversarial = self.adversarial
+        if (
+            adversarial.critic_window == "sample"
+            and adversarial.critic != "intervals"
+            and adversarial.sample_len > self.pretrain_discriminator.seq_len
+        ):
+            raise ValueError(
+                f"adversarial.critic_window sample: the {adversarial.critic} critic would read "
+                f"sample_len {adversarial.sample_len} tokens, beyond "
+                f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}; use "
+                "critic intervals, a shorter sample_len or critic_window chunk"
             )
         return self
 

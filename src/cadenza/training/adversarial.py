@@ -85,6 +85,10 @@ class AdversarialConfig:
     """spanbert (the pretrained SpanBERT encoder's real/fake head) | intervals (an
     IntervalCritic: interval classes of tokens interval_lags apart) | both (scores summed)."""
     interval_lags: tuple[int, ...] = (4, 8)
+    critic_window: str = "chunk"
+    """What the critic scores: chunk (each chunk_len-token chunk: memory flat in the sample
+    length) | sample (the whole sample_len-token sample at once, as the evaluation's probes
+    read windows: every chunk's graph is kept until the one backward pass)."""
     key_profile: bool = False
     """The IntervalCritic also reads the chunk's pitch-class profile (in no key)."""
     lr_intervals: float = 1e-2
@@ -122,10 +126,21 @@ class AdversarialConfig:
             raise ValueError(f"adv_optimizer {self.adv_optimizer!r}: choose shared or separate")
         if self.critic not in CRITICS:
             raise ValueError(f"critic {self.critic!r}: choose one of {', '.join(CRITICS)}")
+        if self.critic_window not in ("chunk", "sample"):
+            raise ValueError(f"critic_window {self.critic_window!r}: choose chunk or sample")
 
     @property
     def num_chunks(self) -> int:
         return self.sample_len // self.chunk_len
+
+    @property
+    def window_len(self) -> int:
+        """Tokens in one critic input: a chunk, or the whole sample."""
+        return self.sample_len if self.critic_window == "sample" else self.chunk_len
+
+    @property
+    def windows_per_sample(self) -> int:
+        return self.sample_len // self.window_len
 
     @property
     def adversarial(self) -> bool:
@@ -218,8 +233,8 @@ class Sampler:
         return prompt.to(self.device), real.to(self.device)
 
     def real_chunks(self, batch: int) -> torch.Tensor:
-        """(batch * num_chunks, c) real chunks at the positions samples take."""
-        return self._prompt_and_real(batch)[1].reshape(-1, self.config.chunk_len)
+        """(batch * windows_per_sample, w) real critic windows at the positions samples take."""
+        return self._prompt_and_real(batch)[1].reshape(-1, self.config.window_len)
 
     def differentiable(self, tau: float) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(one-hot chunk with soft gradients (B, c, V), real chunk (B, c)) per chunk."""
@@ -232,11 +247,13 @@ class Sampler:
             yield one_hot, real[:, k * c : (k + 1) * c]
         # The hard tokens are exact samples of the generator (the forward pass of the
         # straight-through estimator): the critic's next update reuses them.
-        self.last = (torch.cat(ids, 1).reshape(-1, c), real.reshape(-1, c))
+        w = self.config.window_len
+        self.last = (torch.cat(ids, 1).reshape(-1, w), real.reshape(-1, w))
 
     @torch.no_grad()
     def hard(self, batch: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(generated chunks (N, c), real chunks (N, c)) of `batch` samples, without dropout."""
+        """(generated windows (N, w), real windows (N, w)) of `batch` samples, without
+        dropout; w = the critic's window (a chunk or the whole sample)."""
         c = self.config.chunk_len
         was_training = self.generator.training
         self.generator.eval()
@@ -244,7 +261,8 @@ class Sampler:
         chunks = sample_chunks(self.generator, prompt, self.config.num_chunks, c, tau, self.rng)
         fake = torch.cat([ids for _, ids in chunks], 1)
         self.generator.train(was_training)
-        return fake.reshape(-1, c), real.reshape(-1, c)
+        w = self.config.window_len
+        return fake.reshape(-1, w), real.reshape(-1, w)
 
 
 def _freeze(discriminator: Discriminator, num_layers: int) -> None:
@@ -358,10 +376,10 @@ class HeldOut:
     """critic_heldout real validation chunks (fixed) against as many fresh generated ones."""
 
     def __init__(self, valid: RealChunks, config: AdversarialConfig) -> None:
-        self.samples = math.ceil(config.critic_heldout / config.num_chunks)
+        self.samples = math.ceil(config.critic_heldout / config.windows_per_sample)
         prime = config.prime_tokens
         rows = valid.sample(self.samples)[:, prime : prime + config.sample_len]
-        self.real = rows.reshape(-1, config.chunk_len)[: config.critic_heldout]
+        self.real = rows.reshape(-1, config.window_len)[: config.critic_heldout]
         self.count = config.critic_heldout
 
     def accuracy(self, critic: Critic, sampler: Sampler, fake: torch.Tensor | None = None):
@@ -381,7 +399,7 @@ def warm_up_critic(
     fake, _ = sampler.hard(heldout.samples, config.tau_end)
     before = heldout.accuracy(critic, sampler, fake)
     history, accuracy, done = [(0, before)], before, 0
-    per_step = config.sample_batch * config.num_chunks
+    per_step = config.sample_batch * config.windows_per_sample
     for done in range(1, config.critic_warmup_steps + 1):
         picks = torch.randint(len(pool), (per_step,), device=pool.device)
         metrics = critic.update(sampler.real_chunks(config.sample_batch), pool[picks])
@@ -479,15 +497,24 @@ class GeneratorUpdate:
 def adversarial_loss_backward(
     critic: Critic, sampler: Sampler, config: AdversarialConfig, tau: float
 ) -> dict[str, float]:
-    """Backpropagate adv_weight x the generator's adversarial loss chunk by chunk (each
-    chunk's graph is freed by its backward pass); return diagnostics."""
+    """Backpropagate adv_weight x the generator's adversarial loss one critic window at a
+    time: chunk by chunk (each chunk's graph is freed by its backward pass), or, with
+    critic_window sample, once over the whole sample; return diagnostics."""
     total, fake_scores, real_scores = 0.0, [], []
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    per_window = config.window_len // config.chunk_len
     with critic.held():
-        for one_hot, real_chunk in sampler.differentiable(tau):
+        for chunk in sampler.differentiable(tau):
+            pending.append(chunk)
+            if len(pending) < per_window:
+                continue
+            one_hot = torch.cat([c[0] for c in pending], 1)
+            real_chunk = torch.cat([c[1] for c in pending], 1)
+            pending.clear()
             fake_score = critic.score(one_hot)
             with torch.no_grad():
                 real_score = critic.score(real_chunk)
-            loss = generator_loss(config.loss, real_score, fake_score) / config.num_chunks
+            loss = generator_loss(config.loss, real_score, fake_score) / config.windows_per_sample
             (config.adv_weight * loss).backward()
             total += loss.item()
             fake_scores.append(fake_score.mean().item())
@@ -546,7 +573,7 @@ def _interval_critic(pitch_classes, train_data, config: AdversarialConfig, devic
         intervals = IntervalCritic(
             pitch_classes, config.interval_lags, key_profile=config.key_profile
         ).to(device)
-    reference = RealChunks(*train_data, config.chunk_len, config.seed + 5).sample(512)
+    reference = RealChunks(*train_data, config.window_len, config.seed + 5).sample(512)
     intervals.standardize(reference.to(device))
     return intervals
 
