@@ -68,7 +68,10 @@ def main() -> None:
     if config.critic != "spanbert":  # pitches are ids 100..187 of the random vocabulary
         pitch_classes = [i % 12 if 100 <= i < 188 else -1 for i in range(VOCAB)]
         intervals = IntervalCritic(
-            pitch_classes, tuple(config.interval_lags), key_profile=config.key_profile
+            pitch_classes,
+            tuple(config.interval_lags),
+            key_profile=config.key_profile,
+            absolute_profile=config.absolute_profile,
         )
     critic = adv.Critic(discriminator if config.critic != "intervals" else None, config, intervals)
     update = adv.GeneratorUpdate(generator, config)

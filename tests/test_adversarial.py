@@ -677,3 +677,39 @@ def test_a_sample_window_longer_than_the_discriminator_is_refused():
             },
         }
     )  # fmt: skip
+
+
+def test_absolute_profile_sees_samples_settled_in_one_key_that_key_profiles_cannot():
+    """Real major-scale melodies in every key against generated ones all in one key: the
+    key profile (the same in every key) is at chance; with absolute_profile the critic also
+    reads the histogram as written (equal to a numpy count) and tells them apart."""
+    from cadenza.models.interval_critic import IntervalCritic
+    from cadenza.training import adversarial as adv
+
+    major = [0, 2, 4, 5, 7, 9, 11]
+    critic = IntervalCritic(PITCH_CLASSES, lags=(4,), key_profile=True, absolute_profile=True)
+    ids = _melodies(major, 2, 64, seed=0, shift=3)
+    features = critic.features(ids)
+    assert features.shape == (2, 12 + 18 + 12)
+    for row in range(2):
+        classes = [PITCH_CLASSES[i] for i in ids[row].tolist() if PITCH_CLASSES[i] >= 0]
+        h = np.bincount(classes, minlength=12) / len(classes)
+        np.testing.assert_allclose(features[row, 30:].numpy(), h, atol=1e-6)
+
+    def every_key(n, seed):
+        return torch.cat([_melodies(major, 1, 64, seed * 100 + r, shift=r % 12) for r in range(n)])
+
+    config = adv.AdversarialConfig(critic="intervals", lr_intervals=1e-2)
+    accuracies = {}
+    for absolute in (False, True):
+        torch.manual_seed(0)
+        intervals = IntervalCritic(
+            PITCH_CLASSES, lags=(4,), key_profile=True, absolute_profile=absolute
+        )
+        intervals.standardize(every_key(48, 0))
+        judge = adv.Critic(None, config, intervals)
+        for step in range(60):
+            judge.update(every_key(12, step + 1), _melodies(major, 12, 64, seed=500 + step))
+        accuracies[absolute] = judge.accuracy(every_key(96, 900), _melodies(major, 96, 64, 901))
+    assert abs(accuracies[False] - 0.5) < 0.1, accuracies
+    assert accuracies[True] > 0.9, accuracies

@@ -344,6 +344,9 @@ class AdversarialSettings(_Sampled):
     key_profile: bool = False
     """The interval critic also reads each chunk's pitch-class profile, sorted, and its DFT
     magnitudes (transposition-invariant: how far the chunk strays from one key)."""
+    absolute_profile: bool = False
+    """The interval critic also reads the pitch-class histogram as written: with key_profile
+    alone the generator can settle into one favourite key unseen."""
     critic_window: Literal["chunk", "sample"] = "chunk"
     """What the critic scores: chunk (each chunk_len tokens; memory flat in sample_len) |
     sample (the whole sample_len-token sample, as the evaluation's probes read windows; every

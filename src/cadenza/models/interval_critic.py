@@ -20,6 +20,9 @@ how the chunk's notes spread over the pitch classes, in no particular key:
     spectrum = |DFT_k(h)|, k = 1..6                  # (B, 6): |DFT_5| is high for diatonic sets
 
 both unchanged by transposition; a chunk that wanders out of key spreads over more classes.
+With `absolute_profile` it also reads h itself, in the key it is written in: a critic of key
+profiles alone lets the generator settle into one favourite key (every sample in C looks as
+real as any one chorale in C), which only the absolute classes can tell.
 The features are standardized by a reference (real) batch, then a small MLP scores them;
 higher means "looks real".
 Pure torch.
@@ -34,10 +37,11 @@ from torch import nn
 class IntervalCritic(nn.Module):
     def __init__(
         self, pitch_classes: list[int], lags: tuple[int, ...] = (4, 8), hidden: int = 32,
-        key_profile: bool = False,
+        key_profile: bool = False, absolute_profile: bool = False,
     ):  # fmt: skip
         """pitch_classes: (V,) the pitch class 0-11 of each token id, -1 for non-pitch ids;
-        key_profile: also read the chunk's sorted pitch-class profile and its DFT magnitudes."""
+        key_profile: also read the chunk's sorted pitch-class profile and its DFT magnitudes;
+        absolute_profile: also read the pitch-class histogram as written (12 features)."""
         super().__init__()
         classes = torch.as_tensor(pitch_classes, dtype=torch.long)
         if not (classes >= 0).any():
@@ -52,19 +56,22 @@ class IntervalCritic(nn.Module):
         fold = (torch.arange(12)[:, None] + torch.arange(12)[None, :]) % 12
         self.register_buffer("fold", fold)
         self.key_profile = bool(key_profile)
+        self.absolute_profile = bool(absolute_profile)
         # (12, 6) real and imaginary DFT bases for k = 1..6 (a plain matmul: |z| of a complex
         # tensor has no gradient at 0, which an empty chunk's histogram is)
         angle = 2 * torch.pi * torch.arange(12)[:, None] * torch.arange(1, 7)[None, :] / 12
         self.register_buffer("dft_cos", torch.cos(angle))
         self.register_buffer("dft_sin", torch.sin(angle))
-        num_features = 12 * len(self.lags) + (18 if self.key_profile else 0)
+        num_features = (
+            12 * len(self.lags) + (18 if self.key_profile else 0) + (12 if absolute_profile else 0)
+        )
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
         self.head = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 12 * len(lags) [+ 18]) interval-class distributions [and the pitch-class
-        profile] of ids (B, c) or one-hot (B, c, V)."""
+        """(B, 12 * len(lags) [+ 18] [+ 12]) interval-class distributions [, the pitch-class
+        profile] [, the pitch-class histogram] of ids (B, c) or one-hot (B, c, V)."""
         pc = self.pc_map[x] if x.dtype == torch.long else x @ self.pc_map  # (B, c, 12)
         out = []
         for lag in self.lags:
@@ -72,12 +79,14 @@ class IntervalCritic(nn.Module):
             index = self.fold.expand(len(co), 12, 12)
             ic = torch.gather(co, 2, index).sum(dim=1)  # (B, 12): sum_a co[a, (a + k) % 12]
             out.append(ic / ic.sum(dim=-1, keepdim=True).clamp_min(1.0))
+        h = pc.sum(dim=1)  # (B, 12)
+        h = h / h.sum(dim=-1, keepdim=True).clamp_min(1.0)
         if self.key_profile:
-            h = pc.sum(dim=1)  # (B, 12)
-            h = h / h.sum(dim=-1, keepdim=True).clamp_min(1.0)
             out.append(h.sort(dim=-1, descending=True).values)
             real, imag = h @ self.dft_cos, h @ self.dft_sin  # (B, 6) each
             out.append(torch.sqrt(real.square() + imag.square() + 1e-8))
+        if self.absolute_profile:
+            out.append(h)
         return torch.cat(out, dim=-1)
 
     @torch.no_grad()

@@ -91,6 +91,8 @@ class AdversarialConfig:
     read windows: every chunk's graph is kept until the one backward pass)."""
     key_profile: bool = False
     """The IntervalCritic also reads the chunk's pitch-class profile (in no key)."""
+    absolute_profile: bool = False
+    """The IntervalCritic also reads the pitch-class histogram as written (in its key)."""
     lr_intervals: float = 1e-2
     """Learning rate of the IntervalCritic (a fresh 2-layer MLP on standardized features)."""
     critic_warmup_steps: int = 0
@@ -571,7 +573,10 @@ def _interval_critic(pitch_classes, train_data, config: AdversarialConfig, devic
     with torch.random.fork_rng(devices=[]):  # the global stream (dropout) stays the control's
         torch.manual_seed(config.seed + 5)
         intervals = IntervalCritic(
-            pitch_classes, config.interval_lags, key_profile=config.key_profile
+            pitch_classes,
+            config.interval_lags,
+            key_profile=config.key_profile,
+            absolute_profile=config.absolute_profile,
         ).to(device)
     reference = RealChunks(*train_data, config.window_len, config.seed + 5).sample(512)
     intervals.standardize(reference.to(device))
