@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cadenza.pipeline import dvc_env
+from .conftest import run_in
 
 PROJECT = Path(__file__).resolve().parents[1]
 SCRIPT = PROJECT / "benchmarks" / "ablations.py"
@@ -47,8 +47,7 @@ DVC_YAML = {
 
 
 def sh(repo: Path, *command: str) -> str:
-    completed = subprocess.run(command, cwd=repo, env=dvc_env(), capture_output=True, text=True)
-    assert completed.returncode == 0, f"{command} failed:\n{completed.stdout}\n{completed.stderr}"
+    completed = run_in(repo, *command)
     return completed.stdout + completed.stderr
 
 
