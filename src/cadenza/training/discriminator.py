@@ -1,5 +1,8 @@
 """SpanBERT pretraining of the discriminator's encoder: span-masked LM + span boundary
-objective on windows of the same tokens the generator learns from. Torch and numpy only."""
+objective on windows of the same tokens the generator learns from. Torch and numpy only.
+
+`pretrain_masked_lm` is the loop; `setup`, `train_step` and `validate` are its pieces; a killed
+run resumes from out_dir/last through checkpoint.Checkpointer."""
 
 from __future__ import annotations
 
@@ -136,7 +139,7 @@ def setup(
             mask_fraction=config.mask_fraction,
             p=config.span_p,
             max_span=config.max_span,
-        ),  # fmt: skip
+        ),
         checkpointer=checkpoint.Checkpointer(out_dir, parts, fingerprint),
         saved_config={
             "model": model_config.to_dict(),

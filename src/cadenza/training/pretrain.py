@@ -1,4 +1,6 @@
-"""NLL pretraining of the Transformer-XL generator: one readable training loop.
+"""NLL pretraining of the Transformer-XL generator: `train` is the loop, read top to bottom;
+`setup`, `train_step`, `validate` and `save_checkpoint` are its pieces (resume through
+checkpoint.Checkpointer).
 
 Torch and numpy only; the caller passes `log` (a callable taking a metrics dict and a step)
 to track metrics wherever it likes. Launched under `torchrun`, the same loop trains with
@@ -313,6 +315,28 @@ class _Throughput:
         return self.tokens / max(time.perf_counter() - self.start, 1e-9)
 
 
+def log_progress(
+    run: _Run,
+    log_metrics: LogFn,
+    done: int,
+    loss: torch.Tensor,
+    grad_norm: torch.Tensor,
+    throughput: _Throughput,
+) -> None:
+    """Training NLL, learning rate, gradient norm and tokens per second since the last call."""
+    tokens_per_second = throughput.rate()
+    log_metrics(
+        {
+            "train_nll": loss.item(),  # sync point with the GPU
+            "lr": run.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "tokens_per_second": tokens_per_second,
+        },
+        done,
+    )
+    throughput.reset()
+
+
 def validate(
     run: _Run, valid_tokens: np.ndarray, eval_batch: int, done: int, log_metrics: LogFn | None
 ) -> None:
@@ -388,17 +412,7 @@ def train(
         done = step + 1
         last = done == config.max_steps
         if run.dist.is_main and log_metrics and (done % config.log_interval == 0 or last):
-            tokens_per_second = throughput.rate()
-            log_metrics(
-                {
-                    "train_nll": loss.item(),  # sync point with the GPU
-                    "lr": run.scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_second": tokens_per_second,
-                },
-                done,
-            )
-            throughput.reset()
+            log_progress(run, log_metrics, done, loss, grad_norm, throughput)
         if done % config.eval_interval == 0 or last:
             validate(run, valid_tokens, eval_batch, done, log_metrics)
         if done % config.checkpoint_interval == 0 or last:
