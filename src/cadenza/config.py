@@ -258,6 +258,8 @@ class DiscriminatorSettings(_Section):
     sat at the unigram loss for hundreds of steps (docs/LOG.md)."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_interval: int = Field(100, ge=1)
+    """Steps between saves of models/discriminator/last, which a killed run resumes from."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> DiscriminatorSettings:

@@ -1,7 +1,7 @@
 """`pretrain_discriminator` stage: SpanBERT pretraining of the discriminator on the tokens.
 
-Writes models/discriminator/ (model.safetensors, config.json), metrics/pretrain_discriminator.json
-and an MLflow run with MLM/SBO losses and MLM accuracy.
+Writes models/discriminator/ (model.safetensors, config.json; last/ resumable state),
+metrics/pretrain_discriminator.json and an MLflow run with MLM/SBO losses and MLM accuracy.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from cadenza.config import DiscriminatorSettings
 from cadenza.io import write_json
 from cadenza.paths import Paths
-from cadenza.stages.common import lineage_tags, log_final, tracked
+from cadenza.stages.common import fingerprint, lineage_tags, log_final, tracked
 
 
 @dataclass
@@ -72,6 +72,13 @@ def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> Di
         sbo_weight=settings.sbo_weight,
         seed=settings.seed,
         device=settings.device,
+        checkpoint_interval=settings.checkpoint_interval,
+    )
+    identity = fingerprint(  # a killed run resumes only with the same settings and data
+        model_config.to_dict(),
+        asdict(train_config),
+        special_ids(tokenizer),
+        files=(paths.tokens_dir / "train.npy", paths.tokens_dir / "valid.npy"),
     )
     out_dir = paths.discriminator_dir
     params = {"pretrain_discriminator": settings.model_dump()}
@@ -86,6 +93,7 @@ def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> Di
             special_ids(tokenizer),
             out_dir,
             log_metrics,
+            identity,
         )
         metrics = {
             **asdict(result),

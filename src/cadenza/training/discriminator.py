@@ -1,10 +1,13 @@
 """SpanBERT pretraining of the discriminator's encoder: span-masked LM + span boundary
-objective on windows of the same tokens the generator learns from. Torch and numpy only."""
+objective on windows of the same tokens the generator learns from. Torch and numpy only.
+
+`pretrain_masked_lm` is the loop; `setup`, `train_step` and `validate` are its pieces; a killed
+run resumes from out_dir/last through checkpoint.Checkpointer."""
 
 from __future__ import annotations
 
 import logging
-import time
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +44,8 @@ class MaskedLMConfig:
     sbo_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
+    checkpoint_interval: int = 100
+    """Steps between saves of last/, the state a killed run resumes from."""
 
 
 @dataclass
@@ -49,7 +54,9 @@ class MaskedLMResult:
     valid_mlm_loss: float
     valid_mlm_accuracy: float
     seconds: float
+    """Training time of every session (a resumed run adds the killed one's)."""
     num_parameters: int
+    resumed_from_step: int
 
 
 def random_windows(
@@ -81,6 +88,135 @@ def masked_lm_losses(
     return F.cross_entropy(mlm_logits, targets), F.cross_entropy(sbo_logits, targets), accuracy
 
 
+@dataclass
+class _Run:
+    """The parts of a masked-LM run and where it stands: what the pieces below share."""
+
+    config: MaskedLMConfig
+    device: torch.device
+    model: Discriminator
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    rng: np.random.Generator  # draws the training windows and their masks
+    masking: dict  # span_mask's arguments besides tokens and rng
+    checkpointer: checkpoint.Checkpointer
+    saved_config: dict  # config.json beside the best weights
+    start_step: int = 0
+    best_loss: float = math.inf
+    best_accuracy: float = 0.0
+
+
+def setup(
+    model_config: DiscriminatorConfig,
+    config: MaskedLMConfig,
+    special_ids: dict[str, int],
+    out_dir: Path,
+    fingerprint: str = "",
+) -> _Run:
+    """Device, seed, model, optimizer and schedule; resumed from out_dir/last when an
+    unfinished run with this fingerprint left it there, else fresh."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = Discriminator(model_config).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "rng": rng}
+    no_mask = {special_ids[name] for name in ("PAD", "BOS", "EOS")}
+    run = _Run(
+        config=config,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        rng=rng,
+        masking=dict(
+            mask_id=special_ids["MASK"],
+            vocab_size=model_config.vocab_size,
+            special_ids=no_mask,
+            mask_fraction=config.mask_fraction,
+            p=config.span_p,
+            max_span=config.max_span,
+        ),
+        checkpointer=checkpoint.Checkpointer(out_dir, parts, fingerprint),
+        saved_config={
+            "model": model_config.to_dict(),
+            "train": asdict(config),
+            "special_ids": special_ids,
+        },
+    )
+    resumed = run.checkpointer.restore(finished_at=config.max_steps)
+    if resumed is None:  # a fresh run: best weights of another run are stale
+        for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
+            (out_dir / name).unlink(missing_ok=True)
+    else:
+        run.start_step = resumed.step
+        run.best_loss = resumed.values["best_loss"]
+        run.best_accuracy = resumed.values["best_accuracy"]
+        log.info("resuming from step %d (best valid MLM loss %.4f)", run.start_step, run.best_loss)
+    return run
+
+
+def validation_batches(run: _Run, valid_tokens: np.ndarray) -> list[SpanMask]:
+    """A fixed validation set: the same windows and masks at every evaluation."""
+    config = run.config
+    valid_rng = np.random.default_rng(config.seed + 1)
+    return [
+        span_mask(
+            random_windows(valid_tokens, config.batch_size, config.seq_len, valid_rng),
+            valid_rng,
+            **run.masking,
+        )
+        for _ in range(config.eval_batches)
+    ]
+
+
+def train_step(run: _Run, train_tokens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimizer step on freshly masked random windows: (MLM loss, SBO loss, accuracy)."""
+    config = run.config
+    run.model.train()
+    mask = span_mask(
+        random_windows(train_tokens, config.batch_size, config.seq_len, run.rng),
+        run.rng,
+        **run.masking,
+    )
+    mlm, sbo, accuracy = masked_lm_losses(run.model, mask, run.device)
+    loss = mlm + config.sbo_weight * sbo
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    return mlm, sbo, accuracy
+
+
+def validate(
+    run: _Run,
+    valid: list[SpanMask],
+    done: int,
+    log_metrics: Callable[[dict[str, float], int], None] | None,
+) -> None:
+    """MLM loss and accuracy on the validation set; a new best goes to model.safetensors."""
+    run.model.eval()
+    with torch.no_grad():
+        results = [masked_lm_losses(run.model, m, run.device) for m in valid]
+    valid_loss = float(np.mean([r[0].item() for r in results]))
+    valid_accuracy = float(np.mean([r[2] for r in results]))
+    log.info("step %d: valid MLM loss %.4f, accuracy %.3f", done, valid_loss, valid_accuracy)
+    if log_metrics:
+        log_metrics({"valid_mlm_loss": valid_loss, "valid_mlm_accuracy": valid_accuracy}, done)
+    if valid_loss < run.best_loss:
+        run.best_loss, run.best_accuracy = valid_loss, valid_accuracy
+        checkpoint.save_weights(
+            run.model,
+            run.saved_config,
+            run.checkpointer.folder,
+            {"best_step": done, "valid_mlm_loss": valid_loss},
+        )
+
+
 def pretrain_masked_lm(
     model_config: DiscriminatorConfig,
     config: MaskedLMConfig,
@@ -89,76 +225,34 @@ def pretrain_masked_lm(
     special_ids: dict[str, int],
     out_dir: Path,
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
+    fingerprint: str = "",
 ) -> MaskedLMResult:
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    model = Discriminator(model_config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    """Train (or resume an unfinished run from out_dir/last) until max_steps; keep the best
+    weights by validation MLM loss in out_dir/model.safetensors.
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    no_mask = {special_ids[name] for name in ("PAD", "BOS", "EOS")}
-    masking = dict(
-        mask_id=special_ids["MASK"], vocab_size=model_config.vocab_size, special_ids=no_mask,
-        mask_fraction=config.mask_fraction, p=config.span_p, max_span=config.max_span,
-    )  # fmt: skip
-    # A fixed validation set: the same windows and masks at every evaluation.
-    valid_rng = np.random.default_rng(config.seed + 1)
-    valid = [
-        span_mask(
-            random_windows(valid_tokens, config.batch_size, config.seq_len, valid_rng),
-            valid_rng,
-            **masking,
-        )
-        for _ in range(config.eval_batches)
-    ]
-    saved_config = {
-        "model": model_config.to_dict(),
-        "train": asdict(config),
-        "special_ids": special_ids,
-    }
-    best, best_accuracy, started = float("inf"), 0.0, time.perf_counter()
-    for step in range(config.max_steps):
-        model.train()
-        mask = span_mask(
-            random_windows(train_tokens, config.batch_size, config.seq_len, rng), rng, **masking
-        )
-        mlm, sbo, accuracy = masked_lm_losses(model, mask, device)
-        loss = mlm + config.sbo_weight * sbo
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+    A saved state is resumed only when its fingerprint (config and data identity, chosen by
+    the caller) matches; otherwise, or when it is a finished run's, training starts afresh.
+    """
+    run = setup(model_config, config, special_ids, out_dir, fingerprint)
+    valid = validation_batches(run, valid_tokens)
+    run.checkpointer.start_clock()
+    for step in range(run.start_step, config.max_steps):
+        mlm, sbo, accuracy = train_step(run, train_tokens)
         done = step + 1
         if log_metrics and done % 10 == 0:
             log_metrics(
                 {"mlm_loss": mlm.item(), "sbo_loss": sbo.item(), "mlm_accuracy": accuracy}, done
             )
         if done % config.eval_interval == 0 or done == config.max_steps:
-            model.eval()
-            with torch.no_grad():
-                results = [masked_lm_losses(model, m, device) for m in valid]
-            valid_loss = float(np.mean([r[0].item() for r in results]))
-            valid_accuracy = float(np.mean([r[2] for r in results]))
-            log.info(
-                "step %d: valid MLM loss %.4f, accuracy %.3f", done, valid_loss, valid_accuracy
-            )
-            if log_metrics:
-                log_metrics(
-                    {"valid_mlm_loss": valid_loss, "valid_mlm_accuracy": valid_accuracy}, done
-                )
-            if valid_loss < best:
-                best, best_accuracy = valid_loss, valid_accuracy
-                checkpoint.save_weights(
-                    model, saved_config, out_dir, {"best_step": done, "valid_mlm_loss": valid_loss}
-                )
+            validate(run, valid, done, log_metrics)
+        if done % config.checkpoint_interval == 0 or done == config.max_steps:
+            values = {"best_loss": run.best_loss, "best_accuracy": run.best_accuracy}
+            run.checkpointer.save(done, **values)
     return MaskedLMResult(
         config.max_steps,
-        best,
-        best_accuracy,
-        time.perf_counter() - started,
-        sum(p.numel() for p in model.parameters()),
+        run.best_loss,
+        run.best_accuracy,
+        run.checkpointer.seconds(),
+        sum(p.numel() for p in run.model.parameters()),
+        run.start_step,
     )

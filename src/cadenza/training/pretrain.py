@@ -1,4 +1,6 @@
-"""NLL pretraining of the Transformer-XL generator: one readable training loop.
+"""NLL pretraining of the Transformer-XL generator: `train` is the loop, read top to bottom;
+`setup`, `train_step`, `validate` and `save_checkpoint` are its pieces (resume through
+checkpoint.Checkpointer).
 
 Torch and numpy only; the caller passes `log` (a callable taking a metrics dict and a step)
 to track metrics wherever it likes. Launched under `torchrun`, the same loop trains with
@@ -171,17 +173,199 @@ def evaluate_nll(
     return total / max(count, 1)
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
+@dataclass
+class _Run:
+    """The parts of a pretraining run and where it stands: what the pieces below share."""
+
+    config: TrainConfig
+    model_config: GeneratorConfig
+    dist: DistributedContext
+    device: torch.device
+    cpu_bf16: bool
+    model: TransformerXL
+    train_model: torch.nn.Module  # the model as trained: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    checkpointer: checkpoint.Checkpointer
+    saved_config: dict  # config.json beside the best weights
+    start_step: int = 0
+    best_nll: float = math.inf
+    best_step: int = -1
+    mems: list[torch.Tensor] | None = None  # Transformer-XL memory carried between steps
+
+
+def setup(
+    model_config: GeneratorConfig,
+    config: TrainConfig,
+    out_dir: Path,
+    extra_config: dict | None = None,
+    fingerprint: str = "",
+    init_from: Path | None = None,
+) -> _Run:
+    """Device, seed, model, optimizer and schedule; resumed from out_dir/last when it was
+    saved with this fingerprint, else fresh (from init_from's weights when given)."""
+    dist = DistributedContext.from_env()
+    device = dist.device if dist.enabled else resolve_device(config.device)
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(config.seed + dist.rank)
+    cpu_bf16 = use_cpu_bf16(config.cpu_bf16, device)
+    if cpu_bf16:
+        log.info("training steps under CPU bf16 autocast")
+    model = TransformerXL(model_config)
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    model.to(device)
+    run = _Run(
+        config=config,
+        model_config=model_config,
+        dist=dist,
+        device=device,
+        cpu_bf16=cpu_bf16,
+        model=model,
+        train_model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        checkpointer=checkpoint.Checkpointer(
+            out_dir, {"model": model, "optimizer": optimizer, "scheduler": scheduler}, fingerprint
+        ),
+        saved_config={
+            "model": model_config.to_dict(),
+            "train": asdict(config),
+            **(extra_config or {}),
+        },
+    )
+    _resume_or_start(run, init_from)
+    run.train_model = dist.wrap(model)  # after loading: DDP starts from rank 0's weights
+    if config.compile and device.type == "cuda":
+        run.train_model = torch.compile(run.train_model)
+    return run
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _resume_or_start(run: _Run, init_from: Path | None) -> None:
+    resumed = run.checkpointer.restore()
+    if resumed is not None:
+        run.start_step = resumed.step
+        run.best_nll, run.best_step = resumed.values["best_nll"], resumed.values["best_step"]
+        run.mems = [m.to(run.device) for m in resumed.values["mems"]] or None
+        log.info(
+            "resuming from step %d (best valid NLL %.4f at step %d)",
+            run.start_step, run.best_nll, run.best_step,
+        )  # fmt: skip
+        return
+    if run.dist.is_main:  # a fresh run: best weights of another run are stale
+        for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
+            (run.checkpointer.folder / name).unlink(missing_ok=True)
+    if init_from is not None:
+        checkpoint.load_weights(run.model, init_from)  # every rank: the same starting weights
+
+
+def batch_schedule(
+    run: _Run,
+    train_data: tuple[np.ndarray, np.ndarray],
+    final_data: tuple[np.ndarray, np.ndarray] | None,
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor, bool]]:
+    """step -> (inputs, targets, starts_epoch) of this rank: train_data's streams, then
+    final_data's for the last final_original_steps steps."""
+    config, dist = run.config, run.dist
+
+    def segment_batches(data: tuple[np.ndarray, np.ndarray], seed: int) -> SegmentBatches:
+        return SegmentBatches(
+            *data, config.batch_size, run.model_config.seg_len, seed, True, dist.rank,
+            dist.world_size,
+        )  # fmt: skip
+
+    batches = segment_batches(train_data, config.seed)
+    if not config.final_original_steps:
+        return batches.batch
+    final_batches = segment_batches(final_data, config.seed + 1)
+    switch = config.max_steps - config.final_original_steps  # first step of the final phase
+    return lambda step: (
+        final_batches.batch(step - switch) if step >= switch else batches.batch(step)
+    )
+
+
+def train_step(
+    run: _Run, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a (B, T) batch, carrying run.mems forward. Returns (loss,
+    grad_norm), still on the device: reading them is a sync point with the GPU."""
+    with autocast_context(run.device, run.cpu_bf16):
+        logits, run.mems = run.train_model(inputs.to(run.device, non_blocking=True), run.mems)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(run.device).flatten())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    return loss, grad_norm
+
+
+class _Throughput:
+    """Tokens per second over a window of steps."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.tokens = time.perf_counter(), 0
+
+    def rate(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.start, 1e-9)
+
+
+def log_progress(
+    run: _Run,
+    log_metrics: LogFn,
+    done: int,
+    loss: torch.Tensor,
+    grad_norm: torch.Tensor,
+    throughput: _Throughput,
+) -> None:
+    """Training NLL, learning rate, gradient norm and tokens per second since the last call."""
+    tokens_per_second = throughput.rate()
+    log_metrics(
+        {
+            "train_nll": loss.item(),  # sync point with the GPU
+            "lr": run.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "tokens_per_second": tokens_per_second,
+        },
+        done,
+    )
+    throughput.reset()
+
+
+def validate(
+    run: _Run, valid_tokens: np.ndarray, eval_batch: int, done: int, log_metrics: LogFn | None
+) -> None:
+    """Validation NLL on rank 0; a new best goes to model.safetensors + config.json."""
+    if run.dist.is_main:
+        seg_len = run.model_config.seg_len
+        valid_nll = evaluate_nll(run.model, valid_tokens, seg_len, run.device, eval_batch)
+        bits = valid_nll / math.log(2)
+        log.info("step %d: valid NLL %.4f nats (%.4f bits)", done, valid_nll, bits)
+        if log_metrics:
+            log_metrics({"valid_nll": valid_nll, "valid_bits_per_token": bits}, done)
+        if valid_nll < run.best_nll:
+            run.best_nll, run.best_step = valid_nll, done
+            checkpoint.save_weights(
+                run.model,
+                run.saved_config,
+                run.checkpointer.folder,
+                {"best_step": done, "valid_nll": valid_nll},
+            )
+    run.dist.barrier()
+
+
+def save_checkpoint(run: _Run, done: int) -> None:
+    """last/ on rank 0: everything a killed run needs to go on as if never stopped."""
+    if run.dist.is_main:
+        # Under DDP each rank carries its own memory; a resumed run starts those afresh.
+        mems = [m.cpu() for m in run.mems] if run.mems and run.dist.world_size == 1 else []
+        run.checkpointer.save(done, best_nll=run.best_nll, best_step=run.best_step, mems=mems)
+    run.dist.barrier()
 
 
 def train(
@@ -208,155 +392,39 @@ def train(
     A saved state is resumed only when its fingerprint (config and data identity, chosen by
     the caller) matches; otherwise training starts afresh.
     """
-    dist = DistributedContext.from_env()
-    device = dist.device if dist.enabled else resolve_device(config.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(config.seed + dist.rank)
-    cpu_bf16 = use_cpu_bf16(config.cpu_bf16, device)
-    if cpu_bf16:
-        log.info("training steps under CPU bf16 autocast")
-
-    model = TransformerXL(model_config)
-    optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    state = checkpoint.load_training_state(
-        model, out_dir, matches=lambda saved: saved.get("fingerprint", "") == fingerprint
-    )
-    if state is None and dist.is_main:  # a fresh run: best weights of another run are stale
-        for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
-            (out_dir / name).unlink(missing_ok=True)
-    if state is None and init_from is not None:
-        checkpoint.load_weights(model, init_from)  # every rank: the same starting weights
-    start_step, best_nll, best_step, mems = 0, float("inf"), -1, None
-    previous_seconds = 0.0  # training time of earlier (interrupted) sessions
-    model.to(device)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], device)
-        start_step, best_nll, best_step = state["step"], state["best_nll"], state["best_step"]
-        previous_seconds = float(state.get("train_seconds", 0.0))
-        mems = [m.to(device) for m in state["mems"]] if state["mems"] else None
-        log.info(
-            "resuming from step %d (best valid NLL %.4f at step %d)",
-            start_step,
-            best_nll,
-            best_step,
-        )
-    saved_config = {
-        "model": model_config.to_dict(),
-        "train": asdict(config),
-        **(extra_config or {}),
-    }
-
-    train_model = dist.wrap(model)
-    if config.compile and device.type == "cuda":
-        train_model = torch.compile(train_model)
-
-    def segment_batches(data: tuple[np.ndarray, np.ndarray], seed: int) -> SegmentBatches:
-        return SegmentBatches(
-            *data, config.batch_size, model_config.seg_len, seed, True, dist.rank, dist.world_size
-        )
-
-    batches = segment_batches(train_data, config.seed)
-    switch = config.max_steps - config.final_original_steps  # first step of the final phase
-    final_batches = None
-    if config.final_original_steps:
-        if final_data is None:
-            raise ValueError("final_original_steps > 0 needs final_data")
-        final_batches = segment_batches(final_data, config.seed + 1)
-    tokens_per_step = config.batch_size * model_config.seg_len * dist.world_size
+    if config.final_original_steps and final_data is None:
+        raise ValueError("final_original_steps > 0 needs final_data")
+    run = setup(model_config, config, out_dir, extra_config, fingerprint, init_from)
+    next_batch = batch_schedule(run, train_data, final_data)
+    tokens_per_step = config.batch_size * model_config.seg_len * run.dist.world_size
     eval_batch = max(
         1, min(config.batch_size, (len(valid_tokens) - 1) // (model_config.seg_len + 1))
     )
-    model.train()
-    started, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
-    step = start_step
-    for step in range(start_step, config.max_steps):
-        if final_batches is not None and step >= switch:
-            inputs, targets, new_epoch = final_batches.batch(step - switch)
-        else:
-            inputs, targets, new_epoch = batches.batch(step)
+    run.model.train()
+    run.checkpointer.start_clock()
+    throughput = _Throughput()
+    for step in range(run.start_step, config.max_steps):
+        inputs, targets, new_epoch = next_batch(step)
         if new_epoch:
-            mems = None  # the streams were reshuffled: old memory is not their past
-        with autocast_context(device, cpu_bf16):
-            logits, mems = train_model(inputs.to(device, non_blocking=True), mems)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        window_tokens += tokens_per_step
-
+            run.mems = None  # the streams were reshuffled: old memory is not their past
+        loss, grad_norm = train_step(run, inputs, targets)
+        throughput.tokens += tokens_per_step
         done = step + 1
-        if (
-            dist.is_main
-            and log_metrics
-            and (done % config.log_interval == 0 or done == config.max_steps)
-        ):
-            elapsed = time.perf_counter() - window_start
-            log_metrics(
-                {
-                    "train_nll": loss.item(),  # sync point with the GPU
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_second": window_tokens / max(elapsed, 1e-9),
-                },
-                done,
-            )
-            window_start, window_tokens = time.perf_counter(), 0
-        if done % config.eval_interval == 0 or done == config.max_steps:
-            if dist.is_main:
-                valid_nll = evaluate_nll(
-                    model, valid_tokens, model_config.seg_len, device, eval_batch
-                )
-                log.info(
-                    "step %d: valid NLL %.4f nats (%.4f bits)",
-                    done,
-                    valid_nll,
-                    valid_nll / math.log(2),
-                )
-                if log_metrics:
-                    log_metrics(
-                        {"valid_nll": valid_nll, "valid_bits_per_token": valid_nll / math.log(2)},
-                        done,
-                    )
-                if valid_nll < best_nll:
-                    best_nll, best_step = valid_nll, done
-                    checkpoint.save_weights(
-                        model, saved_config, out_dir, {"best_step": done, "valid_nll": valid_nll}
-                    )
-            dist.barrier()
-        if done % config.checkpoint_interval == 0 or done == config.max_steps:
-            if dist.is_main:
-                checkpoint.save_training_state(
-                    model,
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "rng": _rng_state(device),
-                        "step": done,
-                        "best_nll": best_nll,
-                        "best_step": best_step,
-                        "fingerprint": fingerprint,
-                        "train_seconds": previous_seconds + time.perf_counter() - started,
-                        "mems": [m.cpu() for m in mems] if mems and dist.world_size == 1 else [],
-                    },
-                    out_dir,
-                )
-            dist.barrier()
-    seconds = previous_seconds + time.perf_counter() - started  # all sessions
-    trained_tokens = config.max_steps * tokens_per_step
-    dist.close()
+        last = done == config.max_steps
+        if run.dist.is_main and log_metrics and (done % config.log_interval == 0 or last):
+            log_progress(run, log_metrics, done, loss, grad_norm, throughput)
+        if done % config.eval_interval == 0 or last:
+            validate(run, valid_tokens, eval_batch, done, log_metrics)
+        if done % config.checkpoint_interval == 0 or last:
+            save_checkpoint(run, done)
+    seconds = run.checkpointer.seconds()  # all sessions
+    run.dist.close()
     return TrainResult(
         steps=config.max_steps,
-        best_valid_nll=best_nll,
-        best_step=best_step,
-        tokens_per_second=trained_tokens / max(seconds, 1e-9),
+        best_valid_nll=run.best_nll,
+        best_step=run.best_step,
+        tokens_per_second=config.max_steps * tokens_per_step / max(seconds, 1e-9),
         seconds=seconds,
-        num_parameters=model.num_parameters(),
-        resumed_from=start_step,
+        num_parameters=run.model.num_parameters(),
+        resumed_from=run.start_step,
     )
