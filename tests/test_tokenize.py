@@ -109,9 +109,7 @@ def test_transposition_out_of_range_is_skipped_and_stretch_scales_time(tmp_path)
 def _tokenize(root, workers: int, **overrides) -> dict[str, np.ndarray]:
     paths = Paths(root=root, corpus="mine")
     tokenize_stage.run(TokenizeSettings(num_workers=workers, **overrides), paths)
-    return {
-        s: np.array(store.load_split(paths.tokens_dir, s)[0]) for s in ("train", "test")
-    }
+    return {s: np.array(store.load_split(paths.tokens_dir, s)[0]) for s in ("train", "test")}
 
 
 def test_parallel_encoding_matches_serial(token_project, tmp_path):
