@@ -45,8 +45,8 @@ def bench(files: list[Path], spec, out: Path) -> dict[str, list[float]]:
 def main() -> None:
     from cadenza import audio
     from cadenza.config import ImportSettings
-    from cadenza.data import corpus_import
     from cadenza.paths import Paths
+    from cadenza.stages import import_corpus as corpus_import
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=40, help="chorales to render")

@@ -31,19 +31,19 @@ settings = parse_settings(json.loads((root / "params.json").read_text()))
 paths = Paths(root=root, corpus="scale")
 started = time.perf_counter()
 if stage == "import":
-    from cadenza.data import corpus_import
+    from cadenza.stages import import_corpus as corpus_import
     corpus_import.run(settings.import_, paths, use_cache=False)
 elif stage == "validate":
-    from cadenza.validation import stage as validate_stage
+    from cadenza.stages import validate as validate_stage
     validate_stage.run(settings.validate_, paths)
 elif stage == "split":
-    from cadenza.data import split
+    from cadenza.stages import split
     split.run(settings.split, paths)
 elif stage == "tokenize":
-    from cadenza.tokens import stage as tokenize_stage
+    from cadenza.stages import tokenize as tokenize_stage
     tokenize_stage.run(settings.tokenize, paths)
 elif stage == "train_batches":
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
     from cadenza.training.data import SegmentBatches
     tokens, offsets = load_split(paths.tokens_dir, "train")
     reader = SegmentBatches(tokens, offsets, batch_size=16, seg_len=128, seed=0)
@@ -63,8 +63,8 @@ def pool_files(pool: Path | None, work: Path, sample: int) -> list[Path]:
             raise SystemExit(f"{pool}: no .mid files to build corpora from")
         return files
     from cadenza.config import ImportSettings
-    from cadenza.data import corpus_import
     from cadenza.paths import Paths
+    from cadenza.stages import import_corpus as corpus_import
 
     settings = ImportSettings(corpus="pool", source="mix", mix_exclude=["bach"], limit=sample)
     corpus_import.run(settings, Paths(root=work, corpus="pool"))

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from cadenza.config import ImportSettings
-from cadenza.data import corpus_import
 from cadenza.paths import Paths
+from cadenza.stages import import_corpus as corpus_import
 
 
 def timed_import(limit: int, workers: int) -> tuple[float, int]:

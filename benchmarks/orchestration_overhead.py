@@ -41,8 +41,8 @@ def sh(repo: Path, *command: str) -> float:
 
 def make_project(root: Path, chorales: int, preset: str) -> Path:
     from cadenza.config import ImportSettings
-    from cadenza.data import corpus_import
     from cadenza.paths import Paths
+    from cadenza.stages import import_corpus as corpus_import
 
     corpus_import.run(ImportSettings(limit=chorales), Paths(root=root / "src-corpus"))
     repo = root / "repo"

@@ -35,7 +35,7 @@ from cadenza.models.interval_critic import IntervalCritic
 from cadenza.paths import Paths
 from cadenza.stages import evaluate as stage
 from cadenza.tokens.keys import place_samples
-from cadenza.tokens.stage import load_split
+from cadenza.tokens.store import load_split
 from cadenza.tokens.tokenizer import pitch_classes, tokens_per_note
 from cadenza.training import adversarial as adv
 

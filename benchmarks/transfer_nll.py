@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
 
     torch.manual_seed(0)
     tokens, offsets = load_split(args.tokens, "test")

@@ -14,8 +14,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 from cadenza.config import ImportSettings
-from cadenza.data import corpus_import
 from cadenza.paths import Paths
+from cadenza.stages import import_corpus as corpus_import
 
 NUM_CHORALES = 4
 
@@ -127,9 +127,9 @@ def token_project(tmp_path_factory, chorale_dir) -> Path:
     import yaml
 
     from cadenza.config import parse_settings
-    from cadenza.data import split as split_stage
-    from cadenza.tokens import stage as tokenize_stage
-    from cadenza.validation import stage as validate_stage
+    from cadenza.stages import split as split_stage
+    from cadenza.stages import tokenize as tokenize_stage
+    from cadenza.stages import validate as validate_stage
 
     root = tmp_path_factory.mktemp("token-project")
     corpus = root / "corpus"

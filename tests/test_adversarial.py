@@ -538,7 +538,7 @@ def test_adversarial_stage_with_the_interval_critic(pretrained, tmp_path):
 def test_critic_steps_zero_keeps_the_warmed_up_critic_fixed(pretrained, tmp_path):
     """critic_steps 0 (and no warm-up): the interval critic saved at the end is the one built
     at the start, never updated, while the generator trained against it."""
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
     from cadenza.tokens.tokenizer import load_tokenizer, pitch_classes
     from cadenza.training import adversarial as adv
 

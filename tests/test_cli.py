@@ -21,7 +21,8 @@ def test_help_lists_the_stage_commands_without_heavy_imports():
     code = (
         "import sys; from typer.testing import CliRunner; from cadenza.cli import app; "
         "r = CliRunner().invoke(app, ['--help']); print(r.output); "
-        "heavy = [m for m in ('pandas', 'music21', 'great_expectations', 'torch', 'mlflow') "
+        "heavy = [m for m in ('pandas', 'music21', 'great_expectations', 'torch', 'mlflow', "
+        "'prefect', 'dvc') "
         "if m in sys.modules]; print('HEAVY', heavy)"
     )
     output = subprocess.run(

@@ -10,10 +10,10 @@ import pytest
 from symusic import Score
 
 from cadenza.config import ImportSettings
-from cadenza.data import corpus_import
 from cadenza.data.corpus_import import IMPORT_ERRORS_NAME, METADATA_COLUMNS
 from cadenza.data.sources import SourceError
 from cadenza.paths import Paths
+from cadenza.stages import import_corpus
 
 from .conftest import NUM_CHORALES, make_midi
 
@@ -42,7 +42,7 @@ def test_parallel_import_matches_serial_byte_for_byte(tmp_path, monkeypatch):
     for workers in (1, 2):
         paths = Paths(root=tmp_path / f"w{workers}", corpus="bach")
         settings = ImportSettings(limit=3, num_workers=workers)
-        corpus_import.run(settings, paths, use_cache=False)
+        import_corpus.run(settings, paths, use_cache=False)
         digests.append({p.name: p.read_bytes() for p in sorted(paths.raw_dir.iterdir())})
     assert digests[0] == digests[1] and len(digests[0]) == 3 + 2  # MIDI + metadata + errors
 
@@ -52,7 +52,7 @@ def test_conversion_cache_gives_the_same_bytes(tmp_path, monkeypatch):
     outputs = []
     for attempt in range(2):
         paths = Paths(root=tmp_path / f"run{attempt}", corpus="bach")
-        corpus_import.run(ImportSettings(limit=2, num_workers=1), paths)
+        import_corpus.run(ImportSettings(limit=2, num_workers=1), paths)
         outputs.append({p.name: p.read_bytes() for p in paths.raw_dir.glob("*.mid")})
     assert len(list((tmp_path / "cache").rglob("*.mid"))) == 2
     assert outputs[0] == outputs[1]
@@ -61,7 +61,7 @@ def test_conversion_cache_gives_the_same_bytes(tmp_path, monkeypatch):
 def test_abc_corpus_through_symusic(tmp_path):
     paths = Paths(root=tmp_path, corpus="ryans")
     settings = ImportSettings(corpus="ryans", music21_corpus="ryansMammoth", limit=5, num_workers=1)
-    result = corpus_import.run(settings, paths)
+    result = import_corpus.run(settings, paths)
     assert result.num_files == 5 and result.num_failed == 0
     rows = _read_metadata(paths)
     assert rows[0]["path"].endswith("-1.mid") and "#X:" in rows[0]["source"]
@@ -75,7 +75,7 @@ def test_folder_import_keeps_layout_and_replaces_old_corpus(tmp_path):
     paths = Paths(root=tmp_path / "project", corpus="mine")
     (paths.raw_dir / "stale").mkdir(parents=True)
     settings = ImportSettings(corpus="mine", source="folder", path=str(source))
-    corpus_import.run(settings, paths)
+    import_corpus.run(settings, paths)
     assert sorted(
         p.relative_to(paths.raw_dir).as_posix() for p in paths.raw_dir.rglob("*.mid*")
     ) == ["b.midi", "suite/a.mid"]
@@ -93,7 +93,7 @@ def test_archive_import(tmp_path):
         tarred.add(folder, arcname="nesmdb_midi")
     paths = Paths(root=tmp_path / "project", corpus="nes")
     settings = ImportSettings(corpus="nes", source="nesmdb", path=str(archive))
-    result = corpus_import.run(settings, paths)
+    result = import_corpus.run(settings, paths)
     assert result.num_files == 2
     assert [r["official_split"] for r in _read_metadata(paths)] == ["train", "test"]
     assert (paths.raw_dir / IMPORT_ERRORS_NAME).read_text().strip() == "path,source,error"
@@ -102,7 +102,7 @@ def test_archive_import(tmp_path):
 def test_missing_source_folder_is_a_clear_error(tmp_path):
     settings = ImportSettings(corpus="x", source="maestro", path=str(tmp_path / "nope"))
     with pytest.raises(SourceError, match="MAESTRO folder not found"):
-        corpus_import.run(settings, Paths(root=tmp_path, corpus="x"))
+        import_corpus.run(settings, Paths(root=tmp_path, corpus="x"))
 
 
 def test_interrupted_import_keeps_the_previous_corpus(tmp_path, monkeypatch):
@@ -110,7 +110,7 @@ def test_interrupted_import_keeps_the_previous_corpus(tmp_path, monkeypatch):
     make_midi(source / "a.mid")
     paths = Paths(root=tmp_path / "project", corpus="mine")
     settings = ImportSettings(corpus="mine", source="folder", path=str(source), num_workers=1)
-    corpus_import.run(settings, paths)
+    import_corpus.run(settings, paths)
     before = {p.name: p.read_bytes() for p in paths.raw_dir.iterdir()}
 
     make_midi(source / "b.mid")
@@ -118,8 +118,8 @@ def test_interrupted_import_keeps_the_previous_corpus(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(corpus_import, "convert_all", interrupted)
+    monkeypatch.setattr(import_corpus, "convert_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        corpus_import.run(settings, paths)
+        import_corpus.run(settings, paths)
     assert {p.name: p.read_bytes() for p in paths.raw_dir.iterdir()} == before
     assert not list(paths.raw_dir.parent.glob(".*"))  # staging cleaned up

@@ -105,7 +105,7 @@ def setup(token_project):
 
     from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
     from cadenza.stages.evaluate import Context
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
     from cadenza.tokens.tokenizer import load_tokenizer
 
     threads = torch.get_num_threads()

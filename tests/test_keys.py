@@ -14,8 +14,8 @@ from symusic import Note, Score, Track
 
 from cadenza.config import TokenizeSettings
 from cadenza.paths import Paths
-from cadenza.tokens import keys
-from cadenza.tokens import stage as tokenize_stage
+from cadenza.stages import tokenize as tokenize_stage
+from cadenza.tokens import keys, store
 from cadenza.tokens.augment import transpose
 from cadenza.tokens.tokenizer import build_tokenizer, load_tokenizer
 
@@ -72,10 +72,10 @@ def test_normalized_tokens_move_back_exactly_to_the_original_keys(normalized_and
     assert not keys.uses_key_normalize(load_tokenizer(plain.tokens_dir / "tokenizer.json"))
     moved_any = False
     for split in ("train", "valid", "test"):
-        tokens, offsets = tokenize_stage.load_split(normalized.tokens_dir, split)
-        plain_tokens, plain_offsets = tokenize_stage.load_split(plain.tokens_dir, split)
-        shifts = tokenize_stage.load_key_shifts(normalized.tokens_dir, split)
-        assert tokenize_stage.load_key_shifts(plain.tokens_dir, split) is None
+        tokens, offsets = store.load_split(normalized.tokens_dir, split)
+        plain_tokens, plain_offsets = store.load_split(plain.tokens_dir, split)
+        shifts = store.load_key_shifts(normalized.tokens_dir, split)
+        assert store.load_key_shifts(plain.tokens_dir, split) is None
         assert len(shifts) == len(offsets) - 1 and list(offsets) == list(plain_offsets)
         for doc, (start, end) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
             row = np.asarray(tokens[start:end], dtype=np.int64)[None]
@@ -88,7 +88,7 @@ def test_normalized_tokens_move_back_exactly_to_the_original_keys(normalized_and
     assert moved_any  # the corpus has pieces outside C major / A minor
     metrics = json.loads(normalized.metrics_path("tokenize").read_text())
     assert sum(metrics["key_shifts_train"].values()) == len(
-        tokenize_stage.load_key_shifts(normalized.tokens_dir, "train")
+        store.load_key_shifts(normalized.tokens_dir, "train")
     )
 
 
@@ -102,7 +102,7 @@ def test_evaluation_reads_real_windows_in_their_own_keys(normalized_and_plain):
     bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
     real = {}
     for name, paths in (("normalized", normalized), ("plain", plain)):
-        docs = windows.documents(*tokenize_stage.load_split(paths.tokens_dir, "test"), bos)
+        docs = windows.documents(*store.load_split(paths.tokens_dir, "test"), bos)
         real[name] = windows.real_windows(docs, plan, eos, 0)
         real[name].tokens = real_in_own_keys(paths, ["test"], tokenizer, real[name])
     np.testing.assert_array_equal(real["normalized"].tokens, real["plain"].tokens)

@@ -195,7 +195,7 @@ def test_cpu_bf16_trains_under_autocast_and_measures_nll_in_fp32(token_project, 
     import torch
 
     from cadenza.generate import load_generator
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
     from cadenza.training.pretrain import autocast_context, evaluate_nll
 
     runs = {}

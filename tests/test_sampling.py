@@ -171,7 +171,7 @@ def test_grammar_holds_for_real_tokens_and_masks_what_a_model_would_break(token_
     from cadenza.evaluation import windows
     from cadenza.models.generator import GeneratorConfig, TransformerXL
     from cadenza.tokens.grammar import build_grammar
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
     from cadenza.tokens.tokenizer import build_tokenizer, load_tokenizer
 
     tokenizer = load_tokenizer(token_project / "data" / "tokens" / "tokenizer.json")

@@ -12,7 +12,8 @@ from symusic import Note, Score, TimeSignature, Track
 
 from cadenza.config import TokenizeSettings
 from cadenza.paths import Paths
-from cadenza.tokens import stage as tokenize_stage
+from cadenza.stages import tokenize as tokenize_stage
+from cadenza.tokens import store
 from cadenza.tokens.augment import time_stretch, transpose
 from cadenza.tokens.encode import score_ids
 from cadenza.tokens.tokenizer import build_tokenizer, load_tokenizer
@@ -35,7 +36,7 @@ def test_stage_outputs(token_project):
     splits = pd.read_csv(paths.splits_path)
     metrics = json.loads(paths.metrics_path("tokenize").read_text())
     for split in ("train", "valid", "test"):
-        tokens, offsets = tokenize_stage.load_split(paths.tokens_dir, split)
+        tokens, offsets = store.load_split(paths.tokens_dir, split)
         assert tokens.dtype == np.uint16 and offsets[0] == 0 and offsets[-1] == len(tokens)
         assert all(tokens[start] == bos for start in offsets[:-1])
         assert all(tokens[end - 1] == eos for end in offsets[1:])
@@ -50,14 +51,14 @@ def test_stage_outputs(token_project):
     flags = np.load(paths.tokens_dir / "train_original.npy")
     num_train = int((splits["split"] == "train").sum())
     assert flags.tolist() == [True, False, False] * num_train
-    tokens, offsets = tokenize_stage.load_split(paths.tokens_dir, "train")
-    originals, original_offsets = tokenize_stage.load_originals(paths.tokens_dir, "train")
+    tokens, offsets = store.load_split(paths.tokens_dir, "train")
+    originals, original_offsets = store.load_originals(paths.tokens_dir, "train")
     assert len(original_offsets) - 1 == num_train
     for k, i in enumerate(np.flatnonzero(flags)):
         doc = originals[original_offsets[k] : original_offsets[k + 1]]
         np.testing.assert_array_equal(doc, tokens[offsets[i] : offsets[i + 1]])
-    valid = tokenize_stage.load_originals(paths.tokens_dir, "valid")  # never augmented
-    np.testing.assert_array_equal(valid[0], tokenize_stage.load_split(paths.tokens_dir, "valid")[0])
+    valid = store.load_originals(paths.tokens_dir, "valid")  # never augmented
+    np.testing.assert_array_equal(valid[0], store.load_split(paths.tokens_dir, "valid")[0])
 
 
 def test_missing_original_flags_are_named(token_project, tmp_path):
@@ -68,7 +69,7 @@ def test_missing_original_flags_are_named(token_project, tmp_path):
     shutil.copytree(Paths(root=token_project, corpus="mine").tokens_dir, tokens_dir)
     (tokens_dir / "train_original.npy").unlink()
     with pytest.raises(FileNotFoundError, match="train_original.npy.*cadenza tokenize"):
-        tokenize_stage.load_originals(tokens_dir, "train")
+        store.load_originals(tokens_dir, "train")
 
 
 @pytest.mark.parametrize("name", ["REMI", "TSD", "Structured"])
@@ -108,9 +109,7 @@ def test_transposition_out_of_range_is_skipped_and_stretch_scales_time(tmp_path)
 def _tokenize(root, workers: int, **overrides) -> dict[str, np.ndarray]:
     paths = Paths(root=root, corpus="mine")
     tokenize_stage.run(TokenizeSettings(num_workers=workers, **overrides), paths)
-    return {
-        s: np.array(tokenize_stage.load_split(paths.tokens_dir, s)[0]) for s in ("train", "test")
-    }
+    return {s: np.array(store.load_split(paths.tokens_dir, s)[0]) for s in ("train", "test")}
 
 
 def test_parallel_encoding_matches_serial(token_project, tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cadenza.config import parse_settings
-from cadenza.data import corpus_import
 from cadenza.data.sources import SourceError, list_mix
 from cadenza.paths import Paths
+from cadenza.stages import import_corpus as corpus_import
 
 from .conftest import TINY_PRESET, make_midi
 
@@ -47,11 +47,11 @@ def base_project(tmp_path_factory, token_project, _mlflow_template) -> dict:
     run for real on the tiny mix, tracked in its own MLflow store."""
     import os
 
-    from cadenza.data import split as split_stage
     from cadenza.stages import pretrain as pretrain_stage
-    from cadenza.tokens import stage as tokenize_stage
+    from cadenza.stages import split as split_stage
+    from cadenza.stages import tokenize as tokenize_stage
+    from cadenza.stages import validate as validate_stage
     from cadenza.tracking import registry
-    from cadenza.validation import stage as validate_stage
 
     root = tmp_path_factory.mktemp("transfer")
     for part in ("data/raw/mine", "data/interim", "data/tokens"):

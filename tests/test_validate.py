@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from cadenza.config import ImportSettings, ValidateSettings
-from cadenza.data import corpus_import
 from cadenza.data.manifest import Limits, check_chunks, inspect_file
 from cadenza.paths import Paths
-from cadenza.validation import stage
-from cadenza.validation.stage import MANIFEST_COLUMNS, ValidationFailed
+from cadenza.stages import import_corpus, validate
+from cadenza.stages.validate import ValidationFailed
+from cadenza.validation.manifest import MANIFEST_COLUMNS
 
 from .conftest import NUM_CHORALES, make_midi
 
@@ -35,7 +35,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def _import_folder(tmp_path: Path, folder: Path) -> Paths:
     paths = Paths(root=tmp_path / "project", corpus="mine")
     settings = ImportSettings(corpus="mine", source="folder", path=str(folder), num_workers=1)
-    corpus_import.run(settings, paths)
+    import_corpus.run(settings, paths)
     return paths
 
 
@@ -44,7 +44,7 @@ def test_each_bad_file_is_quarantined_with_its_reason(tmp_path, mixed_folder):
     paths = _import_folder(tmp_path, folder)
     raw_before = _tree_digest(paths.raw_dir)
 
-    result = stage.run(SETTINGS, paths)
+    result = validate.run(SETTINGS, paths)
 
     manifest = pd.read_parquet(paths.manifest_path)
     assert list(manifest.columns) == MANIFEST_COLUMNS
@@ -83,7 +83,7 @@ def test_unreadable_files_are_quarantined(tmp_path, chorale_dir):
     locked = make_midi(paths.raw_dir / "locked.mid")
     locked.chmod(0)
     try:
-        stage.run(SETTINGS, paths)
+        validate.run(SETTINGS, paths)
     finally:
         locked.chmod(0o644)
     quarantine = pd.read_csv(paths.quarantine_path).set_index("path")
@@ -99,7 +99,7 @@ def test_exact_duplicates_are_kept_once_and_reported(tmp_path, chorale_dir):
     first = sorted(paths.raw_dir.glob("*.mid"))[0]
     shutil.copy(first, paths.raw_dir / "zz_copy.mid")
 
-    result = stage.run(SETTINGS, paths)
+    result = validate.run(SETTINGS, paths)
 
     manifest = pd.read_parquet(paths.manifest_path).set_index("path")
     assert manifest.loc["zz_copy.mid", "status"] == "duplicate"
@@ -114,7 +114,7 @@ def test_suite_fails_when_too_many_files_are_bad(tmp_path, mixed_folder):
     strict = ValidateSettings(max_file_bytes=25_000, max_bad_fraction=0.2)
 
     with pytest.raises(ValidationFailed) as failure:
-        stage.run(strict, paths)
+        validate.run(strict, paths)
 
     message = str(failure.value)
     assert "expect_column_values_to_be_in_set [status]" in message
@@ -134,7 +134,7 @@ def test_import_failures_reach_the_quarantine(tmp_path, chorale_dir):
     paths = _import_folder(tmp_path, folder)
     assert not (paths.raw_dir / "broken_link.mid").exists()
 
-    stage.run(SETTINGS, paths)
+    validate.run(SETTINGS, paths)
 
     quarantine = pd.read_csv(paths.quarantine_path).set_index("path")
     assert quarantine.loc["broken_link.mid", "reason_code"] == "import_failed"

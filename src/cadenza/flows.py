@@ -1,11 +1,12 @@
 """The `retrain` Prefect flow: every DVC stage as a Prefect task, in DAG order.
 
-import -> validate -> split -> tokenize -> pretrain -> pretrain_discriminator -> adversarial
--> evaluate -> register. Each task runs `dvc repro --single-item <stage>`, so dvc.lock
-records the lineage and an unchanged stage is skipped (the task says so). One MLflow parent
-run per flow run; the stage runs nest under it (CADENZA_PARENT_RUN_ID). A workspace-wide
-Prefect concurrency limit (and DVC's own lock) keeps two retrains off one workspace.
-Ends with a markdown artifact (metrics, promotion decision) and a table of stage durations.
+The stages are stages/registry.py's, in dvc.yaml's order. Each task runs
+`dvc repro --single-item <stage>`, so dvc.lock records the lineage and an unchanged stage is
+skipped (the task says so). One MLflow parent run per flow run; the stage runs nest under it
+(CADENZA_PARENT_RUN_ID). A workspace-wide Prefect concurrency limit (and DVC's own lock)
+keeps two retrains off one workspace.
+Ends with a markdown artifact (each stage's summary, the promotion decision among them) and
+a table of stage durations.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from cadenza.pipeline import STAGES
+from cadenza.stages import registry
 
-SERVICE_STAGES = {"evaluate", "register"}  # talk to the MLflow registry: retried
+STAGES = registry.names()  # dvc.yaml's stages in DAG order
+SERVICE_STAGES = set(registry.service_names())  # talk to the MLflow registry: retried
 SKIPPED = "didn't change, skipping"
 
 
@@ -168,34 +170,13 @@ def ensure_slot(name: str) -> None:
 
 
 def _summary_markdown(root: Path, results: list[dict], note: str) -> str:
+    """Each stage's summary (stages/registry.py) as a markdown table."""
     from cadenza.paths import Paths
 
-    paths = Paths(root)
-    lines = [f"# Cadenza retrain: {root}", "", note, ""]
-    evaluation = paths.metrics_path("evaluate")
-    if evaluation.is_file():
-        metrics = json.loads(evaluation.read_text())
-        lines += [
-            "| model | test NLL | disc. accuracy [95% CI] | mean overlap |",
-            "|---|---|---|---|",
-        ]
-        for name in [n for n in ("mle", "gan", "control") if n in metrics]:
-            m = metrics[name]
-            lines.append(
-                f"| {name}{' (candidate)' if metrics['candidate'] == name else ''} | "
-                f"{m['test_nll']:.4f} | {m['discriminative_accuracy']:.3f} "
-                f"[{m['discriminative_accuracy_ci_low']:.3f}, "
-                f"{m['discriminative_accuracy_ci_high']:.3f}] | {m['mean_overlap']:.3f} |"
-            )
-    register = paths.metrics_path("register")
-    if register.is_file():
-        decision = json.loads(register.read_text())
-        lines += [
-            "",
-            f"**{decision['model_name']} version {decision['version']}**: "
-            f"{'promoted to champion' if decision['promoted'] else 'not promoted'} - "
-            f"{decision['reason']}. Champion: version {decision['champion']}.",
-        ]
+    lines = [f"# Cadenza retrain: {root}", "", note, "", "| stage | result |", "|---|---|"]
+    for label, text in registry.rows(Paths(root)):
+        escaped = text.replace("|", "\\|")  # a literal bar inside a markdown cell
+        lines.append(f"| {label} | {escaped} |")
     ran = [r["stage"] for r in results if r["status"] == "ran"]
     lines += ["", f"Stages run: {', '.join(ran) or 'none'}."]
     return "\n".join(lines) + "\n"
@@ -319,10 +300,7 @@ def _run_stages(
     return results
 
 
-BASE_STAGES = tuple(
-    f"base/dvc.yaml:base_{stage}"
-    for stage in ("import", "validate", "split", "tokenize", "pretrain", "register")
-)
+BASE_STAGES = tuple(f"base/dvc.yaml:{name}" for name in registry.names("base"))
 
 
 @flow(name="retrain-base", log_prints=True)
@@ -344,7 +322,7 @@ def retrain_base(
     started = time.perf_counter()
     waiting = {"timeout_seconds": wait_seconds} if wait_seconds > 0 else {"max_retries": 0}
     with concurrency(name, occupy=1, strict=True, **waiting):
-        retried = tuple(s for s in BASE_STAGES if s.endswith("register"))
+        retried = tuple(f"base/dvc.yaml:{name}" for name in registry.service_names("base"))
         results = _run_stages(workspace, BASE_STAGES, retried, force, push_outputs, "retrain-base")
     ran = [r["stage"].split(":")[-1] for r in results if r["status"] == "ran"]
     note = f"base retrained: {', '.join(ran) or 'nothing changed'}"

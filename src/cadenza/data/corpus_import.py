@@ -1,32 +1,22 @@
-"""`import` stage: bring a corpus into data/raw/<corpus>/ as MIDI files plus metadata.csv.
+"""Importing a corpus: list its source files, convert them (in parallel), reuse unchanged ones.
 
-The corpus is written to a staging folder and swapped into place only when complete, so an
-interrupted import never leaves a half-written corpus behind. Files that fail to convert are
-listed in import_errors.csv beside metadata.csv; `validate` quarantines them with that reason.
+The `import` stage (stages/import_corpus.py) writes the result into a staging folder and swaps
+it into place only when complete. Files that fail to convert are listed in import_errors.csv
+beside metadata.csv; `validate` quarantines them with that reason.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import shutil
-import tempfile
-import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cadenza.config import ImportSettings
-from cadenza.data.archive import extract_archive, is_archive
-from cadenza.data.convert import convert_one, default_cache_dir
+from cadenza.data.convert import convert_one
 from cadenza.data.sources import FOLDER_LISTERS, SourceFile, list_mix, list_music21_corpus
-from cadenza.io import write_json
-from cadenza.paths import Paths
 from cadenza.progress import progress_bar
-
-log = logging.getLogger(__name__)
 
 METADATA_COLUMNS = [
     "path",
@@ -39,23 +29,6 @@ METADATA_COLUMNS = [
     "source_sha256",
 ]
 IMPORT_ERRORS_NAME = "import_errors.csv"
-
-
-@dataclass
-class ImportResult:
-    corpus: str
-    num_files: int
-    num_failed: int
-    seconds: float
-    num_workers: int
-    num_converted: int = 0
-    """Files converted or copied in this run; the others were unchanged since the last import
-    (same source content hash) and were taken over from it."""
-    num_reused: int = 0
-
-    @property
-    def files_per_second(self) -> float:
-        return self.num_files / self.seconds if self.seconds > 0 else 0.0
 
 
 def list_sources(
@@ -159,14 +132,14 @@ def convert_all(
     return errors
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
-def _swap_into_place(staging: Path, final: Path) -> None:
+def swap_into_place(staging: Path, final: Path) -> None:
     """Replace final with staging as close to atomically as a directory allows."""
     if final.exists():
         trash = final.with_name(f".{final.name}.old")
@@ -176,71 +149,3 @@ def _swap_into_place(staging: Path, final: Path) -> None:
         shutil.rmtree(trash)
     else:
         staging.rename(final)
-
-
-def run(settings: ImportSettings, paths: Paths, use_cache: bool = True) -> ImportResult:
-    """Import the corpus; a downloaded archive (zip, tar.gz) at import.path is unpacked first."""
-    source_path = paths.resolve(settings.path)
-    if settings.source != "music21" and is_archive(source_path):
-        paths.raw_dir.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=paths.raw_dir.parent, prefix=".unpack-") as tmp:
-            log.info("unpacking %s", source_path)
-            return _import(settings, paths, extract_archive(source_path, Path(tmp)), use_cache)
-    return _import(settings, paths, source_path, use_cache)
-
-
-def _import(
-    settings: ImportSettings, paths: Paths, source_dir: Path, use_cache: bool
-) -> ImportResult:
-    started = time.perf_counter()
-    files = list_sources(settings, source_dir, paths.resolve)
-    if not files:
-        raise ValueError(f"import: the source {settings.source!r} has no files to import")
-    duplicates = [path for path, n in Counter(f.rel_path for f in files).items() if n > 1]
-    if duplicates:
-        raise AssertionError(f"two sources map to one destination: {sorted(duplicates)[:5]}")
-
-    num_workers = resolve_workers(settings.num_workers)
-    paths.raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = paths.raw_dir.with_name(f".{paths.raw_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    log.info("importing %d files from %s with %d workers", len(files), settings.source, num_workers)
-    try:
-        cache_dir = default_cache_dir() if use_cache else None
-        digests = {f.rel_path: source_digest(f) for f in files}
-        reused = reuse_unchanged(files, digests, paths.raw_dir, staging) if use_cache else set()
-        todo = [f for f in files if f.rel_path not in reused]
-        log.info("%d files unchanged since the last import, %d to convert", len(reused), len(todo))
-        errors = convert_all(todo, staging, num_workers, cache_dir)
-        rows = [
-            {"path": f.rel_path, **asdict(f), "source_sha256": digests[f.rel_path]}
-            for f in files
-            if f.rel_path not in errors
-        ]
-        _write_csv(staging / "metadata.csv", METADATA_COLUMNS, rows)
-        failures = [
-            {"path": f.rel_path, "source": f.source, "error": errors[f.rel_path]}
-            for f in files
-            if f.rel_path in errors
-        ]
-        _write_csv(staging / IMPORT_ERRORS_NAME, ["path", "source", "error"], failures)
-    except BaseException:  # interrupted or disk full: the previous corpus stays as it was
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _swap_into_place(staging, paths.raw_dir)
-
-    result = ImportResult(
-        corpus=settings.corpus,
-        num_files=len(rows),
-        num_failed=len(errors),
-        seconds=time.perf_counter() - started,
-        num_workers=num_workers,
-        num_converted=len(todo),
-        num_reused=len(reused),
-    )
-    write_json(
-        paths.metrics_path("import"),
-        {**asdict(result), "files_per_second": result.files_per_second},
-    )
-    return result

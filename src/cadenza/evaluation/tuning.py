@@ -202,7 +202,7 @@ def compare_generators(
 def _test_documents(paths, tokenizer) -> list[list[int]]:
     """The test split's documents as clean ids of the reference tokenizer."""
     from cadenza.generate import clean_ids
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
 
     tokens, offsets = load_split(paths.tokens_dir, "test")
     return [

@@ -73,7 +73,7 @@ def adversarial_config(settings: AdversarialSettings, tokenizer):
 def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> AdversarialStageResult:
     from cadenza.models.discriminator import DiscriminatorConfig
     from cadenza.models.generator import GeneratorConfig
-    from cadenza.tokens.stage import load_originals, load_split, originals_path
+    from cadenza.tokens.store import load_originals, load_split, originals_path
     from cadenza.tokens.tokenizer import load_tokenizer, pitch_classes
     from cadenza.training import checkpoint
     from cadenza.training.adversarial import AdversarialConfig, train_adversarial
@@ -210,7 +210,7 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
     from cadenza.generate import load_generator
     from cadenza.stages.evaluate import features_of, prepare_encoder, real_in_own_keys
     from cadenza.tokens.keys import place_samples
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
     from cadenza.training.pretrain import resolve_device
 
     device = resolve_device(settings.device)

@@ -118,7 +118,7 @@ def prepare(settings: EvaluateSettings, paths: Paths, device, split: str = "test
     documents only (choices tuned on them never see test data)."""
     from cadenza.evaluation import windows
     from cadenza.evaluation.instrument import window_set
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
 
     context = prepare_encoder(settings, paths, device)
     plan, tokenizer = context.plan, context.tokenizer
@@ -145,7 +145,7 @@ def real_in_own_keys(paths: Paths, splits: list[str], tokenizer, real) -> np.nda
     """The real windows' tokens, each moved back into its document's own key when the tokens
     were key-normalized (`tokenize.key_normalize`); else unchanged."""
     from cadenza.tokens.keys import place
-    from cadenza.tokens.stage import load_key_shifts
+    from cadenza.tokens.store import load_key_shifts
 
     shifts = [load_key_shifts(paths.tokens_dir, split) for split in splits]
     if any(s is None for s in shifts):
@@ -165,7 +165,7 @@ def features_of(context: Context, tokens: np.ndarray) -> tuple[dict, np.ndarray]
 
 
 def test_nll(net, paths: Paths, device) -> float:
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
     from cadenza.training.pretrain import evaluate_nll
 
     tokens, _ = load_split(paths.tokens_dir, "test")
@@ -228,7 +228,7 @@ def run(
     from cadenza.evaluation import gallery, music_stats, report
     from cadenza.evaluation.instrument import compare
     from cadenza.generate import clean_ids, decode_ids, load_generator
-    from cadenza.tokens.stage import load_key_shifts, load_split
+    from cadenza.tokens.store import load_key_shifts, load_split
     from cadenza.training.pretrain import resolve_device
 
     started = time.perf_counter()

@@ -107,7 +107,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
 
     from cadenza.models.generator import TransformerXL
     from cadenza.stages import transfer
-    from cadenza.tokens.stage import load_originals, load_split, originals_path
+    from cadenza.tokens.store import load_originals, load_split, originals_path
     from cadenza.tokens.tokenizer import load_tokenizer
     from cadenza.training import checkpoint
     from cadenza.training.baselines import NGramModel, unigram_nll

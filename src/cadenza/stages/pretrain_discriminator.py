@@ -41,7 +41,7 @@ def reference_losses(train_tokens, valid_tokens, vocab_size: int, paths: Paths) 
 
 def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> DiscriminatorResult:
     from cadenza.models.discriminator import DiscriminatorConfig
-    from cadenza.tokens.stage import load_split
+    from cadenza.tokens.store import load_split
     from cadenza.tokens.tokenizer import load_tokenizer, special_ids
     from cadenza.training.discriminator import MaskedLMConfig, pretrain_masked_lm
 

@@ -1,16 +1,19 @@
 """Encode MIDI files into token-id arrays (one document per file and augmented version).
 
 Runs in worker processes: each worker loads the saved tokenizer once (init_worker), then
-encodes files independently, so the result does not depend on the number of workers.
+encodes files independently, so the result does not depend on the number of workers;
+encode_all hands the jobs to them (or encodes in this process with one worker).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cadenza.progress import progress_bar
 from cadenza.tokens.augment import augmented_versions
 
 _TOKENIZER = None
@@ -146,3 +149,20 @@ def encode_file(job: EncodeJob) -> EncodedFile:
     return EncodedFile(
         job.path, documents, int(score.note_num()), skipped, key_shift=shift, originals=originals
     )
+
+
+def encode_all(jobs: list[EncodeJob], tokenizer_path: Path, workers: int):
+    """EncodedFile per job, in job order, as they come (a generator: nothing piles up)."""
+    with progress_bar("tokenize", total=len(jobs)) as advance:
+        if workers <= 1:
+            init_worker(str(tokenizer_path))
+            for job in jobs:
+                yield encode_file(job)
+                advance()
+            return
+        with ProcessPoolExecutor(
+            workers, initializer=init_worker, initargs=(str(tokenizer_path),)
+        ) as pool:
+            for encoded in pool.map(encode_file, jobs, chunksize=8):
+                yield encoded
+                advance()
