@@ -43,7 +43,7 @@ GRID: dict[str, dict[str, object]] = {
 }
 
 
-def override(key: str, value: object, params_path: Path = Path("params.yaml")) -> str:
+def override_arg(key: str, value: object, params_path: Path = Path("params.yaml")) -> str:
     """`adversarial.<key>=<value>` for a key written in params.yaml; DVC wants
     `+adversarial.<key>=<value>` for one that takes its default from the code."""
     written = {}
@@ -54,7 +54,7 @@ def override(key: str, value: object, params_path: Path = Path("params.yaml")) -
 
 def queue(names: list[str], start: bool) -> None:
     for name in names:
-        overrides = [override(k, v) for k, v in GRID[name].items()]
+        overrides = [override_arg(k, v) for k, v in GRID[name].items()]
         command = [DVC, "exp", "run", "--queue", "-n", name]
         for override in overrides:
             command += ["-S", override]
