@@ -10,7 +10,7 @@ is allowed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -317,7 +317,3 @@ class AdversarialConfig:
     @property
     def adversarial(self) -> bool:
         return self.adv_weight > 0
-
-
-def field_names(config_class: type) -> list[str]:
-    return [f.name for f in fields(config_class)]
