@@ -4,9 +4,8 @@ updates) against an NLL-only step measured in the same run, amortized over the c
 generated in.
 
     python benchmarks/adversarial_step.py [--steps 3] [--params params.yaml]
-        [--critic spanbert|intervals|both]
 
-Settings (sample_batch, sample_len, chunk_len, prime_tokens, adv_every, adv_optimizer,
+Settings (sample_batch, sample_len, chunk_len, prime_tokens, adv_every,
 critic_steps, batch_size) come from params.yaml's adversarial section; model sizes mirror the
 cpu presets (generator d_model 192 x 4 layers, discriminator 128 x 3 layers). Random weights:
 only time and memory are meaningful. The aim (issue 12): amortized ratio <= 4x.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import fields
 
 import numpy as np
 import torch
@@ -25,7 +23,6 @@ from cadenza.config import load_settings
 from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
 from cadenza.models.generator import GeneratorConfig, TransformerXL
 from cadenza.models.gumbel import sample_chunks
-from cadenza.models.interval_critic import IntervalCritic
 from cadenza.training import adversarial as adv
 from cadenza.training.memory import SavedTensorMeter
 
@@ -51,12 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--critic", choices=adv.CRITICS, help="override adversarial.critic")
     args = parser.parse_args()
     settings = load_settings(args.params).adversarial
-    known = {f.name for f in fields(adv.AdversarialConfig)}
-    values = {k: v for k, v in settings.model_dump().items() if k in known}
-    config = adv.AdversarialConfig(**{**values, **({"critic": args.critic} if args.critic else {})})
+    config = settings.loop_config()
     generator, discriminator = build()
     device = torch.device("cpu")
     rng = np.random.default_rng(0)
@@ -64,16 +58,7 @@ def main() -> None:
     offsets = np.arange(0, len(corpus) + 1, 1000)
     real = adv.RealChunks(corpus, offsets, config.prime_tokens + config.sample_len, 0)
     sampler = adv.Sampler(generator, real, config, device, torch.Generator().manual_seed(0), 1)
-    intervals = None
-    if config.critic != "spanbert":  # pitches are ids 100..187 of the random vocabulary
-        pitch_classes = [i % 12 if 100 <= i < 188 else -1 for i in range(VOCAB)]
-        intervals = IntervalCritic(
-            pitch_classes,
-            tuple(config.interval_lags),
-            key_profile=config.key_profile,
-            absolute_profile=config.absolute_profile,
-        )
-    critic = adv.Critic(discriminator if config.critic != "intervals" else None, config, intervals)
+    critic = adv.Critic(discriminator, config)
     update = adv.GeneratorUpdate(generator, config)
     seg = 128
     tokens = torch.from_numpy(

@@ -228,7 +228,7 @@ def make_project(root: Path, corpus: Path, mlflow_db: Path) -> Path:
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     for name, values in project_params(Path("data/external/mine"), **TINY_STAGES).items():
         params.setdefault(name, {}).update(values)
-    params["pretrain"]["presets"]["tiny"] = TINY_PRESET
+    params["pretrain"].setdefault("presets", {})["tiny"] = TINY_PRESET
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(corpus, root / "data" / "external" / "mine")
     shutil.copy(mlflow_db, root / "mlflow.db")

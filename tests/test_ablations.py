@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 STAGE = """\
 import json, pathlib, yaml
 p = yaml.safe_load(open("params.yaml"))["adversarial"]
-d = -0.5 * p["adv_weight"] + (0.2 if p["loss"] == "standard" else 0.0)
+d = -0.5 * p["adv_weight"] + (0.2 if p.get("lr_adversarial") == 0.001 else 0.0)
 learned = {"difference": 2 * d, "ci_low": 2 * d - 0.1, "ci_high": 2 * d + 0.1, "p_value": 0.3}
 pair = {"probe": "music", "difference": d, "ci_low": d - 0.05, "ci_high": d + 0.05,
         "p_value": 0.5, "by_probe": {"learned": learned}}
@@ -54,7 +54,8 @@ def sh(repo: Path, *command: str) -> str:
 def test_queued_ablations_run_as_dvc_experiments_and_the_table_reads_each_ones_result(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    params = {"adversarial": {"loss": "rsgan", "adv_weight": 0.1}}
+    # lr_adversarial is not written: its experiment adds it (`-S +adversarial.lr_adversarial`)
+    params = {"adversarial": {"adv_weight": 0.1}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (repo / "stage.py").write_text(STAGE)
     (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
@@ -67,19 +68,20 @@ def test_queued_ablations_run_as_dvc_experiments_and_the_table_reads_each_ones_r
     sh(repo, "git", "commit", "-qm", "baseline")
 
     queued = sh(
-        repo, sys.executable, str(SCRIPT), "queue", "abl-default", "abl-weight1", "abl-standard"
+        repo, sys.executable, str(SCRIPT), "queue", "abl-default", "abl-weight1", "abl-lr-adv-1e-3"
     )
-    assert "-S adversarial.adv_weight=1.0" in queued and "-S adversarial.loss=standard" in queued
+    assert "-S adversarial.adv_weight=1.0" in queued
+    assert "-S +adversarial.lr_adversarial=0.001" in queued
     sh(repo, "dvc", "exp", "run", "--run-all", "-q")
     table = sh(repo, sys.executable, str(SCRIPT), "table")
 
     rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
-    assert {"abl-default", "abl-weight1", "abl-standard"} <= set(rows), table
+    assert {"abl-default", "abl-weight1", "abl-lr-adv-1e-3"} <= set(rows), table
     # each row carries its own experiment's result, not the baseline's
     assert "| defaults | -0.050 [-0.100, +0.000], p = 0.50 (music) |" in rows["abl-default"]
     assert "| adv_weight=1.0 | -0.500 [-0.550, -0.450]" in rows["abl-weight1"]
     assert "| -1.000 [-1.100, -0.900], p = 0.30 | 1.6000 / 0.6000 | mle |" in rows["abl-weight1"]
-    assert "| loss=standard | +0.150 [+0.100, +0.200]" in rows["abl-standard"]
+    assert "| lr_adversarial=0.001 | +0.150 [+0.100, +0.200]" in rows["abl-lr-adv-1e-3"]
     # the workspace (and so the committed params) is left as it was
     assert yaml.safe_load((repo / "params.yaml").read_text()) == params
 
@@ -90,4 +92,4 @@ def test_an_unknown_ablation_name_is_refused_with_the_choices():
     )
     assert completed.returncode != 0
     assert "unknown ablation(s) abl-nonsense" in completed.stderr
-    assert "abl-wgan-gp" in completed.stderr
+    assert "abl-lr-adv-1e-3" in completed.stderr

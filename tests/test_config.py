@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,7 @@ def test_project_params_are_valid_and_match_defaults():
     assert long.max_steps == 5 * cpu.max_steps  # the same model, 5x the budget
     assert xl.max_steps == 3 * long.max_steps  # and 15x
     for preset in (long, xl):
-        same = preset.model_copy(
-            update={"max_steps": cpu.max_steps, "eval_interval": cpu.eval_interval}
-        )
+        same = replace(preset, max_steps=cpu.max_steps, eval_interval=cpu.eval_interval)
         assert same == cpu
     assert settings.pretrain.selected == settings.pretrain.presets["cpu-long"]
 
@@ -68,7 +67,7 @@ def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ParamsError, match=rf"preset 'huge' is not one of {known}"):
         parse_settings(raw)
     raw["pretrain"]["preset"] = "tiny"
-    raw["pretrain"]["presets"]["tiny"]["n_heads"] = 3
+    raw["pretrain"]["presets"] = {"tiny": {"n_heads": 3}}  # over the code's tiny preset
     with pytest.raises(ParamsError, match="pretrain.presets.tiny"):
         parse_settings(raw)
 
@@ -89,3 +88,38 @@ def test_file_errors(tmp_path):
     bad.write_text(yaml.safe_dump(["a", "list"]))
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_settings(bad)
+
+
+def test_loop_sections_name_each_bad_key_and_refuse_unknown_and_retired_ones():
+    with pytest.raises(ParamsError) as error:
+        parse_settings({"adversarial": {"adv_every": 0, "max_steps": 0}})
+    assert "params.yaml: adversarial.adv_every = 0 is not allowed: must be >= 1" in str(error.value)
+    assert "adversarial.max_steps = 0 is not allowed" in str(error.value)
+    with pytest.raises(ParamsError, match="unknown key 'adversarial.loss'"):  # retired
+        parse_settings({"adversarial": {"loss": "hinge"}})
+    with pytest.raises(
+        ParamsError,
+        match=r"pretrain_discriminator.span_p = 0.0 is not allowed: must lie in \(0, 1\]",
+    ):
+        parse_settings({"pretrain_discriminator": {"span_p": 0}})
+    with pytest.raises(ParamsError, match="pretrain.presets.tiny"):
+        parse_settings({"pretrain": {"presets": {"tiny": {"lr": 2.0}}}})
+
+
+def test_a_preset_field_in_params_overrides_the_code_preset_and_reaches_the_loop():
+    settings = parse_settings(
+        {"pretrain": {"preset": "cpu", "presets": {"cpu": {"max_steps": 10}}}}
+    )
+    cpu, code = settings.pretrain.selected, parse_settings({}).pretrain.presets["cpu"]
+    assert cpu == replace(code, max_steps=10)
+    train = settings.pretrain.train_config()
+    assert (train.max_steps, train.lr, train.final_original_steps) == (10, code.lr, 2)
+
+
+def test_the_loops_read_the_section_values_with_no_second_default():
+    from cadenza.training.config import AdversarialConfig, MaskedLMConfig
+
+    settings = parse_settings({"adversarial": {"chunk_len": 32}})
+    assert settings.adversarial.loop_config() == AdversarialConfig(chunk_len=32)
+    assert isinstance(settings.pretrain_discriminator, MaskedLMConfig)
+    assert settings.pretrain_discriminator.seq_len == MaskedLMConfig().seq_len == 64

@@ -6,11 +6,32 @@ the run before any work starts, with an error naming the key, the value and what
 
 from __future__ import annotations
 
+import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cadenza.training.config import (
+    PRESETS,
+    AdversarialConfig,
+    MaskedLMConfig,
+    Preset,
+    TrainConfig,
+    at_least,
+    check_fields,
+    within,
+)
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -162,51 +183,24 @@ class TokenizeSettings(_Section):
         return self
 
 
-class TrainPreset(_Section):
-    """A model size with the training budget that suits it."""
-
-    d_model: int = Field(ge=8)
-    n_layers: int = Field(ge=1)
-    n_heads: int = Field(ge=1)
-    d_ff: int = Field(ge=8)
-    seg_len: int = Field(ge=2)
-    mem_len: int = Field(ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    rezero: bool = False
-    batch_size: int = Field(ge=1)
-    max_steps: int = Field(ge=1)
-    lr: float = Field(gt=0, le=1)
-    warmup_steps: int = Field(0, ge=0)
-    eval_interval: int = Field(ge=1)
-    checkpoint_interval: int = Field(ge=1)
-    log_interval: int = Field(10, ge=1)
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> TrainPreset:
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(
-                f"d_model {self.d_model} must split into n_heads {self.n_heads} heads of even width"
-            )
-        return self
-
-
 class PretrainSettings(_Section):
-    """`pretrain` stage: NLL training of the Transformer-XL generator."""
+    """`pretrain` stage: NLL training of the Transformer-XL generator. The loop's own fields
+    (schedule, lr decay, clip, seed, device, compile, cpu_bf16) take their defaults from
+    cadenza.training.config.TrainConfig; the model size and budget from the preset."""
 
-    preset: str = "cpu"
-    """Which entry of `presets` to train: tiny (tests), cpu (default), gpu (H100)."""
-    presets: dict[str, TrainPreset] = {}
-    schedule: Literal["cosine", "inverse_sqrt"] = "cosine"
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.01, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = True
-    """torch.compile on CUDA (ignored on CPU)."""
-    cpu_bf16: bool | Literal["auto"] = False
-    """bf16 autocast for training steps on CPU (validation and test NLL stay fp32): auto =
-    on where the CPU has native bf16 (AMX or AVX512-BF16; docs/PERFORMANCE.md)."""
+    preset: str = "cpu-long"
+    """Which entry of `presets` to train: tiny (tests), cpu, cpu-long (default), cpu-xl, gpu."""
+    presets: dict[str, Preset] = Field(default_factory=lambda: dict(PRESETS))
+    """Named model sizes with their budgets (cadenza.training.config.PRESETS); a params.yaml
+    entry `presets.<name>.<field>` overrides that field, a new name adds a preset."""
+    schedule: Literal["cosine", "inverse_sqrt"] = TrainConfig.schedule
+    min_lr_ratio: float = TrainConfig.min_lr_ratio
+    weight_decay: float = TrainConfig.weight_decay
+    grad_clip: float = TrainConfig.grad_clip
+    seed: int = TrainConfig.seed
+    device: Literal["auto", "cpu", "cuda"] = TrainConfig.device
+    compile: bool = TrainConfig.compile
+    cpu_bf16: bool | Literal["auto"] = TrainConfig.cpu_bf16
     final_original_fraction: float = Field(0.15, ge=0, lt=1)
     """The last this fraction of steps read only the train documents as the corpus wrote them
     (no transposed or stretched versions): augmentation teaches every key about equally, the
@@ -217,55 +211,81 @@ class PretrainSettings(_Section):
     """scratch: random initial weights; base: start from models/generator-base/ (the base
     pipeline's model, same preset and tokenizer), i.e. fine-tune it on this corpus."""
 
+    @field_validator("presets", mode="before")
+    @classmethod
+    def _over_code_presets(cls, value: Any) -> Any:
+        """params.yaml's presets override the code's field by field."""
+        if not isinstance(value, dict):
+            return value
+        merged = {name: asdict(preset) for name, preset in PRESETS.items()}
+        for name, fields_ in value.items():
+            base = merged.get(name, {})
+            merged[name] = {**base, **fields_} if isinstance(fields_, dict) else fields_
+        return merged
+
     @model_validator(mode="after")
     def _preset_exists(self) -> PretrainSettings:
-        if self.presets and self.preset not in self.presets:
+        if self.preset not in self.presets:
             raise ValueError(f"preset {self.preset!r} is not one of {sorted(self.presets)}")
+        TrainConfig(**self._train_fields())  # the loop's own checks, before any work
         return self
 
+    def _train_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _PRETRAIN_LOOP_FIELDS}
+
     @property
-    def selected(self) -> TrainPreset:
-        if self.preset not in self.presets:
-            raise ValueError(
-                f"pretrain.preset = {self.preset!r}: no such preset in pretrain.presets"
-            )
+    def selected(self) -> Preset:
         return self.presets[self.preset]
 
+    def train_config(self) -> TrainConfig:
+        """The loop's config: the selected preset's budget and this section's loop fields."""
+        preset = self.selected
+        budget = {name: getattr(preset, name) for name in _PRESET_BUDGET_FIELDS}
+        return TrainConfig(
+            **budget,
+            **self._train_fields(),
+            final_original_steps=round(self.final_original_fraction * preset.max_steps),
+        )
 
-class DiscriminatorSettings(_Section):
-    """`pretrain_discriminator` stage: SpanBERT pretraining of the discriminator encoder."""
 
-    d_model: int = Field(128, ge=8)
-    n_layers: int = Field(3, ge=1)
-    n_heads: int = Field(4, ge=1)
-    d_ff: int = Field(512, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    seq_len: int = Field(64, ge=8)
-    """Window length; also the chunk length the adversarial stage scores."""
-    batch_size: int = Field(16, ge=1)
-    max_steps: int = Field(300, ge=1)
-    lr: float = Field(5e-4, gt=0, le=1)
-    warmup_steps: int = Field(30, ge=0)
-    eval_interval: int = Field(100, ge=1)
-    mask_fraction: float = Field(0.15, gt=0, lt=1)
-    span_p: float = Field(0.2, gt=0, le=1)
-    """Geometric distribution parameter of span lengths."""
-    max_span: int = Field(10, ge=1)
-    sbo_weight: float = Field(1.0, ge=0)
-    """Weight of the span boundary objective next to the MLM loss."""
+_PRETRAIN_LOOP_FIELDS = (
+    "schedule", "min_lr_ratio", "weight_decay", "grad_clip", "seed", "device", "compile",
+    "cpu_bf16",
+)  # fmt: skip
+_PRESET_BUDGET_FIELDS = (
+    "batch_size", "max_steps", "lr", "warmup_steps", "eval_interval", "checkpoint_interval",
+    "log_interval",
+)  # fmt: skip
+
+
+@dataclass
+class DiscriminatorSettings(MaskedLMConfig):
+    """`pretrain_discriminator` stage: SpanBERT pretraining of the discriminator encoder. The
+    training fields are MaskedLMConfig's (cadenza.training.config); these add the encoder's
+    shape (cadenza.models.discriminator.DiscriminatorConfig, max_len = seq_len)."""
+
+    d_model: int = 128
+    n_layers: int = 3
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1
     local_bias: bool = True
     """ALiBi-style distance bias in the encoder's attention: without it the masked-LM loss
     sat at the unigram loss for hundreds of steps (docs/LOG.md)."""
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_interval: int = Field(100, ge=1)
-    """Steps between saves of models/discriminator/last, which a killed run resumes from."""
 
-    @model_validator(mode="after")
-    def _heads_divide(self) -> DiscriminatorSettings:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, {
+            "d_model": at_least(8), "n_layers": at_least(1), "n_heads": at_least(1),
+            "d_ff": at_least(8), "dropout": within(0, 1, open_high=True),
+        })  # fmt: skip
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
-        return self
+
+    def encoder_fields(self) -> dict[str, Any]:
+        """The DiscriminatorConfig fields this section sets (vocab_size comes from the tokens)."""
+        names = ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "max_span", "local_bias")
+        return {"max_len": self.seq_len, **{name: getattr(self, name) for name in names}}
 
 
 class SamplingSettings(_Section):
@@ -309,111 +329,53 @@ class _Sampled(_Section):
         return copy
 
 
-class AdversarialSettings(_Sampled):
-    """`adversarial` stage: NLL + lambda * adversarial fine-tuning of the generator, beside a
-    likelihood-only control, with the checkpoint chosen by a probe on validation data."""
+@dataclass
+class AdversarialSettings(AdversarialConfig):
+    """`adversarial` stage: the loop's AdversarialConfig (cadenza.training.config), run as a GAN
+    arm and a likelihood-only control, plus the data it trains on and the rule that picks
+    each arm's checkpoint by a probe on validation data."""
 
-    max_steps: int = Field(60, ge=1)
-    batch_size: int = Field(8, ge=1)
-    sample_batch: int = Field(8, ge=1)
-    sample_len: int = Field(128, ge=2)
-    chunk_len: int = Field(64, ge=1)
-    """Generated tokens per chunk; must not exceed pretrain_discriminator.seq_len."""
-    prime_tokens: int = Field(0, ge=0)
-    """Real tokens after [BOS] that start each adversarial sample (0 = a bare [BOS])."""
     train_documents: Literal["all", "original"] = "original"
     """Train documents for the NLL term, the primes and the critic's real chunks: all (with
     the augmented versions) or original (the corpus as written, as pretrain's final phase)."""
-    adv_weight: float = Field(0.1, ge=0)
-    adv_every: int = Field(1, ge=1)
-    """An adversarial update (generator and critic) every this many steps."""
-    adv_optimizer: Literal["shared", "separate"] = "shared"
-    """shared: one AdamW for NLL + adv_weight * adversarial; separate: the adversarial term
-    gets its own Adam (lr_adversarial) and its own clip."""
-    lr_adversarial: float = Field(1e-4, gt=0, le=1)
-    loss: Literal["standard", "rsgan", "wgan-gp", "hinge"] = "rsgan"
-    gp_weight: float = Field(10.0, ge=0)
-    critic_steps: int = Field(1, ge=0)
-    """Critic updates per adversarial update; 0 keeps the warmed-up critic fixed."""
-    freeze_layers: int = Field(0, ge=0)
-    critic: Literal["spanbert", "intervals", "both"] = "spanbert"
-    """spanbert: the pretrained SpanBERT encoder's real/fake head | intervals: an interval
-    critic (interval classes of notes `interval_lags` notes apart, read from the same one-hot
-    samples; models/interval_critic.py) | both: the two scores summed."""
-    interval_lags: list[int] = Field([1, 2], min_length=1)
-    """Notes apart (times the tokenizer's tokens per note: 4 with velocities, 3 without):
-    1 pairs neighbouring voices of one onset, 2 the voice after."""
-    key_profile: bool = False
-    """The interval critic also reads each chunk's pitch-class profile, sorted, and its DFT
-    magnitudes (transposition-invariant: how far the chunk strays from one key)."""
-    absolute_profile: bool = False
-    """The interval critic also reads the pitch-class histogram as written: with key_profile
-    alone the generator can settle into one favourite key unseen."""
-    critic_window: Literal["chunk", "sample"] = "chunk"
-    """What the critic scores: chunk (each chunk_len tokens; memory flat in sample_len) |
-    sample (the whole sample_len-token sample, as the evaluation's probes read windows; every
-    chunk's graph is kept until one backward pass, so memory grows with sample_len)."""
-    lr_intervals: float = Field(1e-2, gt=0)
-    critic_warmup_steps: int = Field(0, ge=0)
-    """Most critic updates on generated samples before the first adversarial update."""
-    critic_warmup_target: float = Field(0.9, gt=0.5, le=1)
-    """Warm-up stops when the held-out accuracy reaches this."""
-    critic_heldout: int = Field(256, ge=2)
-    """Generated and real validation chunks in the held-out critic accuracy."""
-    critic_eval_interval: int = Field(10, ge=1)
-    tau_start: float = Field(1.0, gt=0)
-    tau_end: float = Field(0.01, gt=0)
-    tau_anneal_fraction: float = Field(1.0, gt=0, le=1)
-    """tau reaches tau_end after this fraction of max_steps."""
-    lr_generator: float = Field(5e-5, gt=0, le=1)
-    lr_discriminator: float = Field(1e-4, gt=0, le=1)
-    grad_clip: float = Field(1.0, gt=0)
-    eval_interval: int = Field(20, ge=1)
-    checkpoint_interval: int = Field(20, ge=1)
-    tolerance: float = Field(0.05, ge=0)
-    """Allowed relative rise of validation NLL: above the best, the guard rail acts; above
-    the start, a candidate is not eligible for selection."""
-    on_degrade: Literal["rollback", "stop"] = "rollback"
     select: Literal["probe", "nll"] = "probe"
     """probe: the candidate the strongest probe finds hardest to tell from real validation
-    windows; nll: the lowest validation NLL."""
-    select_samples: int = Field(48, ge=4)
-    select_sample_len: int = Field(512, ge=16)
-    select_window_len: int = Field(256, ge=8)
-    select_bins: int = Field(2, ge=1)
-    select_folds: int = Field(5, ge=2)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    windows (both arms alike); nll: the lowest validation NLL."""
+    select_samples: int = 48
+    """Samples per candidate for the selection probe (no bootstrap)."""
+    select_sample_len: int = 512
+    select_window_len: int = 256
+    select_bins: int = 2
+    select_folds: int = 5
 
-    @model_validator(mode="after")
-    def _chunks_fit(self) -> AdversarialSettings:
-        if self.sample_len % self.chunk_len:
-            raise ValueError(
-                f"sample_len {self.sample_len} must be a multiple of chunk_len {self.chunk_len}"
-            )
-        if self.tau_end > self.tau_start:
-            raise ValueError(f"tau_end {self.tau_end} must not exceed tau_start {self.tau_start}")
-        if any(not 1 <= lag < self.chunk_len for lag in self.interval_lags):  # notes <= tokens
-            raise ValueError(
-                f"interval_lags {self.interval_lags} must lie within 1..chunk_len - 1 "
-                f"({self.chunk_len - 1})"
-            )
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, {
+            "select_samples": at_least(4), "select_sample_len": at_least(16),
+            "select_window_len": at_least(8), "select_bins": at_least(1),
+            "select_folds": at_least(2),
+        })  # fmt: skip
         if self.select_window_len > self.select_sample_len:
             raise ValueError(
                 f"select_window_len {self.select_window_len} must not exceed "
                 f"select_sample_len {self.select_sample_len}"
             )
-        if self.adv_optimizer == "separate" and self.adv_weight == 0:
+        if self.adv_weight == 0:
             raise ValueError(
-                "adv_optimizer separate with adv_weight 0: the adversarial optimizer would never "
-                "step; set adv_weight > 0 or adv_optimizer shared"
+                "adv_weight = 0 is not allowed: the GAN arm would be the likelihood-only "
+                "control the stage trains beside it (set adv_weight > 0)"
             )
-        if self.critic_warmup_steps and self.critic_eval_interval > self.critic_warmup_steps:
-            raise ValueError(
-                f"critic_eval_interval {self.critic_eval_interval} exceeds critic_warmup_steps "
-                f"{self.critic_warmup_steps}: the warm-up would never check its accuracy"
-            )
-        return self
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        """The top-level `sampling` (set by Settings): the selection samples like evaluate."""
+        return self.__dict__.get("_sampling") or SamplingSettings()
+
+    def loop_config(self) -> AdversarialConfig:
+        """The GAN arm's loop config: this section without the stage's own fields."""
+        return AdversarialConfig(
+            **{f.name: getattr(self, f.name) for f in fields(AdversarialConfig)}
+        )
 
 
 class EvaluateSettings(_Sampled):
@@ -422,7 +384,7 @@ class EvaluateSettings(_Sampled):
 
     num_samples: int = Field(128, ge=4)
     """Generated samples per model, each started at [BOS]; one window per position bin each."""
-    sample_len: int = Field(1024, ge=16)
+    sample_len: int = Field(800, ge=16)
     """Tokens per generated sample (special tokens suppressed, so every sample is this long)."""
     window_len: int = Field(256, ge=8)
     """Tokens per window the probes read (real windows: the same offsets, the same length)."""
@@ -524,7 +486,7 @@ class Settings(_Section):
     def _share_sampling(self) -> Settings:
         self.evaluate._sampling = self.sampling
         self.listen._sampling = self.sampling
-        self.adversarial._sampling = self.sampling  # its selection samples like the evaluation
+        self.adversarial.__dict__["_sampling"] = self.sampling  # selection samples like evaluate
         return self
 
     @model_validator(mode="after")
@@ -534,25 +496,13 @@ class Settings(_Section):
                 f"adversarial.chunk_len {self.adversarial.chunk_len} exceeds "
                 f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}"
             )
-        adversarial = self.adversarial
-        if (
-            adversarial.critic_window == "sample"
-            and adversarial.critic != "intervals"
-            and adversarial.sample_len > self.pretrain_discriminator.seq_len
-        ):
-            raise ValueError(
-                f"adversarial.critic_window sample: the {adversarial.critic} critic would read "
-                f"sample_len {adversarial.sample_len} tokens, beyond "
-                f"pretrain_discriminator.seq_len {self.pretrain_discriminator.seq_len}; use "
-                "critic intervals, a shorter sample_len or critic_window chunk"
-            )
         return self
 
 
 def _format_error(error: dict[str, Any], source: str) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         section, _, name = key.partition(".")
         moved = ("temperature", "top_k", "top_p", "pitch_top_p")
         if section in ("evaluate", "listen") and name in moved:
@@ -563,7 +513,10 @@ def _format_error(error: dict[str, Any], source: str) -> str:
         return f"{source}: unknown key '{key}' (check the spelling; allowed keys are in docs)"
     if error["type"] == "missing":
         return f"{source}: missing key '{key}'"
-    if isinstance(error.get("input"), dict):  # a rule across keys: the message names them
+    if isinstance(error.get("input"), dict):  # a section's check: its message names the keys
+        parts = message.split("; ")
+        if all(re.match(r"\w+ = ", part) for part in parts):  # "field = value is not allowed"
+            return "\n".join(f"{source}: {key}.{part}" for part in parts)
         return f"{source}: {key}: {message}"
     return f"{source}: {key} = {error.get('input')!r} is not allowed: {message}"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,32 +51,13 @@ def _prefixed(log_metrics, prefix: str):
     return lambda metrics, step: log_metrics({prefix + k: v for k, v in metrics.items()}, step)
 
 
-def adversarial_config(settings: AdversarialSettings, tokenizer):
-    """The training loop's config: the settings, with interval_lags turned from notes into
-    tokens (this tokenizer's tokens per note)."""
-    from cadenza.tokens.tokenizer import tokens_per_note
-    from cadenza.training.adversarial import AdversarialConfig
-
-    known = {f.name for f in fields(AdversarialConfig)}
-    values = {k: v for k, v in settings.model_dump().items() if k in known}
-    per_note = tokens_per_note(tokenizer)
-    lags = tuple(lag * per_note for lag in settings.interval_lags)
-    if settings.critic != "spanbert" and max(lags) >= settings.chunk_len:
-        raise ValueError(
-            f"adversarial.interval_lags {settings.interval_lags} notes apart are {list(lags)} "
-            f"tokens at {per_note} tokens per note: each must be under chunk_len "
-            f"{settings.chunk_len}; lower the lags or raise chunk_len"
-        )
-    return AdversarialConfig(**{**values, "interval_lags": lags})
-
-
 def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> AdversarialStageResult:
     from cadenza.models.discriminator import DiscriminatorConfig
     from cadenza.models.generator import GeneratorConfig
     from cadenza.tokens.store import load_originals, load_split, originals_path
-    from cadenza.tokens.tokenizer import load_tokenizer, pitch_classes
+    from cadenza.tokens.tokenizer import load_tokenizer
     from cadenza.training import checkpoint
-    from cadenza.training.adversarial import AdversarialConfig, train_adversarial
+    from cadenza.training.adversarial import train_adversarial
 
     generator_config = GeneratorConfig(**checkpoint.read_config(paths.generator_mle_dir)["model"])
     discriminator_config = DiscriminatorConfig(
@@ -91,8 +72,8 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
     originals = settings.train_documents == "original"
     train_data = (load_originals if originals else load_split)(paths.tokens_dir, "train")
     valid_data = load_split(paths.tokens_dir, "valid")
-    config = adversarial_config(settings, tokenizer)
-    control = AdversarialConfig(**{**asdict(config), "adv_weight": 0.0, "adv_optimizer": "shared"})
+    config = settings.loop_config()
+    control = replace(config, adv_weight=0.0)
     arms = {
         "gan": (config, paths.generator_gan_dir),
         "control": (control, paths.generator_control_dir),
@@ -103,7 +84,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
         paths.tokens_dir / "train.npy",
         *([originals_path(paths.tokens_dir)] if originals else []),
     )
-    params = {"adversarial": settings.model_dump()}
+    params = {"adversarial": asdict(settings)}
     results, metrics = {}, {}
     with tracked(paths, "adversarial", params, lineage_tags(paths), track) as log_metrics:
         for arm, (arm_config, out_dir) in arms.items():
@@ -122,7 +103,6 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
                 log_metrics if arm == "gan" else _prefixed(log_metrics, f"{arm}_"),
                 extra_config={"stage": "adversarial", "arm": arm},
                 fingerprint=fingerprint(asdict(arm_config), files=inputs),
-                pitch_classes=pitch_classes(tokenizer),
             )
         selections = select(settings, paths, {a: (arms[a][1], results[a]) for a in arms})
         for arm, (_, out_dir) in arms.items():

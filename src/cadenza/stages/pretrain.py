@@ -35,41 +35,15 @@ class PretrainResult:
 
 
 def build_configs(settings: PretrainSettings, vocab_size: int, bos_id: int = -1):
+    """(GeneratorConfig of the selected preset, the loop's TrainConfig)."""
     from cadenza.models.generator import GeneratorConfig
-    from cadenza.training.pretrain import TrainConfig
 
     preset = settings.selected
+    names = ("d_model", "n_layers", "n_heads", "d_ff", "seg_len", "mem_len", "dropout", "rezero")
     model_config = GeneratorConfig(
-        vocab_size=vocab_size,
-        d_model=preset.d_model,
-        n_layers=preset.n_layers,
-        n_heads=preset.n_heads,
-        d_ff=preset.d_ff,
-        seg_len=preset.seg_len,
-        mem_len=preset.mem_len,
-        dropout=preset.dropout,
-        rezero=preset.rezero,
-        bos_id=bos_id,
+        vocab_size=vocab_size, bos_id=bos_id, **{name: getattr(preset, name) for name in names}
     )
-    train_config = TrainConfig(
-        batch_size=preset.batch_size,
-        max_steps=preset.max_steps,
-        lr=preset.lr,
-        min_lr_ratio=settings.min_lr_ratio,
-        warmup_steps=preset.warmup_steps,
-        schedule=settings.schedule,
-        weight_decay=settings.weight_decay,
-        grad_clip=settings.grad_clip,
-        eval_interval=preset.eval_interval,
-        checkpoint_interval=preset.checkpoint_interval,
-        log_interval=preset.log_interval,
-        seed=settings.seed,
-        device=settings.device,
-        final_original_steps=round(settings.final_original_fraction * preset.max_steps),
-        compile=settings.compile,
-        cpu_bf16=settings.cpu_bf16,
-    )
-    return model_config, train_config
+    return model_config, settings.train_config()
 
 
 class _CurveRecorder:
@@ -160,7 +134,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             tags["cadenza.base.corpus"] = base["lineage"]["corpus"]
     params = {
         "pretrain": settings.model_dump(exclude={"presets"}),
-        "preset": settings.selected.model_dump(),
+        "preset": asdict(settings.selected),
     }
     with tracked(paths, "pretrain", params, tags, track and is_main) as log_metrics:
         recorder = _CurveRecorder(log_metrics)

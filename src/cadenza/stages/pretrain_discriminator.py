@@ -43,37 +43,13 @@ def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> Di
     from cadenza.models.discriminator import DiscriminatorConfig
     from cadenza.tokens.store import load_split
     from cadenza.tokens.tokenizer import load_tokenizer, special_ids
-    from cadenza.training.discriminator import MaskedLMConfig, pretrain_masked_lm
+    from cadenza.training.discriminator import pretrain_masked_lm
 
     tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
     train_tokens, _ = load_split(paths.tokens_dir, "train")
     valid_tokens, _ = load_split(paths.tokens_dir, "valid")
-    model_config = DiscriminatorConfig(
-        vocab_size=len(tokenizer),
-        d_model=settings.d_model,
-        n_layers=settings.n_layers,
-        n_heads=settings.n_heads,
-        d_ff=settings.d_ff,
-        max_len=settings.seq_len,
-        dropout=settings.dropout,
-        max_span=settings.max_span,
-        local_bias=settings.local_bias,
-    )
-    train_config = MaskedLMConfig(
-        batch_size=settings.batch_size,
-        seq_len=settings.seq_len,
-        max_steps=settings.max_steps,
-        lr=settings.lr,
-        warmup_steps=settings.warmup_steps,
-        eval_interval=settings.eval_interval,
-        mask_fraction=settings.mask_fraction,
-        span_p=settings.span_p,
-        max_span=settings.max_span,
-        sbo_weight=settings.sbo_weight,
-        seed=settings.seed,
-        device=settings.device,
-        checkpoint_interval=settings.checkpoint_interval,
-    )
+    model_config = DiscriminatorConfig(vocab_size=len(tokenizer), **settings.encoder_fields())
+    train_config = settings  # a MaskedLMConfig with the encoder's shape beside its fields
     identity = fingerprint(  # a killed run resumes only with the same settings and data
         model_config.to_dict(),
         asdict(train_config),
@@ -81,7 +57,7 @@ def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> Di
         files=(paths.tokens_dir / "train.npy", paths.tokens_dir / "valid.npy"),
     )
     out_dir = paths.discriminator_dir
-    params = {"pretrain_discriminator": settings.model_dump()}
+    params = {"pretrain_discriminator": asdict(settings)}
     with tracked(
         paths, "pretrain_discriminator", params, lineage_tags(paths), track
     ) as log_metrics:

@@ -6,15 +6,12 @@ The loop is built from four parts:
   hard) and the real chunks at the same positions of real pieces. A sample of sample_len
   tokens is drawn in chunks of chunk_len with the generator's memory detached between
   chunks, so memory follows chunk_len; samples may be primed with `prime_tokens` real tokens.
-- `Critic`: the discriminator, its optimizer and its trainable parameters (the bottom
-  `freeze_layers` layers stay frozen); one update on hard samples, held-out accuracy. With
-  `critic: intervals` (or `both`) an `IntervalCritic` (interval classes of notes written
-  close together, from the same one-hot samples) replaces (or adds its score to) the
-  SpanBERT critic, with its own learning rate.
+- `Critic`: the pretrained SpanBERT discriminator and its optimizer; one RSGAN update on
+  hard samples, held-out accuracy.
 - `GeneratorUpdate`: NLL on real segments (memory carried, as in pretraining) and, every
-  `adv_every` steps, adv_weight x the adversarial loss, either in the NLL's optimizer
-  (`adv_optimizer: shared`) or in an optimizer of its own (`separate`, lr_adversarial). The
-  two gradient norms are logged apart.
+  `adv_every` steps, adv_weight x the adversarial loss in an Adam of its own
+  (lr_adversarial, clipped on its own, as the reference recipe). The two gradient norms are
+  logged apart.
 - `Guard`: validation NLL at every evaluation; a candidate checkpoint is kept each time
   (the stage picks one of them by a probe on validation data); divergence beyond
   `tolerance` of the best rolls back to the best weights (or stops).
@@ -43,110 +40,16 @@ import torch.nn.functional as F
 from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
 from cadenza.models.generator import GeneratorConfig, TransformerXL
 from cadenza.models.gumbel import sample_chunks
-from cadenza.models.interval_critic import IntervalCritic
 from cadenza.training import checkpoint
+from cadenza.training.config import AdversarialConfig
 from cadenza.training.data import SegmentBatches
-from cadenza.training.gan_losses import discriminator_loss, generator_loss, gradient_penalty
+from cadenza.training.gan_losses import discriminator_loss, generator_loss
 from cadenza.training.pretrain import evaluate_nll, resolve_device
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 3  # bump when last/state.pt changes shape: older states then start afresh
 CANDIDATES_DIR = "candidates"
 Metrics = Callable[[dict[str, float], int], None]
-CRITICS = ("spanbert", "intervals", "both")
-
-
-@dataclass
-class AdversarialConfig:
-    max_steps: int = 100
-    batch_size: int = 16
-    """Real segments per NLL step."""
-    sample_batch: int = 8
-    """Samples per adversarial step."""
-    sample_len: int = 128
-    chunk_len: int = 32
-    prime_tokens: int = 0
-    """Real tokens (after BOS) that start each sample; its chunks are then compared with the
-    real chunks at the same positions."""
-    adv_weight: float = 0.1
-    """lambda in NLL + lambda * adversarial; 0 = the likelihood-only control."""
-    adv_every: int = 1
-    """An adversarial generator update (and the critic's updates) every this many steps."""
-    adv_optimizer: str = "shared"
-    """shared (one AdamW for NLL + lambda * adversarial, clipped together) | separate (the
-    adversarial term has its own Adam with lr_adversarial, clipped on its own)."""
-    lr_adversarial: float = 1e-4
-    loss: str = "rsgan"
-    gp_weight: float = 10.0
-    critic_steps: int = 1
-    freeze_layers: int = 0
-    """Discriminator encoder layers (from the bottom) kept frozen."""
-    critic: str = "spanbert"
-    """spanbert (the pretrained SpanBERT encoder's real/fake head) | intervals (an
-    IntervalCritic: interval classes of tokens interval_lags apart) | both (scores summed)."""
-    interval_lags: tuple[int, ...] = (4, 8)
-    critic_window: str = "chunk"
-    """What the critic scores: chunk (each chunk_len-token chunk: memory flat in the sample
-    length) | sample (the whole sample_len-token sample at once, as the evaluation's probes
-    read windows: every chunk's graph is kept until the one backward pass)."""
-    key_profile: bool = False
-    """The IntervalCritic also reads the chunk's pitch-class profile (in no key)."""
-    absolute_profile: bool = False
-    """The IntervalCritic also reads the pitch-class histogram as written (in its key)."""
-    lr_intervals: float = 1e-2
-    """Learning rate of the IntervalCritic (a fresh 2-layer MLP on standardized features)."""
-    critic_warmup_steps: int = 0
-    """Most critic updates on generated samples before the first adversarial update."""
-    critic_warmup_target: float = 0.9
-    """The warm-up stops once held-out accuracy reaches this."""
-    critic_heldout: int = 256
-    """Generated and real (validation) chunks in each held-out accuracy."""
-    critic_eval_interval: int = 10
-    """Warm-up updates between held-out accuracy checks."""
-    tau_start: float = 1.0
-    tau_end: float = 0.01
-    tau_anneal_fraction: float = 1.0
-    """tau reaches tau_end after this fraction of max_steps (then stays)."""
-    lr_generator: float = 1e-4
-    lr_discriminator: float = 1e-4
-    grad_clip: float = 1.0
-    eval_interval: int = 25
-    checkpoint_interval: int = 25
-    tolerance: float = 0.05
-    """Allowed relative rise of validation NLL above its best before acting."""
-    on_degrade: str = "rollback"
-    """rollback (restore best weights and continue) | stop."""
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.sample_len % self.chunk_len:
-            raise ValueError(
-                f"sample_len {self.sample_len} must be a multiple of chunk_len {self.chunk_len}"
-            )
-        if self.adv_optimizer not in ("shared", "separate"):
-            raise ValueError(f"adv_optimizer {self.adv_optimizer!r}: choose shared or separate")
-        if self.critic not in CRITICS:
-            raise ValueError(f"critic {self.critic!r}: choose one of {', '.join(CRITICS)}")
-        if self.critic_window not in ("chunk", "sample"):
-            raise ValueError(f"critic_window {self.critic_window!r}: choose chunk or sample")
-
-    @property
-    def num_chunks(self) -> int:
-        return self.sample_len // self.chunk_len
-
-    @property
-    def window_len(self) -> int:
-        """Tokens in one critic input: a chunk, or the whole sample."""
-        return self.sample_len if self.critic_window == "sample" else self.chunk_len
-
-    @property
-    def windows_per_sample(self) -> int:
-        return self.sample_len // self.window_len
-
-    @property
-    def adversarial(self) -> bool:
-        return self.adv_weight > 0
 
 
 @dataclass
@@ -235,8 +138,8 @@ class Sampler:
         return prompt.to(self.device), real.to(self.device)
 
     def real_chunks(self, batch: int) -> torch.Tensor:
-        """(batch * windows_per_sample, w) real critic windows at the positions samples take."""
-        return self._prompt_and_real(batch)[1].reshape(-1, self.config.window_len)
+        """(batch * num_chunks, c) real chunks at the positions samples take."""
+        return self._prompt_and_real(batch)[1].reshape(-1, self.config.chunk_len)
 
     def differentiable(self, tau: float) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(one-hot chunk with soft gradients (B, c, V), real chunk (B, c)) per chunk."""
@@ -249,13 +152,12 @@ class Sampler:
             yield one_hot, real[:, k * c : (k + 1) * c]
         # The hard tokens are exact samples of the generator (the forward pass of the
         # straight-through estimator): the critic's next update reuses them.
-        w = self.config.window_len
-        self.last = (torch.cat(ids, 1).reshape(-1, w), real.reshape(-1, w))
+        self.last = (torch.cat(ids, 1).reshape(-1, c), real.reshape(-1, c))
 
     @torch.no_grad()
     def hard(self, batch: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(generated windows (N, w), real windows (N, w)) of `batch` samples, without
-        dropout; w = the critic's window (a chunk or the whole sample)."""
+        """(generated chunks (N, c), real chunks (N, c)) of `batch` samples, without
+        dropout."""
         c = self.config.chunk_len
         was_training = self.generator.training
         self.generator.eval()
@@ -263,16 +165,7 @@ class Sampler:
         chunks = sample_chunks(self.generator, prompt, self.config.num_chunks, c, tau, self.rng)
         fake = torch.cat([ids for _, ids in chunks], 1)
         self.generator.train(was_training)
-        w = self.config.window_len
-        return fake.reshape(-1, w), real.reshape(-1, w)
-
-
-def _freeze(discriminator: Discriminator, num_layers: int) -> None:
-    for layer in list(discriminator.encoder.layers)[:num_layers]:
-        layer.requires_grad_(False)
-    if num_layers:
-        discriminator.embedding.requires_grad_(False)
-        discriminator.position.requires_grad_(False)
+        return fake.reshape(-1, c), real.reshape(-1, c)
 
 
 def pairwise_accuracy(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -283,36 +176,20 @@ def pairwise_accuracy(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 class Critic:
-    """The discriminator (and/or an interval critic) with its optimizer over the trainable
-    (not frozen) parameters; its score is the sum of its parts' scores."""
+    """The pretrained SpanBERT discriminator as the critic, with its optimizer."""
 
-    def __init__(
-        self,
-        discriminator: Discriminator | None,
-        config: AdversarialConfig,
-        intervals: IntervalCritic | None = None,
-    ) -> None:
-        if discriminator is None and intervals is None:
-            raise ValueError("a critic needs the discriminator, the interval critic or both")
-        if discriminator is not None:
-            _freeze(discriminator, config.freeze_layers)
-        self.model, self.intervals, self.config = discriminator, intervals, config
-        self.parts = [m for m in (discriminator, intervals) if m is not None]
-        self.vocab_size = (
-            discriminator.config.vocab_size if discriminator is not None else intervals.vocab_size
+    def __init__(self, discriminator: Discriminator, config: AdversarialConfig) -> None:
+        self.model, self.config = discriminator, config
+        self.vocab_size = discriminator.config.vocab_size
+        params = [p for p in discriminator.parameters() if p.requires_grad]
+        self.trainable = params
+        self.optimizer = torch.optim.AdamW(
+            [{"params": params, "lr": config.lr_discriminator}], betas=(0.5, 0.999)
         )
-        groups = []
-        if discriminator is not None:
-            params = [p for p in discriminator.parameters() if p.requires_grad]
-            groups.append({"params": params, "lr": config.lr_discriminator})
-        if intervals is not None:
-            groups.append({"params": list(intervals.parameters()), "lr": config.lr_intervals})
-        self.trainable = [p for group in groups for p in group["params"]]
-        self.optimizer = torch.optim.AdamW(groups, betas=(0.5, 0.999))
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(B,) real/fake score of token ids (B, c) or one-hot chunks (B, c, V)."""
-        return sum(part.score(x) for part in self.parts)
+        return self.model.score(x)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -327,16 +204,9 @@ class Critic:
                 parameter.requires_grad_(True)
 
     def update(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-        """One step on real and generated chunks (N, c); loss, scores, accuracy, penalty."""
+        """One step on real and generated chunks (N, c); loss, scores, accuracy."""
         real_score, fake_score = self.score(real), self.score(fake)
-        loss = discriminator_loss(self.config.loss, real_score, fake_score)
-        penalty = torch.zeros((), device=real.device)
-        if self.config.loss == "wgan-gp":
-            vocab = self.vocab_size
-            penalty = gradient_penalty(
-                self.score, F.one_hot(real, vocab).float(), F.one_hot(fake, vocab).float()
-            )
-            loss = loss + self.config.gp_weight * penalty
+        loss = discriminator_loss(real_score, fake_score)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
@@ -346,20 +216,17 @@ class Critic:
             "d_real_score": real_score.mean().item(),
             "d_fake_score": fake_score.mean().item(),
             "d_accuracy": pairwise_accuracy(real_score.detach(), fake_score.detach()),
-            "gradient_penalty": penalty.item(),
             "d_grad_norm": float(grad_norm),
         }
 
     @torch.no_grad()
     def accuracy(self, real: torch.Tensor, fake: torch.Tensor, batch: int = 256) -> float:
-        for part in self.parts:
-            part.eval()
+        self.model.eval()
         scores = [
             torch.cat([self.score(x[i : i + batch]) for i in range(0, len(x), batch)])
             for x in (real, fake)
         ]
-        for part in self.parts:
-            part.train()
+        self.model.train()
         return pairwise_accuracy(*scores)
 
 
@@ -378,10 +245,10 @@ class HeldOut:
     """critic_heldout real validation chunks (fixed) against as many fresh generated ones."""
 
     def __init__(self, valid: RealChunks, config: AdversarialConfig) -> None:
-        self.samples = math.ceil(config.critic_heldout / config.windows_per_sample)
+        self.samples = math.ceil(config.critic_heldout / config.num_chunks)
         prime = config.prime_tokens
         rows = valid.sample(self.samples)[:, prime : prime + config.sample_len]
-        self.real = rows.reshape(-1, config.window_len)[: config.critic_heldout]
+        self.real = rows.reshape(-1, config.chunk_len)[: config.critic_heldout]
         self.count = config.critic_heldout
 
     def accuracy(self, critic: Critic, sampler: Sampler, fake: torch.Tensor | None = None):
@@ -401,7 +268,7 @@ def warm_up_critic(
     fake, _ = sampler.hard(heldout.samples, config.tau_end)
     before = heldout.accuracy(critic, sampler, fake)
     history, accuracy, done = [(0, before)], before, 0
-    per_step = config.sample_batch * config.windows_per_sample
+    per_step = config.sample_batch * config.num_chunks
     for done in range(1, config.critic_warmup_steps + 1):
         picks = torch.randint(len(pool), (per_step,), device=pool.device)
         metrics = critic.update(sampler.real_chunks(config.sample_batch), pool[picks])
@@ -437,8 +304,8 @@ class GeneratorUpdate:
         self.optimizer = torch.optim.AdamW(
             self.parameters, lr=config.lr_generator, betas=(0.9, 0.98), weight_decay=0.0
         )
-        self.adv_optimizer = None
-        if config.adversarial and config.adv_optimizer == "separate":
+        self.adv_optimizer = None  # the adversarial term's own Adam (not in the control)
+        if config.adversarial:
             self.adv_optimizer = torch.optim.Adam(
                 self.parameters, lr=config.lr_adversarial, betas=(0.5, 0.999)
             )
@@ -477,46 +344,26 @@ class GeneratorUpdate:
         if adversarial is None:
             self._clip_and_step(self.optimizer)
             return mems, metrics
-        if self.adv_optimizer is not None:  # the reference recipe: two optimizers
-            self._clip_and_step(self.optimizer)
-            saved = None
-        else:  # one optimizer: NLL + lambda * adversarial, clipped together
-            saved = [p.grad.clone() if p.grad is not None else None for p in self.parameters]
-            self.optimizer.zero_grad(set_to_none=True)
+        self._clip_and_step(self.optimizer)  # the reference recipe: two optimizers
         self.generator.eval()  # sampling without dropout; gradients still flow
         metrics.update(adversarial())
         metrics["adv_grad_norm"] = _grad_norm(self.parameters)
-        if saved is None:
-            self._clip_and_step(self.adv_optimizer)
-        else:
-            for parameter, grad in zip(self.parameters, saved, strict=True):
-                if grad is not None:
-                    parameter.grad = grad if parameter.grad is None else parameter.grad + grad
-            self._clip_and_step(self.optimizer)
+        self._clip_and_step(self.adv_optimizer)
         return mems, metrics
 
 
 def adversarial_loss_backward(
     critic: Critic, sampler: Sampler, config: AdversarialConfig, tau: float
 ) -> dict[str, float]:
-    """Backpropagate adv_weight x the generator's adversarial loss one critic window at a
-    time: chunk by chunk (each chunk's graph is freed by its backward pass), or, with
-    critic_window sample, once over the whole sample; return diagnostics."""
+    """Backpropagate adv_weight x the generator's adversarial loss chunk by chunk (each
+    chunk's graph is freed by its backward pass); return diagnostics."""
     total, fake_scores, real_scores = 0.0, [], []
-    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    per_window = config.window_len // config.chunk_len
     with critic.held():
-        for chunk in sampler.differentiable(tau):
-            pending.append(chunk)
-            if len(pending) < per_window:
-                continue
-            one_hot = torch.cat([c[0] for c in pending], 1)
-            real_chunk = torch.cat([c[1] for c in pending], 1)
-            pending.clear()
+        for one_hot, real_chunk in sampler.differentiable(tau):
             fake_score = critic.score(one_hot)
             with torch.no_grad():
                 real_score = critic.score(real_chunk)
-            loss = generator_loss(config.loss, real_score, fake_score) / config.windows_per_sample
+            loss = generator_loss(real_score, fake_score) / config.num_chunks
             (config.adv_weight * loss).backward()
             total += loss.item()
             fake_scores.append(fake_score.mean().item())
@@ -565,24 +412,6 @@ class Guard:
         self.rollbacks += 1
 
 
-def _interval_critic(pitch_classes, train_data, config: AdversarialConfig, device):
-    """A fresh IntervalCritic, its features standardized on 512 real train chunks (drawn from
-    a stream of their own: the arms' data order is untouched)."""
-    if pitch_classes is None:
-        raise ValueError(f"critic {config.critic!r} needs the pitch class of every token id")
-    with torch.random.fork_rng(devices=[]):  # the global stream (dropout) stays the control's
-        torch.manual_seed(config.seed + 5)
-        intervals = IntervalCritic(
-            pitch_classes,
-            config.interval_lags,
-            key_profile=config.key_profile,
-            absolute_profile=config.absolute_profile,
-        ).to(device)
-    reference = RealChunks(*train_data, config.window_len, config.seed + 5).sample(512)
-    intervals.standardize(reference.to(device))
-    return intervals
-
-
 def train_adversarial(
     generator_config: GeneratorConfig,
     discriminator_config: DiscriminatorConfig,
@@ -596,12 +425,9 @@ def train_adversarial(
     log_metrics: Metrics | None = None,
     extra_config: dict | None = None,
     fingerprint: str = "",
-    pitch_classes: list[int] | None = None,
 ) -> AdversarialResult:
     """Fine-tune from the pretrained weights; returns the run's record. out_dir gets
-    model.safetensors (best validation NLL), config.json, candidates/ and last/.
-    pitch_classes: (V,) pitch class of each token id (-1 for others), for the interval
-    critic (`critic: intervals | both`)."""
+    model.safetensors (best validation NLL), config.json, candidates/ and last/."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = TransformerXL(generator_config)
@@ -613,22 +439,14 @@ def train_adversarial(
     stream = RngStream(config.seed + 3)
     real = RealChunks(*train_data, config.prime_tokens + config.sample_len, config.seed)
     valid_chunks = RealChunks(*valid_data, config.prime_tokens + config.sample_len, config.seed + 2)
-    intervals = None
     if config.adversarial:
-        if config.critic != "intervals":
-            discriminator = Discriminator(discriminator_config)
-            checkpoint.load_weights(discriminator, discriminator_init)
-            discriminator.to(device)
-        if config.critic != "spanbert":
-            intervals = _interval_critic(pitch_classes, train_data, config, device)
-        critic = Critic(discriminator, config, intervals)
+        discriminator = Discriminator(discriminator_config)
+        checkpoint.load_weights(discriminator, discriminator_init)
+        discriminator.to(device)
+        critic = Critic(discriminator, config)
         sampler = Sampler(generator, real, config, device, sample_rng, bos)
         heldout = HeldOut(valid_chunks, config)
-    others = {
-        name: module
-        for name, module in (("discriminator", discriminator), ("intervals", intervals))
-        if module is not None
-    }
+    others = {"discriminator": discriminator} if discriminator is not None else {}
     valid_tokens = valid_data[0]
     batches = SegmentBatches(
         *train_data, config.batch_size, generator_config.seg_len, config.seed + 1

@@ -18,34 +18,11 @@ import torch.nn.functional as F
 
 from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
 from cadenza.training import checkpoint
+from cadenza.training.config import MaskedLMConfig
 from cadenza.training.pretrain import lr_factor, resolve_device
 from cadenza.training.span_masking import SpanMask, span_mask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MaskedLMConfig:
-    batch_size: int = 16
-    seq_len: int = 128
-    max_steps: int = 300
-    lr: float = 5e-4
-    warmup_steps: int = 30
-    schedule: str = "cosine"
-    """Linear warmup, then cosine decay to lr * min_lr_ratio (as in pretraining)."""
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_batches: int = 8
-    mask_fraction: float = 0.15
-    span_p: float = 0.2
-    max_span: int = 10
-    sbo_weight: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_interval: int = 100
-    """Steps between saves of last/, the state a killed run resumes from."""
 
 
 @dataclass

@@ -24,40 +24,12 @@ import torch.nn.functional as F
 
 from cadenza.models.generator import GeneratorConfig, TransformerXL
 from cadenza.training import checkpoint
+from cadenza.training.config import TrainConfig
 from cadenza.training.data import SegmentBatches
 from cadenza.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict[str, float], int], None]
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 16
-    """Streams per rank."""
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr * min_lr_ratio."""
-    warmup_steps: int = 100
-    schedule: str = "cosine"
-    """cosine | inverse_sqrt (both after linear warmup)."""
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_interval: int = 200
-    checkpoint_interval: int = 100
-    log_interval: int = 10
-    seed: int = 0
-    device: str = "auto"
-    """auto | cpu | cuda."""
-    compile: bool = False
-    """torch.compile the model (CUDA only)."""
-    cpu_bf16: bool | str = False
-    """True | False | "auto": bf16 autocast for training steps on CPU (auto: where the CPU has
-    native bf16 matmuls); validation NLL stays fp32."""
-    final_original_steps: int = 0
-    """The last this many steps read `final_data` (the train documents as the corpus wrote
-    them, without augmented versions) instead of `train_data`."""
 
 
 @dataclass
