@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +46,6 @@ from cadenza.training.gan_losses import discriminator_loss, generator_loss
 from cadenza.training.pretrain import evaluate_nll, resolve_device
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = 3  # bump when last/state.pt changes shape: older states then start afresh
 CANDIDATES_DIR = "candidates"
 Metrics = Callable[[dict[str, float], int], None]
 
@@ -103,6 +101,12 @@ class RngStream:
 
     def __init__(self, seed: int) -> None:
         self.state = torch.Generator().manual_seed(seed).get_state()
+
+    def state_dict(self) -> torch.Tensor:
+        return self.state
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.state = state
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -412,6 +416,194 @@ class Guard:
         self.rollbacks += 1
 
 
+@dataclass
+class Run:
+    """One arm's training run: its parts and what changes between steps."""
+
+    config: AdversarialConfig
+    generator: TransformerXL
+    update: GeneratorUpdate
+    batches: SegmentBatches
+    checkpointer: checkpoint.Checkpointer
+    valid_nll: Callable[[], float]
+    saved_config: dict
+    out_dir: Path
+    device: torch.device
+    critic: Critic | None = None
+    sampler: Sampler | None = None
+    heldout: HeldOut | None = None
+    stream: RngStream | None = None
+    guard: Guard | None = None
+    mems: list[torch.Tensor] | None = None
+    warmup: dict = field(default_factory=dict)
+    accuracy_history: list[tuple[int, float]] = field(default_factory=list)
+    d_metrics: dict[str, float] = field(default_factory=dict)
+    final_nll: float = math.nan
+    step: int = 0
+    stopped: bool = False
+
+    def heldout_accuracy(self) -> float:
+        with self.stream.active():
+            return self.heldout.accuracy(self.critic, self.sampler)
+
+
+def setup(
+    generator_config: GeneratorConfig,
+    discriminator_config: DiscriminatorConfig,
+    config: AdversarialConfig,
+    train_data: tuple[np.ndarray, np.ndarray],
+    valid_data: tuple[np.ndarray, np.ndarray],
+    inits: tuple[Path, Path],
+    bos: int,
+    out_dir: Path,
+    saved_config: dict,
+    fingerprint: str,
+) -> Run:
+    """The generator from its pretrained weights, the critic (GAN arm only), their optimizers
+    and random streams, in an order that fixes every draw: the control arm sees the same
+    data order and dropout masks as the GAN arm."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = TransformerXL(generator_config)
+    checkpoint.load_weights(generator, inits[0])
+    generator.to(device)
+    update = GeneratorUpdate(generator, config)
+    sample_rng = torch.Generator(device=device).manual_seed(config.seed)
+    stream = RngStream(config.seed + 3)
+    length = config.prime_tokens + config.sample_len
+    real = RealChunks(*train_data, length, config.seed)
+    valid_chunks = RealChunks(*valid_data, length, config.seed + 2)
+    parts = {"model": generator, "g_optimizer": update, "stream": stream}
+    parts.update(sample=sample_rng, real=real.rng)
+    critic = sampler = heldout = None
+    if config.adversarial:
+        discriminator = Discriminator(discriminator_config)
+        checkpoint.load_weights(discriminator, inits[1])
+        discriminator.to(device)
+        critic = Critic(discriminator, config)
+        sampler = Sampler(generator, real, config, device, sample_rng, bos)
+        heldout = HeldOut(valid_chunks, config)
+        parts.update(discriminator=discriminator, d_optimizer=critic.optimizer)
+    valid_tokens = valid_data[0]
+    seg_len = generator_config.seg_len
+    batches = SegmentBatches(*train_data, config.batch_size, seg_len, config.seed + 1)
+    eval_batch = max(1, min(config.batch_size, (len(valid_tokens) - 1) // (seg_len + 1)))
+
+    def valid_nll() -> float:
+        return evaluate_nll(generator, valid_tokens, seg_len, device, eval_batch)
+
+    checkpointer = checkpoint.Checkpointer(out_dir, parts, fingerprint)
+    return Run(
+        config, generator, update, batches, checkpointer, valid_nll, saved_config, out_dir,
+        device, critic, sampler, heldout, stream,
+    )  # fmt: skip
+
+
+def start(run: Run, log_metrics: Metrics | None) -> None:
+    """A fresh run: the pretrained weights are candidate 0 and the best so far; the critic
+    is warmed up on the generator's samples."""
+    initial_nll = run.valid_nll()
+    run.guard = Guard(initial_nll, initial_nll)
+    run.guard.keep(run.generator, 0, initial_nll, run.out_dir)
+    extra = {"best_step": 0, "valid_nll": initial_nll}
+    checkpoint.save_weights(run.generator, run.saved_config, run.out_dir, extra)
+    first: dict[str, float] = {"valid_nll": initial_nll}
+    if run.critic:
+        with run.stream.active():
+            run.warmup = warm_up_critic(
+                run.critic, run.sampler, run.heldout, run.config, log_metrics
+            )
+        run.accuracy_history.append((0, run.warmup["heldout_accuracy"]))
+        first["d_heldout_accuracy"] = run.warmup["heldout_accuracy"]
+    if log_metrics:
+        log_metrics(first, 0)
+    run.final_nll = run.guard.best_nll
+
+
+def resume(run: Run, resumed: checkpoint.Resumed) -> None:
+    values = resumed.values
+    run.guard = Guard(**values["guard"])
+    run.accuracy_history = [tuple(item) for item in values["accuracy_history"]]
+    run.warmup = values["warmup"]
+    run.final_nll = values["final_nll"] if resumed.step else run.guard.best_nll
+    run.mems = [m.to(run.device) for m in values["mems"]] or None
+    run.step = resumed.step
+    log.info("resuming adversarial training from step %d", resumed.step)
+
+
+def train_step(run: Run, step: int, log_metrics: Metrics | None) -> float:
+    """One NLL step and, every adv_every steps in the GAN arm, the adversarial term and the
+    critic's updates. Returns the Gumbel temperature used."""
+    config, critic = run.config, run.critic
+    tau = temperature(step, config)
+    inputs, targets, new_epoch = run.batches.batch(step)
+    if new_epoch:
+        run.mems = None
+    adversarial = None
+    if critic and step % config.adv_every == 0:
+
+        def adversarial():
+            with run.stream.active():
+                return adversarial_loss_backward(critic, run.sampler, config, tau)
+
+    inputs, targets = inputs.to(run.device), targets.to(run.device)
+    run.mems, g_metrics = run.update.step(inputs, targets, run.mems, adversarial)
+    if adversarial is not None:
+        with run.stream.active():
+            for _ in range(config.critic_steps):
+                run.d_metrics = discriminator_step(critic, run.sampler, tau)
+    run.step = step + 1
+    if log_metrics:
+        log_metrics({"temperature": tau, **g_metrics, **run.d_metrics}, run.step)
+    return tau
+
+
+def evaluate(run: Run, tau: float, log_metrics: Metrics | None) -> None:
+    """Validation NLL (and held-out critic accuracy); keep a candidate, or roll back / stop
+    when the NLL degraded beyond tolerance of the best."""
+    config, guard, done = run.config, run.guard, run.step
+    run.final_nll = run.valid_nll()
+    entry: dict[str, float] = {"valid_nll": run.final_nll}
+    if run.critic:
+        run.accuracy_history.append((done, run.heldout_accuracy()))
+        entry["d_heldout_accuracy"] = run.accuracy_history[-1][1]
+    log.info(
+        "step %d: valid NLL %.4f (best %.4f), tau %.3f, held-out critic accuracy %s",
+        done, run.final_nll, guard.best_nll, tau, entry.get("d_heldout_accuracy", "-"),
+    )  # fmt: skip
+    if guard.diverged(run.final_nll, config.tolerance):
+        log.warning(
+            "valid NLL %.4f degraded beyond %.0f%% of best %.4f: %s",
+            run.final_nll, 100 * config.tolerance, guard.best_nll, config.on_degrade,
+        )  # fmt: skip
+        if config.on_degrade == "stop":
+            run.stopped = True
+        else:
+            guard.restore_best(run.generator, run.out_dir)
+            run.update.reset()
+            run.mems = None
+        entry["rollbacks"] = guard.rollbacks
+    else:
+        best_before = guard.best_step
+        guard.keep(run.generator, done, run.final_nll, run.out_dir)
+        if guard.best_step != best_before:
+            extra = {"best_step": done, "valid_nll": run.final_nll}
+            checkpoint.save_weights(run.generator, run.saved_config, run.out_dir, extra)
+    if log_metrics:
+        log_metrics(entry, done)
+
+
+def save(run: Run) -> None:
+    run.checkpointer.save(
+        run.step,
+        guard=asdict(run.guard),
+        final_nll=run.final_nll,
+        accuracy_history=run.accuracy_history,
+        warmup=run.warmup,
+        mems=[m.cpu() for m in run.mems] if run.mems else [],
+    )
+
+
 def train_adversarial(
     generator_config: GeneratorConfig,
     discriminator_config: DiscriminatorConfig,
@@ -427,181 +619,43 @@ def train_adversarial(
     fingerprint: str = "",
 ) -> AdversarialResult:
     """Fine-tune from the pretrained weights; returns the run's record. out_dir gets
-    model.safetensors (best validation NLL), config.json, candidates/ and last/."""
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    generator = TransformerXL(generator_config)
-    checkpoint.load_weights(generator, generator_init)
-    generator.to(device)
-    discriminator = critic = sampler = heldout = None
-    update = GeneratorUpdate(generator, config)
-    sample_rng = torch.Generator(device=device).manual_seed(config.seed)
-    stream = RngStream(config.seed + 3)
-    real = RealChunks(*train_data, config.prime_tokens + config.sample_len, config.seed)
-    valid_chunks = RealChunks(*valid_data, config.prime_tokens + config.sample_len, config.seed + 2)
-    if config.adversarial:
-        discriminator = Discriminator(discriminator_config)
-        checkpoint.load_weights(discriminator, discriminator_init)
-        discriminator.to(device)
-        critic = Critic(discriminator, config)
-        sampler = Sampler(generator, real, config, device, sample_rng, bos)
-        heldout = HeldOut(valid_chunks, config)
-    others = {"discriminator": discriminator} if discriminator is not None else {}
-    valid_tokens = valid_data[0]
-    batches = SegmentBatches(
-        *train_data, config.batch_size, generator_config.seg_len, config.seed + 1
-    )
-    eval_batch = max(
-        1, min(config.batch_size, (len(valid_tokens) - 1) // (generator_config.seg_len + 1))
-    )
+    model.safetensors (best validation NLL), config.json, candidates/ and last/ (a killed
+    run resumes from it with the same fingerprint)."""
     saved_config = {
         "model": generator_config.to_dict(),
         "adversarial": asdict(config),
         **(extra_config or {}),
     }
-
-    def valid_nll() -> float:
-        return evaluate_nll(generator, valid_tokens, generator_config.seg_len, device, eval_batch)
-
-    def heldout_accuracy() -> float:
-        with stream.active():
-            return heldout.accuracy(critic, sampler)
-
-    start_step, mems, warmup = 0, None, {}
-    accuracy_history: list[tuple[int, float]] = []  # (step, held-out critic accuracy)
-    previous_seconds = 0.0  # training time of earlier (interrupted) sessions
-    state = checkpoint.load_training_state(
-        generator,
-        out_dir,
-        others,
-        matches=lambda saved: (
-            (saved.get("fingerprint"), saved.get("format")) == (fingerprint, STATE_FORMAT)
-        ),
-    )
-    if state is not None:
-        update.load_state_dict(state["g_optimizer"])
-        if critic:
-            critic.optimizer.load_state_dict(state["d_optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        stream.state = state["rng"]["stream"]
-        sample_rng.set_state(state["rng"]["sample"])
-        real.rng.bit_generator.state = state["rng"]["real"]
-        guard = Guard(**state["guard"])
-        accuracy_history = [tuple(item) for item in state["accuracy_history"]]
-        warmup = state["warmup"]
-        previous_seconds = float(state.get("train_seconds", 0.0))
-        start_step = state["step"]
-        mems = [m.to(device) for m in state["mems"]] or None
-        log.info("resuming adversarial training from step %d", start_step)
+    run = setup(
+        generator_config, discriminator_config, config, train_data, valid_data,
+        (generator_init, discriminator_init), bos, out_dir, saved_config, fingerprint,
+    )  # fmt: skip
+    resumed = run.checkpointer.restore()
+    if resumed is not None:
+        resume(run, resumed)
     else:  # nothing saved, or other settings / an older format: the pretrained weights
-        initial_nll = valid_nll()
-        guard = Guard(initial_nll, initial_nll)
-        guard.keep(generator, 0, initial_nll, out_dir)
-        checkpoint.save_weights(
-            generator, saved_config, out_dir, {"best_step": 0, "valid_nll": initial_nll}
-        )
-        first: dict[str, float] = {"valid_nll": initial_nll}
-        if critic:
-            with stream.active():
-                warmup = warm_up_critic(critic, sampler, heldout, config, log_metrics)
-            accuracy_history.append((0, warmup["heldout_accuracy"]))
-            first["d_heldout_accuracy"] = warmup["heldout_accuracy"]
-        if log_metrics:
-            log_metrics(first, 0)
-    final_nll = state.get("final_nll", guard.best_nll) if start_step else guard.best_nll
-    stopped, started, done = False, time.perf_counter(), start_step
-    d_metrics: dict[str, float] = {}
-    for step in range(start_step, config.max_steps):
-        tau = temperature(step, config)
-        inputs, targets, new_epoch = batches.batch(step)
-        if new_epoch:
-            mems = None
-        adversarial = None
-        if critic and step % config.adv_every == 0:
-
-            def adversarial(tau=tau):
-                with stream.active():
-                    return adversarial_loss_backward(critic, sampler, config, tau)
-
-        mems, g_metrics = update.step(inputs.to(device), targets.to(device), mems, adversarial)
-        if adversarial is not None:
-            with stream.active():
-                for _ in range(config.critic_steps):
-                    d_metrics = discriminator_step(critic, sampler, tau)
-        done = step + 1
-        if log_metrics:
-            log_metrics({"temperature": tau, **g_metrics, **d_metrics}, done)
+        start(run, log_metrics)
+    run.checkpointer.start_clock()
+    for step in range(run.step, config.max_steps):
+        tau = train_step(run, step, log_metrics)
+        done = run.step
         if done % config.eval_interval == 0 or done == config.max_steps:
-            final_nll = valid_nll()
-            entry: dict[str, float] = {"valid_nll": final_nll}
-            if critic:
-                accuracy_history.append((done, heldout_accuracy()))
-                entry["d_heldout_accuracy"] = accuracy_history[-1][1]
-            log.info(
-                "step %d: valid NLL %.4f (best %.4f), tau %.3f, held-out critic accuracy %s",
-                done, final_nll, guard.best_nll, tau, entry.get("d_heldout_accuracy", "-"),
-            )  # fmt: skip
-            if guard.diverged(final_nll, config.tolerance):
-                log.warning(
-                    "valid NLL %.4f degraded beyond %.0f%% of best %.4f: %s",
-                    final_nll, 100 * config.tolerance, guard.best_nll, config.on_degrade,
-                )  # fmt: skip
-                if config.on_degrade == "stop":
-                    stopped = True
-                else:
-                    guard.restore_best(generator, out_dir)
-                    update.reset()
-                    mems = None
-                entry["rollbacks"] = guard.rollbacks
-            else:
-                best_before = guard.best_step
-                guard.keep(generator, done, final_nll, out_dir)
-                if guard.best_step != best_before:
-                    checkpoint.save_weights(
-                        generator,
-                        saved_config,
-                        out_dir,
-                        {"best_step": done, "valid_nll": final_nll},
-                    )
-            if log_metrics:
-                log_metrics(entry, done)
-        if done % config.checkpoint_interval == 0 or done == config.max_steps or stopped:
-            checkpoint.save_training_state(
-                generator,
-                {
-                    "g_optimizer": update.state_dict(),
-                    "d_optimizer": critic.optimizer.state_dict() if critic else {},
-                    "rng": {
-                        "torch": torch.get_rng_state(),
-                        "stream": stream.state,
-                        "sample": sample_rng.get_state(),
-                        "real": real.rng.bit_generator.state,
-                    },
-                    "step": done,
-                    "guard": asdict(guard),
-                    "final_nll": final_nll,
-                    "accuracy_history": accuracy_history,
-                    "warmup": warmup,
-                    "train_seconds": previous_seconds + time.perf_counter() - started,
-                    "mems": [m.cpu() for m in mems] if mems else [],
-                    "fingerprint": fingerprint,
-                    "format": STATE_FORMAT,
-                },
-                out_dir,
-                others,
-            )
-        if stopped:
+            evaluate(run, tau, log_metrics)
+        if done % config.checkpoint_interval == 0 or done == config.max_steps or run.stopped:
+            save(run)
+        if run.stopped:
             break
+    guard = run.guard
     return AdversarialResult(
-        steps=done,
+        steps=run.step,
         initial_valid_nll=guard.initial_nll,
         best_valid_nll=guard.best_nll,
-        final_valid_nll=final_nll,
+        final_valid_nll=run.final_nll,
         rollbacks=guard.rollbacks,
-        stopped_early=stopped,
-        seconds=previous_seconds + time.perf_counter() - started,  # all sessions
-        discriminator_accuracy=accuracy_history[-1][1] if accuracy_history else None,
-        accuracy_history=accuracy_history,
-        warmup=warmup,
+        stopped_early=run.stopped,
+        seconds=run.checkpointer.seconds(),  # all sessions
+        discriminator_accuracy=run.accuracy_history[-1][1] if run.accuracy_history else None,
+        accuracy_history=run.accuracy_history,
+        warmup=run.warmup,
         candidates=sorted(guard.candidates, key=lambda c: c["step"]),
     )
