@@ -29,11 +29,11 @@ import torch
 
 from cadenza.config import load_settings
 from cadenza.evaluation import windows
+from cadenza.evaluation.context import instrument_for, model_windows, prepare
 from cadenza.evaluation.instrument import compare
 from cadenza.generate import load_generator
 from cadenza.models.interval_critic import IntervalCritic
 from cadenza.paths import Paths
-from cadenza.stages import evaluate as stage
 from cadenza.tokens.keys import place_samples
 from cadenza.tokens.stage import load_split
 from cadenza.tokens.tokenizer import pitch_classes, tokens_per_note
@@ -43,12 +43,11 @@ CHUNK = 64
 
 
 def draw(context, net, tokenizer, count: int, seed: int) -> np.ndarray:
-    s, sampling = context.settings, context.settings.sampling
+    s = context.settings
     plan = windows.make_plan(count, s.sample_len, s.window_len, 1, seed)
     samples = windows.generate_samples(
-        net, tokenizer, plan, sampling.temperature, sampling.top_k, sampling.top_p, seed,
-        context.device, s.generation_batch, sampling.grammar,
-    )  # fmt: skip
+        net, tokenizer, plan, s.sampling.value, seed, context.device, s.generation_batch
+    )
     return place_samples(tokenizer, samples, seed)
 
 
@@ -84,7 +83,7 @@ def main() -> None:
     started = time.perf_counter()
     settings = load_settings(args.root / "params.yaml")
     paths = Paths(root=args.root.resolve(), corpus=settings.import_.corpus)
-    context = stage.prepare(settings.evaluate, paths, torch.device("cpu"), split="valid")
+    context = prepare(settings.evaluate, paths, torch.device("cpu"), split="valid")
     net, tokenizer = load_generator(args.root / args.model)
     count, seed = settings.evaluate.num_samples, settings.evaluate.seed + 1
     with torch.no_grad():
@@ -97,8 +96,8 @@ def main() -> None:
     kept = pool[np.sort(np.argsort(-scores)[:count])]
     sets = {}
     for name, samples in (("kept", kept), ("first", pool[:count])):
-        _, sets[name] = stage.model_windows(context, None, seed, samples=samples)
-    results, probe_scores = stage.instrument_for(context).evaluate(sets)
+        _, sets[name] = model_windows(context, None, seed, samples=samples)
+    results, probe_scores = instrument_for(context).evaluate(sets)
     result = {
         "model": str(args.model),
         "split": "valid",

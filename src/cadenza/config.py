@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from cadenza.sampling import Sampling
+
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 # Sources the `import` stage understands; see cadenza.data.sources.
@@ -287,9 +289,13 @@ class SamplingSettings(_Section):
     voices keep their probabilities. No effect for a BPE vocabulary."""
 
     @property
+    def value(self) -> Sampling:
+        """These settings as the value object every sampler takes (cadenza.sampling)."""
+        return Sampling(**self.model_dump())
+
+    @property
     def is_plain(self) -> bool:
-        return (self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
-                and not self.grammar and self.pitch_top_p == 1.0)  # fmt: skip
+        return self.value.is_plain
 
 
 class _Sampled(_Section):

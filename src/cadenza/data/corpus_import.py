@@ -22,7 +22,7 @@ from cadenza.config import ImportSettings
 from cadenza.data.archive import extract_archive, is_archive
 from cadenza.data.convert import convert_one, default_cache_dir
 from cadenza.data.sources import FOLDER_LISTERS, SourceFile, list_mix, list_music21_corpus
-from cadenza.io import write_json
+from cadenza.io import replace_dir, write_json
 from cadenza.paths import Paths
 from cadenza.progress import progress_bar
 
@@ -166,18 +166,6 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _swap_into_place(staging: Path, final: Path) -> None:
-    """Replace final with staging as close to atomically as a directory allows."""
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        final.rename(trash)
-        staging.rename(final)
-        shutil.rmtree(trash)
-    else:
-        staging.rename(final)
-
-
 def run(settings: ImportSettings, paths: Paths, use_cache: bool = True) -> ImportResult:
     """Import the corpus; a downloaded archive (zip, tar.gz) at import.path is unpacked first."""
     source_path = paths.resolve(settings.path)
@@ -228,7 +216,7 @@ def _import(
     except BaseException:  # interrupted or disk full: the previous corpus stays as it was
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _swap_into_place(staging, paths.raw_dir)
+    replace_dir(staging, paths.raw_dir)
 
     result = ImportResult(
         corpus=settings.corpus,

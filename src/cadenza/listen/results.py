@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cadenza.listen import votes
 from cadenza.listen.study import SIDES, Study
+from cadenza.tracking.runs import client
 
 
 @dataclass
@@ -72,8 +73,6 @@ def results(study: Study, database_url: str) -> StudyResult:
 def log_to_registry(study: Study, result: StudyResult, root: Path) -> list[str]:
     """Tags on each side that is a registry version (metrics on its run); returns
     "name vN" for each version written."""
-    from cadenza.tracking.runs import client
-
     sources = study.manifest["sources"]
     versions = [s for s in SIDES if sources[s].get("model_version")]
     if not versions:

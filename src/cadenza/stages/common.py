@@ -1,10 +1,8 @@
-"""What every training stage shares: lineage tags, an optional MLflow run, fingerprints."""
+"""What every training stage shares: lineage tags and an optional MLflow run."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,17 +55,3 @@ def log_final(metrics: dict, artifacts: dict[str, list[Path]]) -> None:
         for path in files:
             if path.is_file():
                 mlflow.log_artifact(str(path), artifact_path=folder or None)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint(*parts: object, files: tuple[Path, ...] = ()) -> str:
-    """Identity of a training run's settings and data, to decide whether to resume."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256((text + "".join(file_digest(f) for f in files)).encode()).hexdigest()

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from cadenza.config import EvaluateSettings, RegisterSettings
-from cadenza.io import write_json
-from cadenza.paths import Paths
+from cadenza.io import file_digest, replace_dir, write_json
+from cadenza.paths import LINEAGE, Paths
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -413,9 +413,6 @@ def register_base(paths: Paths, settings: RegisterSettings) -> Decision:
     Inside a DVC experiment nothing is registered."""
     if experiment := dvc_experiment():
         return _not_in_experiment(paths, settings.model_name, experiment)
-    from cadenza.stages.common import file_digest
-    from cadenza.stages.transfer import LINEAGE
-
     base_dir = paths.generator_mle_dir
     lineage_path = base_dir / LINEAGE
     if not lineage_path.is_file():
@@ -487,8 +484,6 @@ def fetch_base_champion(paths: Paths, model_name: str) -> str:
     import tempfile
     from pathlib import Path
 
-    from cadenza.stages.common import file_digest
-
     client = client_for(paths)
     champion = champion_version(client, model_name)
     if champion is None:
@@ -520,6 +515,5 @@ def fetch_base_champion(paths: Paths, model_name: str) -> str:
         staging = target.with_name(f".{target.name}.incoming")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(local, staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        replace_dir(staging, target)
     return f"{model_name} version {champion.version} (champion) fetched into {target}"

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from cadenza.io import replace_dir
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
@@ -30,15 +32,6 @@ STATE = "state.pt"
 def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # Tied weights share storage; safetensors refuses shared tensors, so store copies.
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_weights(
@@ -84,7 +77,7 @@ def save_training_state(
     for name, other in (others or {}).items():
         save_file(_state_dict_for_saving(other), str(tmp / f"{name}.safetensors"))
     torch.save(state, tmp / STATE)
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
 
 
 def load_training_state(
