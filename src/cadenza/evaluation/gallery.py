@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cadenza import audio
 from cadenza.audio import AudioSpec
 
 
@@ -53,8 +54,6 @@ def write_gallery(
     scores: dict[str, list], out_dir: Path, render_audio: bool, spec: AudioSpec | None = None
 ) -> Gallery:
     """scores: set name -> Scores. Writes <out_dir>/<set>/<set>_<i>.{mid,png,mp3|ogg|wav}."""
-    from cadenza import audio
-
     spec = spec or AudioSpec()
     gallery = Gallery()
     if not render_audio:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import numpy as np
+
 PROBES_PNG = "probes.png"
 POSITIONS_PNG = "positions.png"
 
@@ -21,16 +23,12 @@ def _plt():
 
 def _error_bars(accuracies, intervals: list[dict]):
     """(2, n) distances from each point down to ci_low and up to ci_high."""
-    import numpy as np
-
     pairs = zip(accuracies, intervals, strict=True)
     return np.array([[a - v["ci_low"], v["ci_high"] - a] for a, v in pairs]).T
 
 
 def figures(metrics: dict, models: tuple[str, ...], out_dir: Path) -> list[Path]:
     """probes.png (accuracy per probe and model) and positions.png (accuracy per bin)."""
-    import numpy as np
-
     plt = _plt()
     probes = list(metrics[models[0]]["probes"])
     fig, ax = plt.subplots(figsize=(6, 3), dpi=90)

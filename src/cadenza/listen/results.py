@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scipy.stats import binomtest
+
 from cadenza.listen import votes
 from cadenza.listen.study import SIDES, Study
 from cadenza.tracking.runs import client
@@ -44,7 +46,6 @@ def wilson(successes: int, trials: int) -> tuple[float, float, float]:
     """(share, low, high): the 95% Wilson score interval; (nan, 0, 1) with no trials."""
     if trials == 0:
         return float("nan"), 0.0, 1.0
-    from scipy.stats import binomtest
 
     interval = binomtest(successes, trials).proportion_ci(0.95, method="wilson")
     return successes / trials, float(interval.low), float(interval.high)

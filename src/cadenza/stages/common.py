@@ -7,13 +7,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cadenza.paths import Paths
+from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
+from cadenza.tracking.runs import metrics_logger, stage_run
 
 LogFn = Callable[[dict[str, float], int], None]
 
 
 def lineage_tags(paths: Paths, **extra: str) -> dict[str, str]:
-    from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
-
     return {
         "git.commit": git_commit(paths.root),
         "dvc.tokens_md5": dvc_lock_hash(
@@ -34,7 +34,6 @@ def tracked(
     if not enabled:
         yield None
         return
-    from cadenza.tracking.runs import metrics_logger, stage_run
 
     with stage_run(paths.root, stage, tags, params):
         yield metrics_logger()

@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from cadenza.io import file_digest
 from cadenza.paths import BASE_RECORD, Paths
 from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
@@ -29,8 +31,6 @@ def params_hash(params: dict) -> str:
 
 def build_record(paths: Paths, params: dict) -> dict:
     """The lineage of what is in the workspace now (after validate, split and tokenize)."""
-    import pandas as pd
-
     manifest = pd.read_parquet(paths.manifest_path)
     splits = (
         pd.read_csv(paths.splits_path)[["path", "split"]]
