@@ -110,7 +110,7 @@ def synthesize(midi: Path, spec: AudioSpec, max_seconds: float = MAX_SECONDS) ->
 
 
 def _tinysoundfont(midi: Path, spec: AudioSpec) -> np.ndarray:
-    import tinysoundfont
+    import tinysoundfont  # lazy: optional synthesizer (installed with --no-deps)
 
     score = Score(str(midi))
     frames = max(1, int((score.to("second").end() + TAIL_SECONDS) * spec.sample_rate))
@@ -128,7 +128,7 @@ def _tinysoundfont(midi: Path, spec: AudioSpec) -> np.ndarray:
 
 
 def _fluidsynth(midi: Path, spec: AudioSpec) -> np.ndarray:
-    import soundfile
+    import soundfile  # lazy: loads libsndfile; only audio output needs it
 
     binary = shutil.which("fluidsynth")
     if binary is None:
@@ -159,7 +159,7 @@ def fit_length(samples: np.ndarray, seconds: float, sample_rate: int, fade: floa
 
 def write(samples: np.ndarray, path: Path, spec: AudioSpec) -> Path:
     """Encode samples (peak-limited to avoid clipping) as spec.format."""
-    import soundfile
+    import soundfile  # lazy: loads libsndfile; only audio output needs it
 
     container, subtype, _ = FORMATS[spec.format]
     peak = float(np.abs(samples).max()) if samples.size else 0.0
@@ -180,7 +180,7 @@ def render(midi: Path, out: Path, spec: AudioSpec, seconds: float | None = None)
 
 def duration_seconds(path: Path) -> float:
     """Length of an audio file as its decoder reads it."""
-    import soundfile
+    import soundfile  # lazy: loads libsndfile; only audio output needs it
 
     info = soundfile.info(str(path))
     return info.frames / info.samplerate

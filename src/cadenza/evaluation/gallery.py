@@ -27,10 +27,10 @@ class Gallery:
 
 
 def piano_roll_png(score, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: slow to import; only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as matplotlib
 
     tpq = float(score.ticks_per_quarter)
     fig, ax = plt.subplots(figsize=(8, 2.6), dpi=80)

@@ -13,10 +13,10 @@ POSITIONS_PNG = "positions.png"
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: slow to import; only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as matplotlib
 
     return plt
 

@@ -131,6 +131,6 @@ def create_app(study: Study, database_url: str):
 
 
 def serve(study: Study, database_url: str, host: str, port: int) -> None:
-    import uvicorn
+    import uvicorn  # lazy: only `cadenza listen serve` runs a server
 
     uvicorn.run(create_app(study, database_url), host=host, port=port, log_level="warning")

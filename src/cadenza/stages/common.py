@@ -41,7 +41,7 @@ def tracked(
 
 def log_final(metrics: dict, artifacts: dict[str, list[Path]]) -> None:
     """Numeric metrics and artifact files (artifact folder -> files) into the active run."""
-    import mlflow
+    import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
     mlflow.log_metrics(
         {

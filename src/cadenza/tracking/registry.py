@@ -227,7 +227,7 @@ def register(
                 new_version=False,
             )
         else:
-            import mlflow
+            import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
             mlflow.set_tracking_uri(tracking_uri(paths.root))
             mv = mlflow.register_model(
@@ -243,7 +243,7 @@ def register(
 
 
 def _ensure_model(client, name: str) -> None:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: as mlflow
 
     try:
         client.get_registered_model(name)
@@ -490,7 +490,7 @@ def fetch_base_champion(paths: Paths, model_name: str) -> str:
 
     paths.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.models_dir, prefix=".fetch-") as tmp:
-        import mlflow
+        import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
         local = Path(
             mlflow.artifacts.download_artifacts(
