@@ -166,7 +166,7 @@ def test_gallery_without_audio_says_why(tmp_path, chorale_dir):
 
 def test_candidate_rule_needs_the_gan_to_beat_its_control():
     from cadenza.config import RegisterSettings
-    from cadenza.stages.evaluate import choose_candidate
+    from cadenza.evaluation.candidates import choose_candidate
 
     def pair(difference, p_value):
         return {"difference": difference, "ci_low": difference - 0.02,

@@ -10,6 +10,7 @@ from symusic import Note, Score, Tempo, TimeSignature, Track
 from cadenza.config import EvaluateSettings
 from cadenza.evaluation import probes, window_stats, windows
 from cadenza.evaluation.instrument import Instrument, compare, evidence_for, window_set
+from cadenza.sampling import Sampling
 
 
 def test_plan_and_real_windows_match_offsets_and_stay_inside_documents():
@@ -103,8 +104,8 @@ def setup(token_project):
     three sample sets: the model, the model under other seeds, the model at temperature 2."""
     import torch
 
+    from cadenza.evaluation.context import Context
     from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
-    from cadenza.stages.evaluate import Context
     from cadenza.tokens.store import load_split
     from cadenza.tokens.tokenizer import load_tokenizer
 
@@ -136,7 +137,7 @@ def setup(token_project):
 
 def _features(context, tokens):
     """The learned and music probes (the combined one adds time, not power, here)."""
-    from cadenza.stages.evaluate import features_of
+    from cadenza.evaluation.context import features_of
 
     features, music = features_of(context, tokens)
     return {"learned": features["learned"], "music": features["music"]}, music
@@ -144,7 +145,7 @@ def _features(context, tokens):
 
 def _set(context, net, temperature: float, seed: int):
     samples = windows.generate_samples(
-        net, context.tokenizer, context.plan, temperature, 0, 1.0, seed, "cpu", batch_size=32
+        net, context.tokenizer, context.plan, Sampling(temperature), seed, "cpu", batch_size=32
     )
     groups = np.repeat(np.arange(context.plan.num_samples), context.plan.num_bins)
     features, music = _features(context, windows.cut(samples, context.plan))
@@ -154,7 +155,7 @@ def _set(context, net, temperature: float, seed: int):
 def test_common_random_numbers_and_no_special_tokens(setup):
     context, net, sets = setup
     again = windows.generate_samples(
-        net, context.tokenizer, context.plan, 1.0, 0, 1.0, 1, "cpu", batch_size=32
+        net, context.tokenizer, context.plan, Sampling(), 1, "cpu", batch_size=32
     )
     np.testing.assert_array_equal(again, sets["model"][0])  # same seed, same samples
     assert (sets["model"][0] != sets["reseeded"][0]).mean() > 0.3

@@ -94,7 +94,7 @@ def test_normalized_tokens_move_back_exactly_to_the_original_keys(normalized_and
 
 def test_evaluation_reads_real_windows_in_their_own_keys(normalized_and_plain):
     from cadenza.evaluation import windows
-    from cadenza.stages.evaluate import real_in_own_keys
+    from cadenza.evaluation.context import real_in_own_keys
 
     normalized, plain = normalized_and_plain
     tokenizer = load_tokenizer(normalized.tokens_dir / "tokenizer.json")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cadenza.cli import app
 from cadenza.config import ParamsError, parse_settings
 from cadenza.evaluation import tuning
+from cadenza.sampling import Sampling
 
 
 def test_old_sampling_keys_say_where_they_moved():
@@ -30,7 +31,7 @@ def test_old_sampling_keys_say_where_they_moved():
 
 def test_grid_puts_plain_sampling_first_and_refuses_bad_values():
     settings = tuning.grid([0.9, 1.0], [0], [0.95, 1.0])
-    assert settings[0] == tuning.Setting(1.0, 0, 1.0)
+    assert settings[0] == Sampling(1.0, 0, 1.0)
     assert len(settings) == len(set(settings)) == 4
     with pytest.raises(ValueError, match="top_p 1.5"):
         tuning.grid([1.0], [0], [1.5])
@@ -191,7 +192,7 @@ def test_grammar_holds_for_real_tokens_and_masks_what_a_model_would_break(token_
     assert grammar.violations(free).sum() > 0
     assert grammar.violations(masked).sum() == 0
     plan = windows.make_plan(4, 96, 32, 2, 0)
-    samples = windows.generate_samples(net, tokenizer, plan, 1.0, 0, 1.0, 0, "cpu", 4, True)
+    samples = windows.generate_samples(net, tokenizer, plan, Sampling(grammar=True), 0, "cpu", 4)
     rows = torch.from_numpy(np.concatenate([bos.numpy(), samples], axis=1).astype(np.int64))
     assert grammar.violations(rows).sum() == 0
     assert build_grammar(build_tokenizer("TSD", 8, (21, 109), 8)) is None
@@ -242,8 +243,8 @@ def test_pitch_nucleus_holds_in_both_samplers(token_project):
                            pitch_mask=pitches, pitch_top_p=0.5)  # fmt: skip
     assert outside(free) > 0 and outside(trimmed) == 0
     plan = windows.make_plan(8, 96, 32, 2, 0)
-    samples = windows.generate_samples(net, tokenizer, plan, 1.0, 0, 1.0, 0, "cpu", 8,
-                                       pitch_top_p=0.5)  # fmt: skip
+    samples = windows.generate_samples(net, tokenizer, plan, Sampling(pitch_top_p=0.5), 0, "cpu",
+                                       8)  # fmt: skip
     rows = torch.from_numpy(np.concatenate([bos.numpy(), samples], axis=1).astype(np.int64))
     assert outside(rows) == 0
 

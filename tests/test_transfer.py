@@ -240,7 +240,7 @@ def test_batches_read_from_the_memory_map_match_the_concatenated_reference(tmp_p
 
 
 def test_nightly_fetches_the_base_champion(base_project, tmp_path, monkeypatch):
-    from cadenza.stages.common import file_digest
+    from cadenza.io import file_digest
     from cadenza.tracking.registry import RegistryError, fetch_base_champion
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -8,6 +8,7 @@ bundle libsndfile with MP3 and Ogg/Vorbis encoders: MP3 plays in every current b
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from symusic import Score
 
 Synthesizer = Literal["tinysoundfont", "fluidsynth"]
 AudioFormat = Literal["mp3", "ogg", "wav"]
@@ -59,8 +61,6 @@ class AudioSpec:
 
 def bundled_soundfont() -> Path:
     """TimGM6mb.sf2, the General MIDI soundfont inside the pretty_midi wheel."""
-    import importlib.util
-
     spec = importlib.util.find_spec("pretty_midi")
     if spec is None or not spec.submodule_search_locations:
         raise ValueError("no General MIDI soundfont: pip install pretty_midi (it ships one)")
@@ -92,18 +92,13 @@ def unavailable_reason(spec: AudioSpec) -> str:
         return str(exc)
     if spec.synthesizer == "fluidsynth" and shutil.which("fluidsynth") is None:
         return "fluidsynth is not installed (apt install fluidsynth, or use tinysoundfont)"
-    if spec.synthesizer == "tinysoundfont":
-        import importlib.util
-
-        if importlib.util.find_spec("tinysoundfont") is None:
-            return "tinysoundfont is not installed (`make setup` installs it, with --no-deps)"
+    if spec.synthesizer == "tinysoundfont" and importlib.util.find_spec("tinysoundfont") is None:
+        return "tinysoundfont is not installed (`make setup` installs it, with --no-deps)"
     return ""
 
 
 def synthesize(midi: Path, spec: AudioSpec, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """(frames, 2) float32 stereo samples of a MIDI file's first max_seconds (+ the tail)."""
-    from symusic import Score
-
     score = Score(str(midi)).to("second")
     with tempfile.TemporaryDirectory() as tmp:
         if score.end() > max_seconds:
@@ -115,8 +110,7 @@ def synthesize(midi: Path, spec: AudioSpec, max_seconds: float = MAX_SECONDS) ->
 
 
 def _tinysoundfont(midi: Path, spec: AudioSpec) -> np.ndarray:
-    import tinysoundfont
-    from symusic import Score
+    import tinysoundfont  # lazy: optional synthesizer (installed with --no-deps)
 
     score = Score(str(midi))
     frames = max(1, int((score.to("second").end() + TAIL_SECONDS) * spec.sample_rate))
@@ -134,7 +128,7 @@ def _tinysoundfont(midi: Path, spec: AudioSpec) -> np.ndarray:
 
 
 def _fluidsynth(midi: Path, spec: AudioSpec) -> np.ndarray:
-    import soundfile
+    import soundfile  # lazy: loads libsndfile; only audio output needs it
 
     binary = shutil.which("fluidsynth")
     if binary is None:
@@ -165,7 +159,7 @@ def fit_length(samples: np.ndarray, seconds: float, sample_rate: int, fade: floa
 
 def write(samples: np.ndarray, path: Path, spec: AudioSpec) -> Path:
     """Encode samples (peak-limited to avoid clipping) as spec.format."""
-    import soundfile
+    import soundfile  # lazy: loads libsndfile; only audio output needs it
 
     container, subtype, _ = FORMATS[spec.format]
     peak = float(np.abs(samples).max()) if samples.size else 0.0
@@ -186,7 +180,7 @@ def render(midi: Path, out: Path, spec: AudioSpec, seconds: float | None = None)
 
 def duration_seconds(path: Path) -> float:
     """Length of an audio file as its decoder reads it."""
-    import soundfile
+    import soundfile  # lazy: loads libsndfile; only audio output needs it
 
     info = soundfile.info(str(path))
     return info.frames / info.samplerate

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from cadenza.sampling import Sampling
 from cadenza.training.config import (
     PRESETS,
     AdversarialConfig,
@@ -309,9 +310,13 @@ class SamplingSettings(_Section):
     voices keep their probabilities. No effect for a BPE vocabulary."""
 
     @property
+    def value(self) -> Sampling:
+        """These settings as the value object every sampler takes (cadenza.sampling)."""
+        return Sampling(**self.model_dump())
+
+    @property
     def is_plain(self) -> bool:
-        return (self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
-                and not self.grammar and self.pitch_top_p == 1.0)  # fmt: skip
+        return self.value.is_plain
 
 
 class _Sampled(_Section):

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import torch
+from symusic import Score
+
+from cadenza import audio
+from cadenza.models.generator import GeneratorConfig, TransformerXL
+from cadenza.sampling import PLAIN, SAMPLING_FILE, Sampling, read_sampling
+from cadenza.tokens.encode import normalized_ids
+from cadenza.tokens.grammar import build_grammar, pitch_mask
+from cadenza.tokens.keys import place, place_samples, uses_key_normalize
+from cadenza.tokens.tokenizer import load_tokenizer, uses_voice_programs
+from cadenza.training import checkpoint
 
 
 @dataclass
@@ -17,7 +31,7 @@ class Generated:
 def resolve_model_dir(model: str, workdir: Path) -> Path:
     """A local checkpoint folder, or download `models:/...` / `runs:/...` artifacts."""
     if model.startswith(("models:/", "runs:/")):
-        import mlflow
+        import mlflow  # lazy: heavy, and only a models:/ or runs:/ URI needs it
 
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(workdir)))
         configs = sorted(local.rglob("config.json"))
@@ -32,10 +46,6 @@ def resolve_model_dir(model: str, workdir: Path) -> Path:
 
 def load_generator(folder: Path):
     """(model in eval mode, tokenizer) from a self-contained checkpoint folder."""
-    from cadenza.models.generator import GeneratorConfig, TransformerXL
-    from cadenza.tokens.tokenizer import load_tokenizer
-    from cadenza.training import checkpoint
-
     config = checkpoint.read_config(folder)
     model = TransformerXL(GeneratorConfig(**config["model"]))
     checkpoint.load_weights(model, folder)
@@ -45,10 +55,6 @@ def load_generator(folder: Path):
 def primer_ids(tokenizer, primer: Path, num_tokens: int) -> tuple[list[int], int]:
     """(the opening num_tokens tokens of a MIDI file, the semitones it was key-normalized
     by: 0 unless the tokenizer normalizes keys)."""
-    from symusic import Score
-
-    from cadenza.tokens.encode import normalized_ids
-
     ids, shift = normalized_ids(tokenizer, Score(str(primer)))
     return ids[:num_tokens], shift
 
@@ -67,8 +73,6 @@ def decode_ids(tokenizer, ids: list[int]):
     each voice stays its own track, named "Voice k" (1 = top), and plays program 0 again:
     the voice number is for the model, not a choice of instrument, so a rendered sample
     sounds like the corpus it was numbered from."""
-    from cadenza.tokens.tokenizer import uses_voice_programs
-
     score = tokenizer.decode(ids)
     if uses_voice_programs(tokenizer):
         for track in score.tracks:
@@ -96,32 +100,24 @@ def sample_score(
     net,
     tokenizer,
     num_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    sampling: Sampling = PLAIN,
     seed: int = 0,
     prompt: list[int] | None = None,
-    grammar: bool = False,
     key_shift: int | None = None,
-    pitch_top_p: float = 1.0,
 ):
-    """(Score, generated ids) continuing [BOS] + prompt by num_tokens sampled tokens; with
-    grammar, only tokens the tokenizer's grammar allows (cadenza.tokens.grammar). A
-    key-normalized model's output is moved back by key_shift (what its prompt was normalized
-    by), or with None into a key drawn (by seed) from its train split's keys. pitch_top_p: a
-    nucleus within the pitch tokens (models.sampling.filter_logits)."""
-    import numpy as np
-    import torch
-
-    from cadenza.tokens.grammar import build_grammar, pitch_mask
-    from cadenza.tokens.keys import place, place_samples, uses_key_normalize
-
+    """(Score, generated ids) continuing [BOS] + prompt by num_tokens tokens drawn with
+    `sampling`; with its grammar, only tokens the tokenizer's grammar allows
+    (cadenza.tokens.grammar). A key-normalized model's output is moved back by key_shift (what
+    its prompt was normalized by), or with None into a key drawn (by seed) from its train
+    split's keys."""
     prompt_ids = [tokenizer["BOS_None"], *(prompt or [])]
     generator = torch.Generator().manual_seed(seed)
     sequence = net.generate(
-        torch.tensor([prompt_ids]), num_tokens, temperature, top_k, top_p, generator,
-        grammar=build_grammar(tokenizer) if grammar else None,
-        pitch_mask=pitch_mask(tokenizer) if pitch_top_p < 1.0 else None, pitch_top_p=pitch_top_p,
+        torch.tensor([prompt_ids]), num_tokens, sampling.temperature, sampling.top_k,
+        sampling.top_p, generator,
+        grammar=build_grammar(tokenizer) if sampling.grammar else None,
+        pitch_mask=pitch_mask(tokenizer) if sampling.pitch_top_p < 1.0 else None,
+        pitch_top_p=sampling.pitch_top_p,
     )  # fmt: skip
     ids = clean_ids(tokenizer, sequence[0, 1:].tolist())
     if ids and uses_key_normalize(tokenizer):
@@ -145,32 +141,25 @@ def generate_midi(
     seed: int = 0,
     primer: Path | None = None,
     primer_tokens: int = 64,
-    default_sampling: dict | None = None,
+    default_sampling: Sampling | dict | None = None,
     grammar: bool | None = None,
     pitch_top_p: float | None = None,
 ) -> Generated:
     """Sample a MIDI file. A sampling value left None comes from the model's sampling.json (a
     registered model carries the pipeline's choice), else from `default_sampling` (the
     project's `sampling` section), else plain sampling."""
-    from cadenza.serving import SAMPLING_FILE, model_sampling
-
+    if isinstance(default_sampling, dict):
+        default_sampling = Sampling.from_dict(default_sampling)
     with tempfile.TemporaryDirectory() as tmp:
         folder = resolve_model_dir(model, Path(tmp))
         net, tokenizer = load_generator(folder)
         carried = (folder / SAMPLING_FILE).is_file()
-        defaults = (
-            model_sampling(folder) if carried else (default_sampling or model_sampling(folder))
-        )
-    temperature = defaults["temperature"] if temperature is None else temperature
-    top_k = defaults["top_k"] if top_k is None else top_k
-    top_p = defaults["top_p"] if top_p is None else top_p
-    grammar = bool(defaults["grammar"]) if grammar is None else grammar
-    pitch_top_p = defaults["pitch_top_p"] if pitch_top_p is None else pitch_top_p
+        defaults = read_sampling(folder) if carried else (default_sampling or PLAIN)
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "grammar": grammar,
+             "pitch_top_p": pitch_top_p}  # fmt: skip
+    sampling = replace(defaults, **{k: v for k, v in given.items() if v is not None})
     prompt, shift = primer_ids(tokenizer, primer, primer_tokens) if primer else ([], None)
-    score, ids = sample_score(
-        net, tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt, grammar, shift,
-        pitch_top_p,
-    )  # fmt: skip
+    score, ids = sample_score(net, tokenizer, num_tokens, sampling, seed, prompt, shift)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     score.dump_midi(str(out_path))
     return Generated(ids, int(score.note_num()), out_path)
@@ -178,10 +167,6 @@ def generate_midi(
 
 def write_audio(midi: Path, audio_format: str, synthesizer: str = "tinysoundfont") -> Path:
     """Render `midi` to <midi stem>.<audio_format> beside it."""
-    from typing import get_args
-
-    from cadenza import audio
-
     if audio_format not in audio.FORMATS:
         raise ValueError(f"--audio {audio_format!r}: choose one of {', '.join(audio.FORMATS)}")
     if synthesizer not in get_args(audio.Synthesizer):

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+BASE_RECORD = "base.json"
+"""Written into the target's model folder by a pretraining that started from the base model
+(stages/transfer.py): which base it started from (and that base's lineage), read back by
+`evaluate` into the target's lineage."""
+LINEAGE = "lineage.json"
+"""Written into models/generator-base/ by the base pretrain stage: the base corpus."""
+
 
 @dataclass(frozen=True)
 class Paths:

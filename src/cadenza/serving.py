@@ -15,29 +15,26 @@ import base64
 import shutil
 import tempfile
 import warnings
+from dataclasses import replace
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow.exceptions
 import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # HTTP 400
+from mlflow.types.schema import ColSpec, Schema
+from symusic import Score
+
+from cadenza.generate import load_generator, sample_score
+from cadenza.sampling import PLAIN, Sampling, read_sampling, write_sampling
+from cadenza.tokens.encode import normalized_ids
 
 # The input schema is the explicit signature() below, not predict's type hints.
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 MAX_TOKENS = 8192
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
-SAMPLING_FILE = "sampling.json"
-PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "grammar": False,
-                  "pitch_top_p": 1.0}  # fmt: skip
-
-
-def model_sampling(checkpoint_dir: Path) -> dict:
-    """The sampling defaults a logged model carries (sampling.json), else plain sampling."""
-    import json
-
-    path = Path(checkpoint_dir) / SAMPLING_FILE
-    if not path.is_file():
-        return dict(PLAIN_SAMPLING)
-    data = json.loads(path.read_text())
-    return {key: data.get(key, value) for key, value in PLAIN_SAMPLING.items()}
 
 
 class RequestError(mlflow.exceptions.MlflowException):
@@ -46,8 +43,6 @@ class RequestError(mlflow.exceptions.MlflowException):
     with the whole request, base64 primer included; the setter below keeps ours.)"""
 
     def __init__(self, message: str) -> None:
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # HTTP 400
-
         self._field_message = message
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
@@ -75,15 +70,11 @@ def _field(row: dict, name: str, default, kind):
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from cadenza.generate import load_generator
-
         folder = Path(context.artifacts["checkpoint"])
         self.net, self.tokenizer = load_generator(folder)
-        self.sampling = model_sampling(folder)
+        self.sampling = read_sampling(folder)
 
     def predict(self, context, model_input, params=None):  # noqa: D102 - schema: signature()
-        import pandas as pd
-
         rows = (
             model_input.to_dict("records")
             if isinstance(model_input, pd.DataFrame)
@@ -92,17 +83,12 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame([self._one(row) for row in rows])
 
     def _one(self, row: dict) -> dict:
-        from symusic import Score
-
-        from cadenza.generate import sample_score
-        from cadenza.tokens.encode import normalized_ids
-
         num_tokens = _field(row, "num_tokens", 256, int)
-        defaults = getattr(self, "sampling", PLAIN_SAMPLING)
-        temperature = _field(row, "temperature", defaults["temperature"], float)
-        top_k = _field(row, "top_k", defaults["top_k"], int)
-        top_p = _field(row, "top_p", defaults["top_p"], float)
-        pitch_top_p = _field(row, "pitch_top_p", defaults["pitch_top_p"], float)
+        defaults: Sampling = getattr(self, "sampling", PLAIN)
+        temperature = _field(row, "temperature", defaults.temperature, float)
+        top_k = _field(row, "top_k", defaults.top_k, int)
+        top_p = _field(row, "top_p", defaults.top_p, float)
+        pitch_top_p = _field(row, "pitch_top_p", defaults.pitch_top_p, float)
         seed = _field(row, "seed", 0, int)
         if not 1 <= num_tokens <= MAX_TOKENS:
             raise RequestError(f"num_tokens: {num_tokens} is outside 1..{MAX_TOKENS}")
@@ -124,10 +110,12 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                 prompt = prompt[:MAX_TOKENS]
             except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
                 raise RequestError(f"primer: not a base64 MIDI file ({exc})") from None
+        sampling = replace(
+            defaults, temperature=temperature, top_k=top_k, top_p=top_p, pitch_top_p=pitch_top_p
+        )  # the grammar is the model's: a request cannot turn it on or off
         score, ids = sample_score(
-            self.net, self.tokenizer, num_tokens, temperature, top_k, top_p, seed, prompt,
-            bool(defaults["grammar"]), shift, pitch_top_p,
-        )  # fmt: skip
+            self.net, self.tokenizer, num_tokens, sampling, seed, prompt, shift
+        )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sample.mid"
             score.dump_midi(str(path))
@@ -136,9 +124,6 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
 
 def signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
     inputs = Schema(
         [
             ColSpec("long", "num_tokens"),  # only this one is required
@@ -160,18 +145,14 @@ def signature():
 
 
 def requirements() -> list[str]:
-    from importlib.metadata import version
-
     pins = [f"{name}=={version(name)}" for name in ("miditok", "symusic", "safetensors")]
     return [f"torch=={version('torch').split('+')[0]}", *pins, "numpy", "pandas"]
 
 
-def log_generator(checkpoint_dir: Path, name: str = "generator", sampling: dict | None = None):
+def log_generator(checkpoint_dir: Path, name: str = "generator", sampling: Sampling | None = None):
     """Log a checkpoint folder as a pyfunc model in the active run; returns ModelInfo.
-    `sampling` (temperature, top_k, top_p): the defaults the served model samples with when a
-    request leaves them out, stored beside the weights as sampling.json."""
-    import json
-
+    `sampling`: the defaults the served model samples with when a request leaves them out,
+    stored beside the weights as sampling.json."""
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "checkpoint"
@@ -179,7 +160,7 @@ def log_generator(checkpoint_dir: Path, name: str = "generator", sampling: dict 
         for file_name in CHECKPOINT_FILES:
             shutil.copy2(checkpoint_dir / file_name, folder / file_name)
         if sampling is not None:
-            (folder / SAMPLING_FILE).write_text(json.dumps(sampling) + "\n")
+            write_sampling(folder, sampling)
         with warnings.catch_warnings():  # we give a signature; MLflow still asks for examples
             warnings.filterwarnings("ignore", message=".*input example.*")
             return _log(name, package, folder)

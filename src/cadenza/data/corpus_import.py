@@ -137,15 +137,3 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-
-def swap_into_place(staging: Path, final: Path) -> None:
-    """Replace final with staging as close to atomically as a directory allows."""
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        final.rename(trash)
-        staging.rename(final)
-        shutil.rmtree(trash)
-    else:
-        staging.rename(final)

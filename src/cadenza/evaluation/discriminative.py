@@ -5,14 +5,13 @@ them are in probes.py."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def encoder_features(discriminator, chunks: np.ndarray, device, batch_size: int = 64):
     """(N, T) token windows -> (N, 2C) mean- and max-pooled frozen encodings. Windows longer
     than the encoder's max_len are read in consecutive pieces of max_len (the last one
     shorter), pooled over every position of the window."""
-    import torch
-
     discriminator.eval()
     chunks = np.asarray(chunks)
     piece = discriminator.config.max_len

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cadenza import audio
 from cadenza.audio import AudioSpec
 
 
@@ -26,10 +27,10 @@ class Gallery:
 
 
 def piano_roll_png(score, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: slow to import; only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as matplotlib
 
     tpq = float(score.ticks_per_quarter)
     fig, ax = plt.subplots(figsize=(8, 2.6), dpi=80)
@@ -53,8 +54,6 @@ def write_gallery(
     scores: dict[str, list], out_dir: Path, render_audio: bool, spec: AudioSpec | None = None
 ) -> Gallery:
     """scores: set name -> Scores. Writes <out_dir>/<set>/<set>_<i>.{mid,png,mp3|ogg|wav}."""
-    from cadenza import audio
-
     spec = spec or AudioSpec()
     gallery = Gallery()
     if not render_audio:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import linalg
+from scipy.stats import gaussian_kde
 
 SCALAR_FEATURES = (
     "pitch_range",
@@ -116,8 +118,6 @@ def _pairwise(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
 
 def overlap_and_kl(intra: np.ndarray, inter: np.ndarray) -> tuple[float, float]:
     """Overlapping area of two distance distributions (Gaussian KDEs) and KL(intra || inter)."""
-    from scipy.stats import gaussian_kde
-
     lo = min(intra.min(), inter.min())
     hi = max(intra.max(), inter.max())
     if hi - lo < 1e-12:  # both degenerate at one value: identical distributions
@@ -137,8 +137,6 @@ def overlap_and_kl(intra: np.ndarray, inter: np.ndarray) -> tuple[float, float]:
 
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two (N, D) feature sets."""
-    from scipy import linalg
-
     mu1, mu2 = real.mean(axis=0), fake.mean(axis=0)
     eps = 1e-6 * np.eye(real.shape[1])
     s1 = np.cov(real, rowvar=False) + eps

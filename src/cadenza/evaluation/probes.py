@@ -16,9 +16,17 @@ bootstrap p-value come from the same draws.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
+from joblib import Parallel, delayed
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 
 @dataclass
@@ -53,10 +61,6 @@ REGULARIZATION = 0.1  # inverse L2 strength: converges fast even when the sets s
 
 
 def _classifier(regularization: float):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     return make_pipeline(StandardScaler(), LogisticRegression(C=regularization, max_iter=500))
 
 
@@ -70,9 +74,6 @@ def cross_validated(
 ) -> tuple[float, float]:
     """(accuracy, AUC) of out-of-fold predictions; groups never straddle folds. NaNs when a
     bootstrap replicate drew fewer than 2 distinct documents (or samples)."""
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold
-
     folds = min(folds, len(np.unique(groups[y == 1])), len(np.unique(groups[y == 0])))
     if folds < 2:
         return float("nan"), float("nan")
@@ -185,8 +186,6 @@ def score(
 
 def _in_one_thread(work):
     """One BLAS thread: these fits are small, and threads fighting over 2 cores cost 10x."""
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(limits=1):
         return work()
 
@@ -198,12 +197,9 @@ def _replicate_batch(data: ProbeInput, draws: list[Draw], folds: int, seed: int)
 def _replicates(data: ProbeInput, draws: list[Draw], folds: int, seed: int, jobs: int) -> list:
     """Bootstrap replicates in order, in `jobs` worker processes (results do not depend on
     how they are split: each replicate is its own draw and fold seed)."""
-    import os
-
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1 or len(draws) * len(data.real) < 20_000:  # small: not worth the processes
         return _replicate_batch(data, draws, folds, seed)
-    from joblib import Parallel, delayed
 
     batches = [draws[i::jobs] for i in range(jobs)]
     parts = Parallel(n_jobs=jobs)(delayed(_replicate_batch)(data, b, folds, seed) for b in batches)

@@ -6,31 +6,29 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import numpy as np
+
 PROBES_PNG = "probes.png"
 POSITIONS_PNG = "positions.png"
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: slow to import; only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as matplotlib
 
     return plt
 
 
 def _error_bars(accuracies, intervals: list[dict]):
     """(2, n) distances from each point down to ci_low and up to ci_high."""
-    import numpy as np
-
     pairs = zip(accuracies, intervals, strict=True)
     return np.array([[a - v["ci_low"], v["ci_high"] - a] for a, v in pairs]).T
 
 
 def figures(metrics: dict, models: tuple[str, ...], out_dir: Path) -> list[Path]:
     """probes.png (accuracy per probe and model) and positions.png (accuracy per bin)."""
-    import numpy as np
-
     plt = _plt()
     probes = list(metrics[models[0]]["probes"])
     fig, ax = plt.subplots(figsize=(6, 3), dpi=90)
@@ -116,3 +114,43 @@ def html_sections(metrics: dict, models: tuple[str, ...], figs: list[Path], root
         )
         parts.append(_table(["tokens", "accuracy", *(f"{k} (gen / real)" for k in checks)], rows))
     return "".join(parts)
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _ci(m: dict, key: str) -> str:
+    return f"{m[key]:.3f} [{m[key + '_ci_low']:.3f}, {m[key + '_ci_high']:.3f}]"
+
+
+def summary_table(metrics: dict, models: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """The report's headline table: a row per model (the candidate marked), the real test
+    pieces and the count baselines."""
+    table = {}
+    for name in models:
+        m = metrics[name]
+        row = {
+            "test NLL": f"{m['test_nll']:.4f}",
+            "discriminative acc. [95% CI]": _ci(m, "discriminative_accuracy"),
+            "strongest probe": m["discriminative_probe"],
+        }
+        for probe, values in m["probes"].items():
+            row[f"{probe} probe"] = (
+                f"{values['accuracy']:.3f} [{values['ci_low']:.3f}, {values['ci_high']:.3f}]"
+            )
+        row.update({
+            "mean overlap": _fmt(m["mean_overlap"], ".3f"),
+            "Frechet": _fmt(m["frechet_distance"], ".3f"),
+            "scale consistency": _fmt(m["scale_consistency_mean"], ".3f"),
+            "polyphony": _fmt(m["polyphony_mean"], ".2f"),
+        })  # fmt: skip
+        table[name + (" (candidate)" if metrics["candidate"] == name else "")] = row
+    real = metrics["real"]
+    table["real test pieces"] = {
+        "scale consistency": _fmt(real.get("scale_consistency_mean"), ".3f"),
+        "polyphony": _fmt(real.get("polyphony_mean"), ".2f"),
+    }
+    for name, value in metrics["baselines"].items():
+        table[f"{name} baseline"] = {"test NLL": f"{value:.4f}"}
+    return table

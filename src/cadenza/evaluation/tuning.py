@@ -13,40 +13,31 @@ params.yaml, which generate, serving, the gallery and the listening clips all re
 from __future__ import annotations
 
 import logging
+import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from cadenza.evaluation.context import instrument_for, model_windows, prepare, sample_model
+from cadenza.evaluation.instrument import compare
+from cadenza.generate import clean_ids, load_generator
+from cadenza.sampling import PLAIN, Sampling
+from cadenza.tokens.encode import modal_velocity, retokenize
+from cadenza.tokens.store import load_split
+from cadenza.training.pretrain import evaluate_nll, resolve_device
+
 log = logging.getLogger(__name__)
-PLAIN = (1.0, 0, 1.0, False)
 ALPHA = 0.05  # a setting replaces plain sampling only at paired p < ALPHA
-
-
-@dataclass(frozen=True)
-class Setting:
-    temperature: float
-    top_k: int
-    top_p: float
-    grammar: bool = False
-    pitch_top_p: float = 1.0
-
-    @property
-    def name(self) -> str:
-        grammar = " +grammar" if self.grammar else ""
-        pitch = f" pitch-p={self.pitch_top_p:g}" if self.pitch_top_p < 1.0 else ""
-        return f"T={self.temperature:g} k={self.top_k} p={self.top_p:g}{pitch}{grammar}"
-
-    def as_dict(self) -> dict:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "grammar": self.grammar, "pitch_top_p": self.pitch_top_p}  # fmt: skip
 
 
 def grid(
     temperatures: list[float], top_ks: list[int], top_ps: list[float],
     grammars: tuple[bool, ...] = (False,), pitch_top_ps: tuple[float, ...] = (1.0,),
-) -> list[Setting]:  # fmt: skip
+) -> list[Sampling]:  # fmt: skip
     """Every combination, plain temperature-1 sampling first (the reference)."""
-    settings = [Setting(*PLAIN)]
+    settings = [PLAIN]
     for t in temperatures:
         for k in top_ks:
             for p in top_ps:
@@ -57,35 +48,28 @@ def grid(
                             f"top_p {p} and pitch_top_p {q} in (0, 1]"
                         )
                     for g in grammars:
-                        setting = Setting(float(t), int(k), float(p), bool(g), float(q))
+                        setting = Sampling(float(t), int(k), float(p), bool(g), float(q))
                         if setting not in settings:
                             settings.append(setting)
     return settings
 
 
-def tune(evaluate_settings, paths, model_dir, settings: list[Setting]) -> dict:
+def tune(evaluate_settings, paths, model_dir, settings: list[Sampling]) -> dict:
     """Score every setting on valid windows; returns the table and the chosen setting."""
-    import torch
-
-    from cadenza.evaluation.instrument import compare
-    from cadenza.generate import load_generator
-    from cadenza.stages import evaluate as stage
-    from cadenza.training.pretrain import resolve_device
-
     started = time.perf_counter()
     device = resolve_device(evaluate_settings.device)
-    context = stage.prepare(evaluate_settings, paths, device, split="valid")
+    context = prepare(evaluate_settings, paths, device, split="valid")
     net, tokenizer = load_generator(model_dir)
     net.to(device)
     s = evaluate_settings
     sets = {}
-    for setting in settings:  # a Setting reads like SamplingSettings for model_windows
+    for setting in settings:
         with torch.no_grad():
-            _, sets[setting.name] = stage.model_windows(
+            _, sets[setting.name] = model_windows(
                 context, net, s.seed + 1, sampling=setting, tokenizer=tokenizer
             )
         log.info("tune-sampling: %s sampled", setting.name)
-    results, scores = stage.instrument_for(context).evaluate(sets)
+    results, scores = instrument_for(context).evaluate(sets)
     plain = settings[0].name
     rows = []
     for setting in settings:
@@ -146,13 +130,6 @@ def compare_generators(
     with another tokenizer than the pipeline's (say, without Velocity tokens) has its samples
     re-encoded into the pipeline's, so both are read as windows of equal length in the same
     tokens; its test NLL is per token of its own tokenization and, for both, per note."""
-    import torch
-
-    from cadenza.evaluation.instrument import compare
-    from cadenza.generate import load_generator
-    from cadenza.stages import evaluate as stage
-    from cadenza.training.pretrain import resolve_device
-
     if len(folders) != 2:
         raise ValueError("compare needs exactly two generators")
     for folder in folders.values():  # before any work
@@ -160,7 +137,7 @@ def compare_generators(
             raise FileNotFoundError(f"{folder}: no config.json; is it a Cadenza checkpoint?")
     started = time.perf_counter()
     device = resolve_device(evaluate_settings.device)
-    context = stage.prepare(evaluate_settings, paths, device, split=split)
+    context = prepare(evaluate_settings, paths, device, split=split)
     reference_test = _test_documents(paths, context.tokenizer)
     sets, nll, per_note, tokenizers = {}, {}, {}, {}
     for name, folder in folders.items():
@@ -173,10 +150,10 @@ def compare_generators(
         if foreign:  # its samples re-encoded: windows of the same music as the real ones
             samples = _foreign_samples(context, net, tokenizer, evaluate_settings.seed + 1)
         with torch.no_grad():
-            _, sets[name] = stage.model_windows(
+            _, sets[name] = model_windows(
                 context, net, evaluate_settings.seed + 1, samples=samples, tokenizer=tokenizer
             )
-    results, scores = stage.instrument_for(context).evaluate(sets)
+    results, scores = instrument_for(context).evaluate(sets)
     a, b = folders
     return {
         "split": split,
@@ -201,9 +178,6 @@ def compare_generators(
 
 def _test_documents(paths, tokenizer) -> list[list[int]]:
     """The test split's documents as clean ids of the reference tokenizer."""
-    from cadenza.generate import clean_ids
-    from cadenza.tokens.store import load_split
-
     tokens, offsets = load_split(paths.tokens_dir, "test")
     return [
         clean_ids(tokenizer, tokens[a:b].astype(int).tolist())
@@ -215,11 +189,6 @@ def _test_nll(net, tokenizer, reference, documents: list[list[int]]) -> tuple[fl
     """(nats per token, nats per note) on the test documents written by `tokenizer`
     (re-encoded from the reference's when the vocabularies differ): per note is what two
     tokenizations can be compared on."""
-    import numpy as np
-
-    from cadenza.tokens.encode import retokenize
-    from cadenza.training.pretrain import evaluate_nll
-
     bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
     same = tokenizer.vocab == reference.vocab
     stream: list[int] = []
@@ -238,12 +207,6 @@ def _foreign_samples(context, net, tokenizer, seed: int):
     context's: generated with the same plan, seeds and sampling, placed in keys as the
     evaluation places them, re-encoded note for note (velocities: the real windows' most
     common one, when the generator writes none), cut to the plan's length."""
-    import numpy as np
-
-    from cadenza.generate import clean_ids
-    from cadenza.stages.evaluate import sample_model
-    from cadenza.tokens.encode import modal_velocity, retokenize
-
     plan, reference = context.plan, context.tokenizer
     own = sample_model(context, net, seed, tokenizer=tokenizer)
     velocity = modal_velocity(reference, context.real.tokens)
@@ -296,8 +259,6 @@ def markdown(result: dict) -> str:
 
 def apply(params_path, chosen: dict) -> None:
     """Write the chosen setting into params.yaml's `sampling` section, keeping comments."""
-    import re
-
     text = params_path.read_text()
     for key in ("temperature", "top_k", "top_p", "grammar", "pitch_top_p"):
         pattern = re.compile(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from cadenza.evaluation.music_stats import SCALES
+from cadenza.generate import clean_ids, decode_ids
 
 DURATION_EDGES = np.array([0.0, 0.24, 0.49, 0.99, 1.99, 3.99, np.inf])  # beats: 16th ... whole+
 MELODIC_BINS = 13  # |interval| 0..11 semitones, 12+ in the last
@@ -110,8 +111,6 @@ def window_features(score) -> np.ndarray:
 
 def decode_window(tokenizer, ids: np.ndarray):
     """A window of token ids decoded to a Score (special tokens dropped)."""
-    from cadenza.generate import clean_ids, decode_ids
-
     return decode_ids(tokenizer, clean_ids(tokenizer, [int(i) for i in ids]))
 
 

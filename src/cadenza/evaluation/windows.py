@@ -16,6 +16,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from cadenza.models.sampling import filter_logits
+from cadenza.sampling import Sampling
+from cadenza.tokens.grammar import build_grammar, pitch_mask
 
 log = logging.getLogger(__name__)
 SPECIAL_TOKENS = ("PAD_None", "BOS_None", "EOS_None", "MASK_None")
@@ -112,20 +117,17 @@ def real_windows(docs: list[np.ndarray], plan: WindowPlan, eos: int, seed: int) 
 
 
 def generate_samples(
-    net, tokenizer, plan: WindowPlan, temperature: float, top_k: int, top_p: float,
-    seed: int, device, batch_size: int = 64, grammar: bool = False, pitch_top_p: float = 1.0,
-) -> np.ndarray:  # fmt: skip
-    """(num_samples, sample_len) tokens continuing [BOS]; batch b draws from a generator
-    seeded by (seed, b) only, so two models see the same random numbers. grammar: mask the
-    tokens the tokenizer's grammar does not allow (cadenza.tokens.grammar), when it has one.
-    pitch_top_p: a nucleus within the pitch tokens (models.sampling.filter_logits)."""
-    import torch
-
-    from cadenza.models.sampling import filter_logits
-    from cadenza.tokens.grammar import build_grammar, pitch_mask
-
+    net, tokenizer, plan: WindowPlan, sampling: Sampling, seed: int, device, batch_size: int = 64
+) -> np.ndarray:
+    """(num_samples, sample_len) tokens continuing [BOS], drawn with `sampling`; batch b draws
+    from a generator seeded by (seed, b) only, so two models see the same random numbers. Its
+    grammar masks the tokens the tokenizer's grammar does not allow (cadenza.tokens.grammar),
+    when it has one; its pitch_top_p is a nucleus within the pitch tokens
+    (models.sampling.filter_logits)."""
+    temperature, top_k, top_p = sampling.temperature, sampling.top_k, sampling.top_p
+    pitch_top_p = sampling.pitch_top_p
     suppressed = [tokenizer[name] for name in SPECIAL_TOKENS if name in tokenizer.vocab]
-    rules = build_grammar(tokenizer) if grammar else None
+    rules = build_grammar(tokenizer) if sampling.grammar else None
     pitches = pitch_mask(tokenizer) if pitch_top_p < 1.0 else None
     if rules is not None:
         rules.to(device)

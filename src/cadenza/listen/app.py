@@ -18,6 +18,11 @@ import random
 import secrets
 from pathlib import Path
 
+from fastapi import Cookie, FastAPI, Form, HTTPException, Request
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeSerializer
+
 from cadenza.listen import votes
 from cadenza.listen.study import Study
 
@@ -26,11 +31,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 def create_app(study: Study, database_url: str):
-    from fastapi import Cookie, FastAPI, Form, HTTPException, Request
-    from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
-    from fastapi.templating import Jinja2Templates
-    from itsdangerous import BadSignature, URLSafeSerializer
-
     engine = votes.connect(database_url)
     listener_signer = URLSafeSerializer(study.secret, salt="cadenza-listener")
     csrf_signer = URLSafeSerializer(study.secret, salt="cadenza-csrf")
@@ -131,6 +131,6 @@ def create_app(study: Study, database_url: str):
 
 
 def serve(study: Study, database_url: str, host: str, port: int) -> None:
-    import uvicorn
+    import uvicorn  # lazy: only `cadenza listen serve` runs a server
 
     uvicorn.run(create_app(study, database_url), host=host, port=port, log_level="warning")

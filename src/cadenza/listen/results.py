@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scipy.stats import binomtest
+
 from cadenza.listen import votes
 from cadenza.listen.study import SIDES, Study
+from cadenza.tracking.runs import client
 
 
 @dataclass
@@ -43,7 +46,6 @@ def wilson(successes: int, trials: int) -> tuple[float, float, float]:
     """(share, low, high): the 95% Wilson score interval; (nan, 0, 1) with no trials."""
     if trials == 0:
         return float("nan"), 0.0, 1.0
-    from scipy.stats import binomtest
 
     interval = binomtest(successes, trials).proportion_ci(0.95, method="wilson")
     return successes / trials, float(interval.low), float(interval.high)
@@ -72,8 +74,6 @@ def results(study: Study, database_url: str) -> StudyResult:
 def log_to_registry(study: Study, result: StudyResult, root: Path) -> list[str]:
     """Tags on each side that is a registry version (metrics on its run); returns
     "name vN" for each version written."""
-    from cadenza.tracking.runs import client
-
     sources = study.manifest["sources"]
     versions = [s for s in SIDES if sources[s].get("model_version")]
     if not versions:

@@ -20,7 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cadenza import audio
 from cadenza.audio import AudioSpec
+from cadenza.generate import load_generator, resolve_model_dir, sample_score
+from cadenza.tracking.runs import client, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,6 @@ def load_study(folder: Path | str) -> Study:
 def describe_source(source: str, root: Path) -> dict:
     """What a source is, for the manifest and for MLflow: kind, and registry name/version."""
     if source.startswith("models:/"):
-        from cadenza.tracking.runs import client
-
         spec = source.removeprefix("models:/")
         if "@" in spec:
             name, alias = spec.split("@", 1)
@@ -111,16 +112,12 @@ def source_midi(source: dict, count: int, settings, workdir: Path, seed: int) ->
         if len(files) < count:
             raise ValueError(f"{source['source']}: {len(files)} MIDI files, a study needs {count}")
         return random.Random(seed).sample(files, count)
-    from cadenza.generate import load_generator, resolve_model_dir, sample_score
-
     net, tokenizer = load_generator(resolve_model_dir(source["source"], workdir))
     out = []
     for index in range(count):
         score, _ = sample_score(
-            net, tokenizer, settings.piece_tokens, settings.sampling.temperature,
-            settings.sampling.top_k, settings.sampling.top_p, seed + index, None,
-            settings.sampling.grammar, pitch_top_p=settings.sampling.pitch_top_p,
-        )  # fmt: skip
+            net, tokenizer, settings.piece_tokens, settings.sampling.value, seed + index
+        )
         path = workdir / f"{secrets.token_hex(8)}.mid"
         score.dump_midi(str(path))
         out.append(path)
@@ -130,17 +127,13 @@ def source_midi(source: dict, count: int, settings, workdir: Path, seed: int) ->
 def build_study(folder: Path, source_a: str, source_b: str, settings, root: Path) -> Study:
     """Render settings.num_pairs clips from each source and pair them blind. `root`: the
     project whose MLflow store resolves models:/ and runs:/ sources."""
-    from cadenza import audio
-
     if (folder / MANIFEST).exists():
         raise ValueError(f"{folder}: a study is already there; choose another folder")
     spec = AudioSpec(settings.synthesizer, settings.audio_format)
     if reason := audio.unavailable_reason(spec):
         raise ValueError(f"cannot render clips: {reason}")
     if any(s.startswith(("models:/", "runs:/")) for s in (source_a, source_b)):
-        import mlflow
-
-        from cadenza.tracking.runs import tracking_uri
+        import mlflow  # lazy: heavy, and only a models:/ or runs:/ source needs it
 
         mlflow.set_tracking_uri(tracking_uri(root))
         mlflow.set_registry_uri(tracking_uri(root))

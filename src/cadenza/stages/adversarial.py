@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from cadenza.config import AdversarialSettings
-from cadenza.io import write_json
+from cadenza.io import fingerprint, write_json
 from cadenza.paths import Paths
-from cadenza.stages.common import fingerprint, lineage_tags, log_final, tracked
+from cadenza.stages.common import lineage_tags, log_final, tracked
 
 log = logging.getLogger(__name__)
 SELECTION_PROBES = ("learned", "music", "combined")
@@ -186,9 +186,9 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
 
     from cadenza.config import EvaluateSettings
     from cadenza.evaluation import windows
+    from cadenza.evaluation.context import features_of, prepare_encoder, real_in_own_keys
     from cadenza.evaluation.probes import cross_validated
     from cadenza.generate import load_generator
-    from cadenza.stages.evaluate import features_of, prepare_encoder, real_in_own_keys
     from cadenza.tokens.keys import place_samples
     from cadenza.tokens.store import load_split
     from cadenza.training.pretrain import resolve_device
@@ -222,11 +222,9 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
             if digest not in by_weights:
                 net.load_state_dict(load_file(str(path)))
                 with torch.no_grad():
-                    sampling = settings.sampling  # the pipeline's, as the evaluation's
-                    samples = windows.generate_samples(
-                        net, tokenizer, plan, sampling.temperature, sampling.top_k,
-                        sampling.top_p, settings.seed + 1, device, evaluate.generation_batch,
-                        sampling.grammar, sampling.pitch_top_p,
+                    samples = windows.generate_samples(  # the pipeline's sampling, as evaluate's
+                        net, tokenizer, plan, settings.sampling.value, settings.seed + 1, device,
+                        evaluate.generation_batch,
                     )  # fmt: skip
                 samples = place_samples(tokenizer, samples, settings.seed + 1)
                 fake_features, _ = features_of(context, windows.cut(samples, plan))

@@ -1,21 +1,19 @@
-"""What every training stage shares: lineage tags, an optional MLflow run, fingerprints."""
+"""What every training stage shares: lineage tags and an optional MLflow run."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cadenza.paths import Paths
+from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
+from cadenza.tracking.runs import metrics_logger, stage_run
 
 LogFn = Callable[[dict[str, float], int], None]
 
 
 def lineage_tags(paths: Paths, **extra: str) -> dict[str, str]:
-    from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
-
     return {
         "git.commit": git_commit(paths.root),
         "dvc.tokens_md5": dvc_lock_hash(
@@ -36,7 +34,6 @@ def tracked(
     if not enabled:
         yield None
         return
-    from cadenza.tracking.runs import metrics_logger, stage_run
 
     with stage_run(paths.root, stage, tags, params):
         yield metrics_logger()
@@ -44,7 +41,7 @@ def tracked(
 
 def log_final(metrics: dict, artifacts: dict[str, list[Path]]) -> None:
     """Numeric metrics and artifact files (artifact folder -> files) into the active run."""
-    import mlflow
+    import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
     mlflow.log_metrics(
         {
@@ -57,17 +54,3 @@ def log_final(metrics: dict, artifacts: dict[str, list[Path]]) -> None:
         for path in files:
             if path.is_file():
                 mlflow.log_artifact(str(path), artifact_path=folder or None)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint(*parts: object, files: tuple[Path, ...] = ()) -> str:
-    """Identity of a training run's settings and data, to decide whether to resume."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256((text + "".join(file_digest(f) for f in files)).encode()).hexdigest()

@@ -27,10 +27,9 @@ from cadenza.data.corpus_import import (
     resolve_workers,
     reuse_unchanged,
     source_digest,
-    swap_into_place,
     write_csv,
 )
-from cadenza.io import write_json
+from cadenza.io import replace_dir, write_json
 from cadenza.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def _import(
     except BaseException:  # interrupted or disk full: the previous corpus stays as it was
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    swap_into_place(staging, paths.raw_dir)
+    replace_dir(staging, paths.raw_dir)
 
     result = ImportResult(
         corpus=settings.corpus,

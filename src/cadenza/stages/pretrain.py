@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cadenza.config import PretrainSettings
-from cadenza.io import write_json
+from cadenza.io import fingerprint, write_json
 from cadenza.paths import Paths
-from cadenza.stages.common import fingerprint, lineage_tags, log_final, tracked
+from cadenza.stages.common import lineage_tags, log_final, tracked
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cadenza.config import TokenizeSettings
-from cadenza.io import write_json
+from cadenza.io import replace_dir, write_json
 from cadenza.paths import Paths
 from cadenza.tokens.encode import EncodeJob, encode_all, number_voices
 from cadenza.tokens.keys import KEY_SHIFTS, SHIFTS, histogram
@@ -134,9 +134,7 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
         shutil.rmtree(staging)
         raise ValueError("could not read files listed in the splits:\n" + "\n".join(errors[:10]))
 
-    if tokens_dir.exists():
-        shutil.rmtree(tokens_dir)
-    staging.rename(tokens_dir)
+    replace_dir(staging, tokens_dir)
     seconds = time.perf_counter() - started
     # Tokens per note on the un-augmented splits (train is augmented, so use valid + test).
     plain_tokens = (

@@ -13,25 +13,20 @@ import hashlib
 import json
 from pathlib import Path
 
-from cadenza.paths import Paths
+from cadenza.io import file_digest
+from cadenza.paths import BASE_RECORD as BASE_RECORD  # the transfer's record (paths.py names it)
+from cadenza.paths import LINEAGE, Paths
+from cadenza.tokens.tokenizer import load_tokenizer, uses_voice_programs
+from cadenza.training.checkpoint import WEIGHTS, read_config
 
-BASE_RECORD = "base.json"
-"""Written into the target's model folder: which base it started from (and that base's
-lineage), read back by `evaluate` into the target's lineage."""
-LINEAGE = "lineage.json"
-"""Written into models/generator-base/ by the base pretrain stage: the base corpus."""
 SHAPE_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "rezero")
 
 
 def _vocabulary(path: Path) -> dict[str, int]:
-    from cadenza.tokens.tokenizer import load_tokenizer
-
     return dict(load_tokenizer(path).vocab)
 
 
 def _voice_programs(path: Path) -> bool:
-    from cadenza.tokens.tokenizer import load_tokenizer, uses_voice_programs
-
     return uses_voice_programs(load_tokenizer(path))
 
 
@@ -80,8 +75,6 @@ def check_tokenizers(base_tokenizer: Path, target_tokenizer: Path) -> None:
 
 
 def check_architecture(base_dir: Path, model_config: dict) -> None:
-    from cadenza.training.checkpoint import read_config
-
     base_model = read_config(base_dir)["model"]
     diffs = [
         f"{key} {base_model.get(key)!r} (base) vs {model_config[key]!r} (target)"
@@ -97,9 +90,6 @@ def check_architecture(base_dir: Path, model_config: dict) -> None:
 
 def prepare(paths: Paths, model_config: dict) -> dict:
     """Check the base before any work; return the record of the transfer."""
-    from cadenza.stages.common import file_digest
-    from cadenza.training.checkpoint import WEIGHTS
-
     base_dir = paths.base_model_dir
     if not (base_dir / WEIGHTS).is_file():
         raise ValueError(

@@ -12,15 +12,29 @@ same bootstrap draws; the paired difference (challenger - champion) decides.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cadenza.config import EvaluateSettings
+from cadenza.evaluation.context import (
+    WINDOWS_FILE,
+    features_of,
+    model_windows,
+    prepare_encoder,
+    test_nll,
+)
+from cadenza.evaluation.instrument import Instrument, compare, window_set
+from cadenza.evaluation.windows import RealWindows, WindowPlan
+from cadenza.generate import load_generator, resolve_model_dir
 from cadenza.paths import Paths
+from cadenza.tokens.tokenizer import uses_voice_programs
+from cadenza.training.pretrain import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +72,12 @@ def _champion_samples(client, champion, paths: Paths, fingerprint: str, tokens_m
 def challenge(
     paths: Paths, settings: EvaluateSettings, client, model_name: str, champion, tokens_md5: str
 ) -> Challenge:
-    import torch
-
-    from cadenza.evaluation.instrument import Instrument, compare, window_set
-    from cadenza.evaluation.windows import RealWindows, WindowPlan
-    from cadenza.stages import evaluate as stage
-    from cadenza.training.pretrain import resolve_device
-
-    stored = _stored(paths.root / "reports" / "evaluate" / stage.WINDOWS_FILE)
+    stored = _stored(paths.root / "reports" / "evaluate" / WINDOWS_FILE)
     fingerprint = str(stored["fingerprint"])
     offsets = stored["offsets"]
     plan = WindowPlan(settings.window_len, settings.sample_len, stored["bin_edges"], offsets)
     device = resolve_device(settings.device)
-    context = stage.prepare_encoder(settings, paths, device, plan)
+    context = prepare_encoder(settings, paths, device, plan)
     if str(context.fingerprint()) != fingerprint:
         raise ChallengeError(
             "params.yaml's evaluate section changed since the evaluation; re-run `cadenza "
@@ -78,28 +85,26 @@ def challenge(
         )
     real_tokens = stored["real_tokens"].astype(np.int64)
     context.real = RealWindows(real_tokens, stored["real_documents"], 0, [])
-    features, music = stage.features_of(context, real_tokens)
+    features, music = features_of(context, real_tokens)
     context.real_set = window_set(plan, features, stored["real_documents"], music)
     candidate = str(_evaluation_candidate(paths))
     seed = settings.seed + 1
     sets = {}
     with torch.no_grad():
-        _, sets["challenger"] = stage.model_windows(
+        _, sets["challenger"] = model_windows(
             context, None, seed, stored[f"samples_{candidate}"].astype(np.int64)
         )
         samples = _champion_samples(client, champion, paths, fingerprint, tokens_md5)
         if samples is not None:
             how = "stored samples of its evaluation (same test split and seeds)"
             champion_nll = float(champion.tags["metrics.test_nll"])
-            _, sets["champion"] = stage.model_windows(context, None, seed, samples.astype(np.int64))
+            _, sets["champion"] = model_windows(context, None, seed, samples.astype(np.int64))
         else:
             how = "re-evaluated on the current test split"
             net, champion_tokenizer = _load_champion(model_name, champion, context.tokenizer)
             net.to(device)
-            champion_nll = stage.test_nll(net, paths, device)
-            _, sets["champion"] = stage.model_windows(
-                context, net, seed, tokenizer=champion_tokenizer
-            )
+            champion_nll = test_nll(net, paths, device)
+            _, sets["champion"] = model_windows(context, net, seed, tokenizer=champion_tokenizer)
     instrument = Instrument(plan, context.real_set, settings.folds, settings.cv_repeats,
                             settings.bootstrap, settings.seed)  # fmt: skip
     scores = {
@@ -111,20 +116,14 @@ def challenge(
 
 
 def _evaluation_candidate(paths: Paths) -> str:
-    import json
-
     return json.loads(paths.metrics_path("evaluate").read_text())["candidate"]
 
 
 def _load_champion(model_name: str, champion, tokenizer):
     """(generator, tokenizer) of the champion from the registry; its vocabulary must be the
     current one."""
-    from cadenza.generate import load_generator, resolve_model_dir
-
     workdir = Path(tempfile.mkdtemp(prefix="cadenza-champion-"))
     folder = resolve_model_dir(f"models:/{model_name}/{champion.version}", workdir)
-    from cadenza.tokens.tokenizer import uses_voice_programs
-
     net, champion_tokenizer = load_generator(folder)
     then, now = uses_voice_programs(champion_tokenizer), uses_voice_programs(tokenizer)
     if champion_tokenizer.vocab != tokenizer.vocab or then != now:

@@ -16,8 +16,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cadenza.paths import Paths
-from cadenza.stages.common import file_digest
+import pandas as pd
+
+from cadenza.io import file_digest
+from cadenza.paths import BASE_RECORD, Paths
 from cadenza.tracking.lineage_tags import dvc_lock_hash, git_commit
 
 LINEAGE_FILE = "lineage.json"
@@ -29,8 +31,6 @@ def params_hash(params: dict) -> str:
 
 def build_record(paths: Paths, params: dict) -> dict:
     """The lineage of what is in the workspace now (after validate, split and tokenize)."""
-    import pandas as pd
-
     manifest = pd.read_parquet(paths.manifest_path)
     splits = (
         pd.read_csv(paths.splits_path)[["path", "split"]]
@@ -75,8 +75,6 @@ def build_record(paths: Paths, params: dict) -> dict:
 
 def _base_of(paths: Paths) -> dict | None:
     """The base record of the target's pretrained model (pretrain.init = base), if any."""
-    from cadenza.stages.transfer import BASE_RECORD
-
     record = paths.generator_mle_dir / BASE_RECORD
     if paths.scope or not record.is_file():
         return None

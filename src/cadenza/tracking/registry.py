@@ -21,12 +21,21 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from cadenza.config import EvaluateSettings, RegisterSettings
-from cadenza.io import write_json
-from cadenza.paths import Paths
+from cadenza.evaluation.instrument import evidence_for
+from cadenza.io import file_digest, replace_dir, write_json
+from cadenza.paths import LINEAGE, Paths
+from cadenza.tracking.challenge import ChallengeError, challenge
+from cadenza.tracking.runs import client, tracking_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -50,8 +59,6 @@ class Decision:
 def dvc_experiment() -> str | None:
     """The DVC experiment this process runs in (DVC sets DVC_EXP_NAME and
     DVC_EXP_BASELINE_REV for `dvc exp run`), or None."""
-    import os
-
     if os.environ.get("DVC_EXP_BASELINE_REV") or os.environ.get("DVC_EXP_NAME"):
         return os.environ.get("DVC_EXP_NAME") or "(unnamed)"
     return None
@@ -72,18 +79,12 @@ def _not_in_experiment(paths: Paths, model_name: str, experiment: str) -> Decisi
 
 
 def client_for(paths: Paths):
-    import os
-
-    from cadenza.tracking.runs import client
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return client(paths.root)
 
 
 @contextlib.contextmanager
 def registry_lock(paths: Paths, timeout: float = 300) -> Iterator[None]:
-    from filelock import FileLock, Timeout
-
     path = paths.root / ".cadenza-registry.lock"
     try:
         with FileLock(str(path), timeout=timeout):
@@ -115,8 +116,6 @@ def gate(
 ) -> tuple[bool, str]:
     """(promote?, why) from the version tags and the paired comparison with the champion
     (a tracking.challenge.Challenge, or None when there is none)."""
-    from cadenza.evaluation.instrument import evidence_for
-
     accuracy = _number(candidate, "metrics.discriminative_accuracy")
     nll = _number(candidate, "metrics.test_nll")
     if candidate.get("evaluation.status") != "ok" or accuracy is None or nll is None:
@@ -228,9 +227,7 @@ def register(
                 new_version=False,
             )
         else:
-            import mlflow
-
-            from cadenza.tracking.runs import tracking_uri
+            import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
             mlflow.set_tracking_uri(tracking_uri(paths.root))
             mv = mlflow.register_model(
@@ -246,7 +243,7 @@ def register(
 
 
 def _ensure_model(client, name: str) -> None:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: as mlflow
 
     try:
         client.get_registered_model(name)
@@ -293,8 +290,6 @@ def _decide(
 
 def _challenge(client, name, tags, champion, paths: Paths, evaluate: EvaluateSettings):
     """The paired comparison with the champion, or a sentence saying why there is none."""
-    from cadenza.tracking.challenge import ChallengeError, challenge
-
     evaluation = paths.metrics_path("evaluate")
     current = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
     if current.get("mlflow_run_id") != tags.get("run_id"):
@@ -413,9 +408,6 @@ def register_base(paths: Paths, settings: RegisterSettings) -> Decision:
     Inside a DVC experiment nothing is registered."""
     if experiment := dvc_experiment():
         return _not_in_experiment(paths, settings.model_name, experiment)
-    from cadenza.stages.common import file_digest
-    from cadenza.stages.transfer import LINEAGE
-
     base_dir = paths.generator_mle_dir
     lineage_path = base_dir / LINEAGE
     if not lineage_path.is_file():
@@ -483,12 +475,6 @@ def register_base(paths: Paths, settings: RegisterSettings) -> Decision:
 def fetch_base_champion(paths: Paths, model_name: str) -> str:
     """Make models/generator-base/ the base champion's weights (what a nightly retrain with
     pretrain.init = base starts from). Returns what happened, in words."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from cadenza.stages.common import file_digest
-
     client = client_for(paths)
     champion = champion_version(client, model_name)
     if champion is None:
@@ -501,11 +487,10 @@ def fetch_base_champion(paths: Paths, model_name: str) -> str:
     wanted = champion.tags.get("weights_sha256", "")
     if weights.is_file() and file_digest(weights) == wanted:
         return f"{model_name} version {champion.version} (champion) is already in {target}"
-    from cadenza.tracking.runs import tracking_uri
 
     paths.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.models_dir, prefix=".fetch-") as tmp:
-        import mlflow
+        import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
         local = Path(
             mlflow.artifacts.download_artifacts(
@@ -520,6 +505,5 @@ def fetch_base_champion(paths: Paths, model_name: str) -> str:
         staging = target.with_name(f".{target.name}.incoming")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(local, staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        replace_dir(staging, target)
     return f"{model_name} version {champion.version} (champion) fetched into {target}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +27,6 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """Fail in seconds, naming the server, instead of MLflow's minutes of retries."""
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
 
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
@@ -41,7 +41,7 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
 
 def client(root: Path):
     """An MlflowClient on the project's store (tracking and registry), checked reachable."""
-    import mlflow
+    import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri(root)
@@ -63,7 +63,7 @@ def experiment_id(mlflow_client, root: Path) -> str:
 @contextlib.contextmanager
 def stage_run(root: Path, stage: str, tags: dict[str, str], params: dict) -> Iterator[object]:
     """An MLflow run for one stage (nested under CADENZA_PARENT_RUN_ID when a flow set it)."""
-    import mlflow
+    import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
     experiment_id(client(root), root)
     mlflow.set_tracking_uri(tracking_uri(root))
@@ -90,7 +90,7 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
 
 def metrics_logger():
     """A log_metrics(metrics, step) callable for the training loops (torch-free)."""
-    import mlflow
+    import mlflow  # lazy: mlflow takes seconds to import; only tracking needs it
 
     def log_metrics(metrics: dict[str, float], step: int) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)

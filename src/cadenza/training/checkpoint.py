@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from cadenza.io import replace_dir
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
@@ -38,15 +40,6 @@ FORMAT = 1  # of the Checkpointer's state.pt; bump when its shape changes: older
 def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # Tied weights share storage; safetensors refuses shared tensors, so store copies.
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_weights(
@@ -91,7 +84,7 @@ def _write_last(folder: Path, modules: Mapping[str, torch.nn.Module], state: dic
         metadata = {"format": "pt"} if name == "model" else None
         save_file(_state_dict_for_saving(module), str(tmp / _weights_file(name)), metadata)
     torch.save(state, tmp / STATE)
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
 
 
 def _read_state(folder: Path) -> dict | None:
@@ -204,35 +197,3 @@ class Checkpointer:
         set_rng_state(state["rng"])
         self.previous_seconds = float(state["train_seconds"])
         return Resumed(state["step"], state["values"])
-
-
-def save_training_state(
-    model: torch.nn.Module,
-    state: dict,
-    folder: Path,
-    others: dict[str, torch.nn.Module] | None = None,
-) -> None:
-    """Latest weights (plus `<name>.safetensors` for other models) + a hand-built resumable
-    state into folder/last, atomically (the adversarial loop's; new loops use Checkpointer)."""
-    _write_last(folder, {"model": model, **(others or {})}, state)
-
-
-def load_training_state(
-    model: torch.nn.Module,
-    folder: Path,
-    others: dict[str, torch.nn.Module] | None = None,
-    matches=None,
-) -> dict | None:
-    """Restore the latest weights; return the state dict, or None when there is none.
-
-    The state is read first, so weights are only touched when a complete state exists and
-    `matches(state)` (when given) accepts it: a last/ left by other settings (another
-    architecture, other data) is ignored, never half-loaded."""
-    state = _read_state(folder)
-    if state is None:
-        return None
-    if matches is not None and not matches(state):
-        log.warning("%s was saved with other settings or data: starting afresh", folder / "last")
-        return None
-    _load_modules(folder, {"model": model, **(others or {})})
-    return state

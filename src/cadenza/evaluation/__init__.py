@@ -1,0 +1,1 @@
+"""Evaluation library: matched windows, probes, the instrument, music statistics, reports."""
