@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from cadenza.config import DiscriminatorSettings
-from cadenza.io import write_json
+from cadenza.io import fingerprint, write_json
 from cadenza.paths import Paths
-from cadenza.stages.common import fingerprint, lineage_tags, log_final, tracked
+from cadenza.stages.common import lineage_tags, log_final, tracked
 
 
 @dataclass
