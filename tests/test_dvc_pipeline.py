@@ -75,7 +75,9 @@ def test_repro_runs_the_stages_then_skips_them(repo, mixed_folder):
     raw_out = lock["stages"]["import"]["outs"][0]
     assert raw_out["path"] == "data/raw/mine" and raw_out["md5"].endswith(".dir")
     assert lock["stages"]["validate"]["deps"][0]["md5"] == raw_out["md5"]
-    assert lock["stages"]["split"]["params"]["params.yaml"]["split"]["seed"] == 0
+    assert lock["stages"]["split"]["params"]["params.yaml"]["split"]["train"] == 0.8
+    # keys left out of params.yaml take the code's defaults: the code is a dependency
+    assert "src/cadenza/config.py" in {d["path"] for d in lock["stages"]["split"]["deps"]}
 
     second = sh(repo, "dvc", "repro", "split")
     assert "Running stage" not in second
