@@ -20,9 +20,17 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 
+from cadenza.config import ParamsError, load_settings, parse_settings
+from cadenza.io import atomic_path
+from cadenza.paths import Paths
+from cadenza.pipeline import dvc_env
 from cadenza.stages import registry
+from cadenza.tracking.registry import RegistryError
+from cadenza.tracking.registry import fetch_base_champion as fetch
+from cadenza.tracking.runs import client, experiment_id
 
 STAGES = registry.names()  # dvc.yaml's stages in DAG order
 SERVICE_STAGES = set(registry.service_names())  # talk to the MLflow registry: retried
@@ -39,8 +47,6 @@ def slot_name(root: Path) -> str:
 
 
 def stage_env(parent_run_id: str | None) -> dict[str, str]:
-    from cadenza.pipeline import dvc_env
-
     env = dvc_env()
     if parent_run_id:
         env["CADENZA_PARENT_RUN_ID"] = parent_run_id
@@ -135,10 +141,6 @@ def set_param(text: str, section: str, key: str, value: str) -> str:
 
 def apply_overrides(root: Path, corpus: str | None, preset: str | None) -> list[str]:
     """Write the flow's corpus/preset parameters into params.yaml (validated first)."""
-    import yaml
-
-    from cadenza.config import ParamsError, parse_settings
-    from cadenza.io import atomic_path
 
     path = root / "params.yaml"
     text = original = path.read_text()
@@ -171,7 +173,6 @@ def ensure_slot(name: str) -> None:
 
 def _summary_markdown(root: Path, results: list[dict], note: str) -> str:
     """Each stage's summary (stages/registry.py) as a markdown table."""
-    from cadenza.paths import Paths
 
     lines = [f"# Cadenza retrain: {root}", "", note, "", "| stage | result |", "|---|---|"]
     for label, text in registry.rows(Paths(root)):
@@ -240,10 +241,6 @@ def retrain(
 def fetch_base_champion(root: str) -> str:
     """pretrain.init = base: put the current champion of the base model (cadenza-base) into
     models/generator-base/, so the target's pretraining starts from it (a service: retried)."""
-    from cadenza.config import load_settings
-    from cadenza.paths import Paths
-    from cadenza.tracking.registry import RegistryError
-    from cadenza.tracking.registry import fetch_base_champion as fetch
 
     workspace = Path(root)
     base_params = workspace / "base" / "params.yaml"
@@ -257,8 +254,6 @@ def fetch_base_champion(root: str) -> str:
 
 
 def uses_base(workspace: Path) -> bool:
-    from cadenza.config import load_settings
-
     return load_settings(workspace / "params.yaml").pretrain.init == "base"
 
 
@@ -333,8 +328,6 @@ def retrain_base(
 def _start_parent_run(workspace: Path, stage: str = "retrain") -> str | None:
     from prefect.runtime import flow_run
 
-    from cadenza.tracking.runs import client, experiment_id
-
     mlflow_client = client(workspace)
     run = mlflow_client.create_run(
         experiment_id(mlflow_client, workspace),
@@ -347,7 +340,6 @@ def _start_parent_run(workspace: Path, stage: str = "retrain") -> str | None:
 def _end_parent_run(workspace: Path, run_id: str | None, results: list[dict], status: str):
     if run_id is None:
         return
-    from cadenza.tracking.runs import client
 
     mlflow_client = client(workspace)
     for result in results:

@@ -8,6 +8,7 @@ beside metadata.csv; `validate` quarantines them with that reason.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -51,7 +52,6 @@ def list_sources(
 
 def source_digest(item: SourceFile) -> str:
     """sha256 of what a file is made from (the source file's bytes, or the ABC tune text)."""
-    import hashlib
 
     digest = hashlib.sha256(item.convert.encode())
     if item.convert == "abc":

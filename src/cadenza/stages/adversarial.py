@@ -17,17 +17,32 @@ selection table; the MLflow run every GAN diagnostic (control metrics prefixed c
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
-from cadenza.config import AdversarialSettings
+from cadenza.config import AdversarialSettings, EvaluateSettings
+from cadenza.evaluation import windows
+from cadenza.evaluation.context import features_of, prepare_encoder, real_in_own_keys
+from cadenza.evaluation.probes import cross_validated
+from cadenza.generate import load_generator
 from cadenza.io import fingerprint, write_json
+from cadenza.models.discriminator import DiscriminatorConfig
+from cadenza.models.generator import GeneratorConfig
 from cadenza.paths import Paths
 from cadenza.stages.common import lineage_tags, log_final, tracked
+from cadenza.tokens.keys import place_samples
+from cadenza.tokens.store import load_originals, load_split, originals_path
+from cadenza.tokens.tokenizer import load_tokenizer
+from cadenza.training import checkpoint
+from cadenza.training.adversarial import train_adversarial
+from cadenza.training.pretrain import resolve_device
 
 log = logging.getLogger(__name__)
 SELECTION_PROBES = ("learned", "music", "combined")
@@ -52,13 +67,6 @@ def _prefixed(log_metrics, prefix: str):
 
 
 def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> AdversarialStageResult:
-    from cadenza.models.discriminator import DiscriminatorConfig
-    from cadenza.models.generator import GeneratorConfig
-    from cadenza.tokens.store import load_originals, load_split, originals_path
-    from cadenza.tokens.tokenizer import load_tokenizer
-    from cadenza.training import checkpoint
-    from cadenza.training.adversarial import train_adversarial
-
     generator_config = GeneratorConfig(**checkpoint.read_config(paths.generator_mle_dir)["model"])
     discriminator_config = DiscriminatorConfig(
         **checkpoint.read_config(paths.discriminator_dir)["model"]
@@ -135,7 +143,6 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
 
 def install(out_dir: Path, selection: dict) -> None:
     """The selected candidate becomes model.safetensors; config.json says which."""
-    import json
 
     shutil.copyfile(out_dir / selection["file"], out_dir / "model.safetensors")
     config_path = out_dir / "config.json"
@@ -181,17 +188,6 @@ def _probe_scores(settings: AdversarialSettings, paths: Paths, arms: dict) -> di
     with common random numbers, windows matched with real validation documents, each probe
     scored by grouped cross-validation (no bootstrap: a ranking, not a claim). Identical
     weights (the shared start) are scored once."""
-    import torch
-    from safetensors.torch import load_file
-
-    from cadenza.config import EvaluateSettings
-    from cadenza.evaluation import windows
-    from cadenza.evaluation.context import features_of, prepare_encoder, real_in_own_keys
-    from cadenza.evaluation.probes import cross_validated
-    from cadenza.generate import load_generator
-    from cadenza.tokens.keys import place_samples
-    from cadenza.tokens.store import load_split
-    from cadenza.training.pretrain import resolve_device
 
     device = resolve_device(settings.device)
     evaluate = EvaluateSettings(

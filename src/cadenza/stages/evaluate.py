@@ -52,15 +52,7 @@ log = logging.getLogger(__name__)
 PLAIN = "mle_plain"  # the MLE generator sampled at temperature 1, no top-k / top-p
 
 
-def run(
-    settings: EvaluateSettings,
-    register: RegisterSettings,
-    paths: Paths,
-    all_params: dict,
-    track: bool = True,
-) -> dict:
-    started = time.perf_counter()
-    device = resolve_device(settings.device)
+def _generator_folders(paths: Paths) -> dict[str, Path]:
     folders = {
         "mle": paths.generator_mle_dir,
         "gan": paths.generator_gan_dir,
@@ -69,11 +61,14 @@ def run(
     for name, folder in folders.items():
         if not (folder / "model.safetensors").is_file():
             raise FileNotFoundError(f"{folder}: no {name} generator; run the pipeline first")
+    return folders
+
+
+def _real_pieces(settings: EvaluateSettings, paths: Paths, context) -> tuple[list, list]:
+    """The test pieces the set-level music statistics read, and their statistics."""
     test_tokens, test_offsets = load_split(paths.tokens_dir, "test")
-    context = prepare(settings, paths, device)
-    tokenizer = context.tokenizer
     real_scores = real_pieces(
-        tokenizer, test_tokens, test_offsets, settings.num_pieces, settings.piece_len,
+        context.tokenizer, test_tokens, test_offsets, settings.num_pieces, settings.piece_len,
         load_key_shifts(paths.tokens_dir, "test"),
     )  # fmt: skip
     real_stats = [f for f in map(music_stats.piece_features, real_scores) if f is not None]
@@ -82,8 +77,11 @@ def run(
         context.real.tokens.shape[0] * context.plan.num_bins, context.real.num_documents,
         "+".join(context.splits), len(real_scores),
     )  # fmt: skip
+    return real_scores, real_stats
 
-    metrics: dict = {
+
+def _plan_metrics(settings: EvaluateSettings, context) -> dict:
+    return {
         "num_samples": settings.num_samples,
         "num_windows": settings.num_samples * context.plan.num_bins,
         "window_len": settings.window_len,
@@ -94,11 +92,15 @@ def run(
         "samples_fingerprint": context.fingerprint(),
         "sampling": settings.sampling.model_dump(),
     }
-    metrics["real"] = music_stats.set_summary(real_stats) if real_stats else {}
-    metrics["baselines"] = _baselines(paths)
-    gallery_scores = {"real": real_scores[: settings.gallery_size]}
+
+
+def _sample_models(settings, paths, context, folders, real_stats, metrics, gallery_scores, device):
+    """Every candidate's test NLL, samples, windows and set statistics into metrics (common
+    random numbers: the same seeds for every model; identical weights are sampled once).
+    Returns (samples, window sets, the models actually sampled)."""
+    tokenizer = context.tokenizer
     sets, samples = {}, {}
-    seed = settings.seed + 1  # common random numbers: same seeds for every candidate
+    seed = settings.seed + 1
     seen: dict[str, str] = {}  # weights digest -> the model evaluated with those weights
     for name in CANDIDATES:
         digest = file_digest(folders[name] / "model.safetensors")
@@ -120,15 +122,18 @@ def run(
         metrics[name] = {"test_nll": nll, **_set_statistics(real_stats, scores, name)}
         gallery_scores[name] = scores[: settings.gallery_size]
         log.info("evaluate %s: test NLL %.4f", name, nll)
-
     if settings.report_plain and not settings.sampling.is_plain:
         net, _ = load_generator(folders["mle"])
         net.to(device)
         with torch.no_grad():
             _, sets[PLAIN] = model_windows(context, net, seed, sampling=PLAIN_SAMPLING)
         seen[PLAIN] = PLAIN
-    unique = {name: sets[name] for name in seen.values()}
-    results, probe_scores = instrument_for(context).evaluate(unique)
+    return samples, sets, list(seen.values())
+
+
+def _probe_models(context, sets: dict, sampled: list[str], metrics: dict) -> None:
+    """The instrument's probes on every model's windows, and the paired comparisons."""
+    results, probe_scores = instrument_for(context).evaluate({n: sets[n] for n in sampled})
     for name in CANDIDATES:  # a twin's scores are its original's (same windows, same draws)
         twin = metrics[name].get("same_weights_as", name)
         results[name], probe_scores[name] = results[twin], probe_scores[twin]
@@ -140,8 +145,10 @@ def run(
             "mle": {k: v for k, v in results[PLAIN].items() if k != "position_bins"},
             "mle_vs_plain": compare(probe_scores, "mle", PLAIN),
         }
-    candidate = choose_candidate(metrics, settings.candidate, register)
-    metrics["candidate"] = candidate
+
+
+def _write_report(settings, paths, context, metrics, samples, sets, gallery_scores) -> Path:
+    """reports/evaluate/: windows, figures, the gallery (MIDI, piano rolls, audio), index.html."""
     report_dir = paths.root / "reports" / "evaluate"
     if report_dir.exists():
         shutil.rmtree(report_dir)
@@ -160,6 +167,32 @@ def run(
         report.summary_table(metrics, CANDIDATES), samples_gallery,
         extra_html=report.html_sections(metrics, CANDIDATES, figures, report_dir),
     )  # fmt: skip
+    return report_dir
+
+
+def run(
+    settings: EvaluateSettings,
+    register: RegisterSettings,
+    paths: Paths,
+    all_params: dict,
+    track: bool = True,
+) -> dict:
+    started = time.perf_counter()
+    device = resolve_device(settings.device)
+    folders = _generator_folders(paths)
+    context = prepare(settings, paths, device)
+    real_scores, real_stats = _real_pieces(settings, paths, context)
+    metrics = _plan_metrics(settings, context)
+    metrics["real"] = music_stats.set_summary(real_stats) if real_stats else {}
+    metrics["baselines"] = _baselines(paths)
+    gallery_scores = {"real": real_scores[: settings.gallery_size]}
+    samples, sets, sampled = _sample_models(
+        settings, paths, context, folders, real_stats, metrics, gallery_scores, device
+    )
+    _probe_models(context, sets, sampled, metrics)
+    candidate = choose_candidate(metrics, settings.candidate, register)
+    metrics["candidate"] = candidate
+    report_dir = _write_report(settings, paths, context, metrics, samples, sets, gallery_scores)
     metrics["seconds"] = time.perf_counter() - started
     record = build_record(paths, all_params)
     (report_dir / LINEAGE_FILE).write_text(json.dumps(record, indent=1) + "\n")

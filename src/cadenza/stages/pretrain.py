@@ -15,10 +15,20 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from cadenza.config import PretrainSettings
 from cadenza.io import fingerprint, write_json
+from cadenza.models.generator import GeneratorConfig, TransformerXL
 from cadenza.paths import Paths
+from cadenza.stages import transfer
 from cadenza.stages.common import lineage_tags, log_final, tracked
+from cadenza.tokens.store import load_originals, load_split, originals_path
+from cadenza.tokens.tokenizer import load_tokenizer
+from cadenza.tracking.lineage import build_record
+from cadenza.training import checkpoint
+from cadenza.training.baselines import NGramModel, unigram_nll
+from cadenza.training.pretrain import evaluate_nll, resolve_device, train, use_cpu_bf16
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +46,6 @@ class PretrainResult:
 
 def build_configs(settings: PretrainSettings, vocab_size: int, bos_id: int = -1):
     """(GeneratorConfig of the selected preset, the loop's TrainConfig)."""
-    from cadenza.models.generator import GeneratorConfig
 
     preset = settings.selected
     names = ("d_model", "n_layers", "n_heads", "d_ff", "seg_len", "mem_len", "dropout", "rezero")
@@ -76,17 +85,22 @@ class _CurveRecorder:
             writer.writerows(rows[s] for s in sorted(rows))
 
 
-def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> PretrainResult:
-    import torch
+@dataclass
+class _Inputs:
+    """What one pretraining run reads: its configs, the starting base (if any), the tokens."""
 
-    from cadenza.models.generator import TransformerXL
-    from cadenza.stages import transfer
-    from cadenza.tokens.store import load_originals, load_split, originals_path
-    from cadenza.tokens.tokenizer import load_tokenizer
-    from cadenza.training import checkpoint
-    from cadenza.training.baselines import NGramModel, unigram_nll
-    from cadenza.training.pretrain import evaluate_nll, resolve_device, train, use_cpu_bf16
+    model_config: object  # GeneratorConfig
+    train_config: object  # TrainConfig
+    vocab_size: int
+    base: dict | None
+    train: tuple
+    valid_tokens: object
+    test_tokens: object
+    final_data: tuple | None
+    identity: str
 
+
+def _inputs(settings: PretrainSettings, paths: Paths) -> _Inputs:
     tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
     vocab_size = len(tokenizer)
     model_config, train_config = build_configs(settings, vocab_size, tokenizer["BOS_None"])
@@ -97,7 +111,7 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
         )
     # Checked before any token array is read: a wrong base fails in a second.
     base = transfer.prepare(paths, model_config.to_dict()) if use_base else None
-    train_tokens, train_offsets = load_split(paths.tokens_dir, "train")
+    train = load_split(paths.tokens_dir, "train")
     valid_tokens, _ = load_split(paths.tokens_dir, "valid")
     test_tokens, _ = load_split(paths.tokens_dir, "test")
     final_data = (
@@ -112,91 +126,114 @@ def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> Pretrai
             *([originals_path(paths.tokens_dir)] if final_data is not None else []),
         ),
     )
-    out_dir = paths.generator_mle_dir
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    extra = {"preset": settings.preset, "init": settings.init}
-    if base:
-        extra["init_from"] = {k: base[k] for k in ("dir", "weights_sha256")}
-    if is_main:  # the checkpoint folder is self-contained: it carries its tokenizer
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(paths.tokens_dir / "tokenizer.json", out_dir / "tokenizer.json")
-        record = out_dir / transfer.BASE_RECORD
-        if base:
-            write_json(record, base)
-        else:
-            record.unlink(missing_ok=True)
+    return _Inputs(
+        model_config, train_config, vocab_size, base, train, valid_tokens, test_tokens,
+        final_data, identity,
+    )  # fmt: skip
 
+
+def _prepare_out_dir(out_dir: Path, paths: Paths, base: dict | None) -> None:
+    """The checkpoint folder is self-contained: it carries its tokenizer (and its base)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(paths.tokens_dir / "tokenizer.json", out_dir / "tokenizer.json")
+    record = out_dir / transfer.BASE_RECORD
+    if base:
+        write_json(record, base)
+    else:
+        record.unlink(missing_ok=True)
+
+
+def _tags(settings: PretrainSettings, paths: Paths, base: dict | None) -> dict[str, str]:
     tags = lineage_tags(paths, **{"cadenza.preset": settings.preset, "cadenza.init": settings.init})
     if base:
         tags["cadenza.base.weights_sha256"] = base["weights_sha256"]
         if base["lineage"]:
             tags["cadenza.base.run_id"] = base["lineage"].get("mlflow_run_id", "")
             tags["cadenza.base.corpus"] = base["lineage"]["corpus"]
+    return tags
+
+
+def _test_metrics(settings: PretrainSettings, inputs: _Inputs, result, out_dir: Path) -> dict:
+    """The best weights' test NLL beside the unigram and n-gram baselines, and the run."""
+    device = resolve_device(settings.device)
+    model = TransformerXL(inputs.model_config)
+    checkpoint.load_weights(model, out_dir)
+    model.to(device)
+    seg_len = inputs.model_config.seg_len
+    test_nll = evaluate_nll(model, inputs.test_tokens, seg_len, device)
+    train_tokens, test_tokens, vocab_size = inputs.train[0], inputs.test_tokens, inputs.vocab_size
+    uni = unigram_nll(train_tokens, test_tokens, vocab_size)
+    ngram = NGramModel(train_tokens, vocab_size, settings.ngram_order).nll(test_tokens)
+    return {
+        "test_nll": test_nll,
+        "test_bits_per_token": test_nll / math.log(2),
+        "best_valid_nll": result.best_valid_nll,
+        "best_step": result.best_step,
+        "baseline_unigram_test_nll": uni,
+        f"baseline_{settings.ngram_order}gram_test_nll": ngram,
+        "train_seconds": result.seconds,
+        "tokens_per_second": result.tokens_per_second,
+        "num_parameters": result.num_parameters,
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": use_cpu_bf16(inputs.train_config.cpu_bf16, device),
+    }
+
+
+def run(settings: PretrainSettings, paths: Paths, track: bool = True) -> PretrainResult:
+    inputs = _inputs(settings, paths)
+    base, out_dir = inputs.base, paths.generator_mle_dir
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    extra = {"preset": settings.preset, "init": settings.init}
+    if base:
+        extra["init_from"] = {k: base[k] for k in ("dir", "weights_sha256")}
+    if is_main:
+        _prepare_out_dir(out_dir, paths, base)
     params = {
         "pretrain": settings.model_dump(exclude={"presets"}),
         "preset": asdict(settings.selected),
     }
+    tags = _tags(settings, paths, base)
     with tracked(paths, "pretrain", params, tags, track and is_main) as log_metrics:
         recorder = _CurveRecorder(log_metrics)
         result = train(
-            model_config,
-            train_config,
-            (train_tokens, train_offsets),
-            valid_tokens,
+            inputs.model_config,
+            inputs.train_config,
+            inputs.train,
+            inputs.valid_tokens,
             out_dir,
             log_metrics=recorder if is_main else None,
             extra_config=extra,
-            fingerprint=identity,
+            fingerprint=inputs.identity,
             init_from=paths.base_model_dir if base else None,
-            final_data=final_data,
+            final_data=inputs.final_data,
         )
         if not is_main:
             return None
-        device = resolve_device(settings.device)
-        model = TransformerXL(model_config)
-        checkpoint.load_weights(model, out_dir)
-        model.to(device)
-        test_nll = evaluate_nll(model, test_tokens, model_config.seg_len, device)
-        uni = unigram_nll(train_tokens, test_tokens, vocab_size)
-        ngram = NGramModel(train_tokens, vocab_size, settings.ngram_order).nll(test_tokens)
-        metrics = {
-            "test_nll": test_nll,
-            "test_bits_per_token": test_nll / math.log(2),
-            "best_valid_nll": result.best_valid_nll,
-            "best_step": result.best_step,
-            "baseline_unigram_test_nll": uni,
-            f"baseline_{settings.ngram_order}gram_test_nll": ngram,
-            "train_seconds": result.seconds,
-            "tokens_per_second": result.tokens_per_second,
-            "num_parameters": result.num_parameters,
-            "steps": result.steps,
-            "resumed_from_step": result.resumed_from,
-            "device": str(device),
-            "torch_threads": torch.get_num_threads(),
-            "cpu_bf16": use_cpu_bf16(train_config.cpu_bf16, device),
-        }
+        metrics = _test_metrics(settings, inputs, result, out_dir)
         curve = paths.reports_dir / "pretrain" / "loss.csv"
         recorder.write(curve, result.resumed_from)
         if log_metrics:
-            import mlflow
+            import mlflow  # lazy: mlflow takes seconds to import; only a tracked run needs it
 
             metrics["mlflow_run_id"] = mlflow.active_run().info.run_id
         if paths.scope:  # a base: its folder says what it was trained on, for the lineage
-            from cadenza.tracking.lineage import build_record
-
             record = build_record(paths, {"pretrain": settings.model_dump(mode="json")})
             record["mlflow_run_id"] = metrics.get("mlflow_run_id", "")
-            record["test_nll"] = test_nll
+            record["test_nll"] = metrics["test_nll"]
             write_json(out_dir / transfer.LINEAGE, record)
         write_json(paths.metrics_path("pretrain"), metrics)
         if log_metrics:
             names = ("model.safetensors", "config.json", "tokenizer.json", transfer.LINEAGE)
             files = [out_dir / n for n in names]
             log_final(metrics, {out_dir.name: files, "": [curve]})
+    ngram_key = f"baseline_{settings.ngram_order}gram_test_nll"
     return PretrainResult(
-        test_nll,
-        uni,
-        ngram,
+        metrics["test_nll"],
+        metrics["baseline_unigram_test_nll"],
+        metrics[ngram_key],
         result.best_valid_nll,
         result.seconds,
         result.tokens_per_second,

@@ -6,12 +6,19 @@ metrics/pretrain_discriminator.json and an MLflow run with MLM/SBO losses and ML
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from cadenza.config import DiscriminatorSettings
 from cadenza.io import fingerprint, write_json
+from cadenza.models.discriminator import DiscriminatorConfig
 from cadenza.paths import Paths
 from cadenza.stages.common import lineage_tags, log_final, tracked
+from cadenza.tokens.store import load_split
+from cadenza.tokens.tokenizer import load_tokenizer, special_ids
+from cadenza.training.discriminator import pretrain_masked_lm
 
 
 @dataclass
@@ -26,9 +33,6 @@ def reference_losses(train_tokens, valid_tokens, vocab_size: int, paths: Paths) 
     """What the masked-token loss is read against: the unigram model's loss on valid tokens
     (train counts, add-one) and the generator's causal validation NLL (metrics/pretrain.json),
     which sees only the left side of each token where the encoder sees both."""
-    import json
-
-    import numpy as np
 
     counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size) + 1.0
     unigram = float(-np.log(counts / counts.sum())[np.asarray(valid_tokens)].mean())
@@ -40,11 +44,6 @@ def reference_losses(train_tokens, valid_tokens, vocab_size: int, paths: Paths) 
 
 
 def run(settings: DiscriminatorSettings, paths: Paths, track: bool = True) -> DiscriminatorResult:
-    from cadenza.models.discriminator import DiscriminatorConfig
-    from cadenza.tokens.store import load_split
-    from cadenza.tokens.tokenizer import load_tokenizer, special_ids
-    from cadenza.training.discriminator import pretrain_masked_lm
-
     tokenizer = load_tokenizer(paths.tokens_dir / "tokenizer.json")
     train_tokens, _ = load_split(paths.tokens_dir, "train")
     valid_tokens, _ = load_split(paths.tokens_dir, "valid")

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +65,7 @@ def _save_key_histogram(tokenizer, tokenizer_path: Path, train_shifts: list[int]
     tokenizer.save(tokenizer_path)
 
 
-def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
-    started = time.perf_counter()
+def _split_files(paths: Paths) -> dict[str, list[str]]:
     if not paths.splits_path.is_file():
         raise FileNotFoundError(f"{paths.splits_path}: no splits; run `cadenza split` first")
     splits = pd.read_csv(paths.splits_path)
@@ -76,11 +75,11 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
     }
     if not files["train"]:
         raise ValueError(f"{paths.splits_path}: the train split is empty; nothing to tokenize")
+    return files
 
-    tokens_dir = paths.tokens_dir
-    staging = tokens_dir.with_name(f".{tokens_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+
+def _tokenizer(settings: TokenizeSettings, train_files: list[str], staging: Path):
+    """The miditok tokenizer (BPE-trained on the train files when asked), saved in staging."""
     tokenizer = build_tokenizer(
         settings.tokenizer,
         settings.num_velocities,
@@ -91,23 +90,32 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
     )
     if settings.bpe_vocab_size:
         log.info(
-            "training BPE to %d tokens on %d train files",
-            settings.bpe_vocab_size,
-            len(files["train"]),
+            "training BPE to %d tokens on %d train files", settings.bpe_vocab_size, len(train_files)
         )
         with tempfile.TemporaryDirectory(dir=staging) as numbered:
             tokenizer.train(
                 vocab_size=settings.bpe_vocab_size,
                 model="BPE",
-                files_paths=_bpe_training_files(files["train"], settings, Path(numbered)),
+                files_paths=_bpe_training_files(train_files, settings, Path(numbered)),
             )
-    tokenizer_path = staging / "tokenizer.json"
-    tokenizer.save(tokenizer_path)
-    dtype = token_dtype(len(tokenizer))
-    workers = settings.num_workers or os.cpu_count() or 1
+    tokenizer.save(staging / "tokenizer.json")
+    return tokenizer
 
-    num_tokens, num_documents, num_notes, skipped, errors = {}, {}, {}, 0, []
-    key_shifts: dict[str, list[int]] = {}
+
+@dataclass
+class _Counts:
+    num_tokens: dict[str, int] = field(default_factory=dict)
+    num_documents: dict[str, int] = field(default_factory=dict)
+    num_notes: dict[str, int] = field(default_factory=dict)
+    key_shifts: dict[str, list[int]] = field(default_factory=dict)
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _encode_splits(settings, files, staging: Path, dtype) -> _Counts:
+    """Every split encoded in parallel into staging; train with its augmented copies."""
+    workers = settings.num_workers or os.cpu_count() or 1
+    counts = _Counts()
     for split in SPLITS:
         augment = split == "train"
         jobs = [
@@ -118,47 +126,60 @@ def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
             )
             for path in files[split]
         ]
-        summary = write_split(staging, split, encode_all(jobs, tokenizer_path, workers), dtype)
-        errors += summary.errors
-        skipped += summary.num_skipped
-        num_notes[split] = summary.num_notes
-        num_tokens[split], num_documents[split] = summary.num_tokens, summary.num_documents
-        key_shifts[split] = summary.file_key_shifts
+        encoded = encode_all(jobs, staging / "tokenizer.json", workers)
+        summary = write_split(staging, split, encoded, dtype)
+        counts.errors += summary.errors
+        counts.skipped += summary.num_skipped
+        counts.num_notes[split] = summary.num_notes
+        counts.num_tokens[split] = summary.num_tokens
+        counts.num_documents[split] = summary.num_documents
+        counts.key_shifts[split] = summary.file_key_shifts
         if augment:  # which train documents are the corpus as written (pretrain's final phase)
             np.save(originals_path(staging, split), np.asarray(summary.originals, bool))
         if settings.key_normalize:  # evaluation moves real windows back into their own keys
             np.save(key_shifts_path(staging, split), np.asarray(summary.key_shifts, np.int8))
-    if settings.key_normalize:  # generation draws its keys from the train split's
-        _save_key_histogram(tokenizer, tokenizer_path, key_shifts["train"])
-    if errors:
-        shutil.rmtree(staging)
-        raise ValueError("could not read files listed in the splits:\n" + "\n".join(errors[:10]))
+    return counts
 
+
+def _metrics(settings, tokenizer, dtype, counts: _Counts, num_files: int, seconds: float):
+    # Tokens per note on the un-augmented splits (train is augmented, so use valid + test).
+    tokens, documents = counts.num_tokens, counts.num_documents
+    plain_tokens = tokens["valid"] + tokens["test"] - 2 * (documents["valid"] + documents["test"])
+    plain_notes = counts.num_notes["valid"] + counts.num_notes["test"]
+    shifts = {"key_shifts_train": _counts(counts.key_shifts["train"])}
+    return {
+        "tokenizer": settings.tokenizer,
+        "vocab_size": len(tokenizer),
+        "dtype": np.dtype(dtype).name,
+        "num_tokens": tokens,
+        "num_documents": documents,
+        "tokens_per_note": round(plain_tokens / plain_notes, 4) if plain_notes else None,
+        "files_per_second": round(num_files / seconds, 2),
+        "skipped_transpositions": counts.skipped,
+        **(shifts if settings.key_normalize else {}),
+        "seconds": round(seconds, 2),
+    }
+
+
+def run(settings: TokenizeSettings, paths: Paths) -> TokenizeResult:
+    started = time.perf_counter()
+    files = _split_files(paths)
+    tokens_dir = paths.tokens_dir
+    staging = tokens_dir.with_name(f".{tokens_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tokenizer = _tokenizer(settings, files["train"], staging)
+    dtype = token_dtype(len(tokenizer))
+    counts = _encode_splits(settings, files, staging, dtype)
+    if settings.key_normalize:  # generation draws its keys from the train split's
+        _save_key_histogram(tokenizer, staging / "tokenizer.json", counts.key_shifts["train"])
+    if counts.errors:
+        shutil.rmtree(staging)
+        errors = "\n".join(counts.errors[:10])
+        raise ValueError("could not read files listed in the splits:\n" + errors)
     replace_dir(staging, tokens_dir)
     seconds = time.perf_counter() - started
-    # Tokens per note on the un-augmented splits (train is augmented, so use valid + test).
-    plain_tokens = (
-        num_tokens["valid"]
-        + num_tokens["test"]
-        - 2 * (num_documents["valid"] + num_documents["test"])
-    )
-    plain_notes = num_notes["valid"] + num_notes["test"]
-    total_files = sum(len(v) for v in files.values())
-    write_json(
-        paths.metrics_path("tokenize"),
-        {
-            "tokenizer": settings.tokenizer,
-            "vocab_size": len(tokenizer),
-            "dtype": np.dtype(dtype).name,
-            "num_tokens": num_tokens,
-            "num_documents": num_documents,
-            "tokens_per_note": round(plain_tokens / plain_notes, 4) if plain_notes else None,
-            "files_per_second": round(total_files / seconds, 2),
-            "skipped_transpositions": skipped,
-            **(
-                {"key_shifts_train": _counts(key_shifts["train"])} if settings.key_normalize else {}
-            ),
-            "seconds": round(seconds, 2),
-        },
-    )
-    return TokenizeResult(len(tokenizer), num_tokens, num_documents, seconds)
+    num_files = sum(len(v) for v in files.values())
+    metrics = _metrics(settings, tokenizer, dtype, counts, num_files, seconds)
+    write_json(paths.metrics_path("tokenize"), metrics)
+    return TokenizeResult(len(tokenizer), counts.num_tokens, counts.num_documents, seconds)

@@ -15,6 +15,8 @@ import numpy as np
 
 from cadenza.progress import progress_bar
 from cadenza.tokens.augment import augmented_versions
+from cadenza.tokens.keys import normalize, uses_key_normalize
+from cadenza.tokens.tokenizer import load_tokenizer, uses_voice_programs
 
 _TOKENIZER = None
 
@@ -39,7 +41,6 @@ class EncodedFile:
 
 def init_worker(tokenizer_path: str) -> None:
     global _TOKENIZER
-    from cadenza.tokens.tokenizer import load_tokenizer
 
     _TOKENIZER = load_tokenizer(Path(tokenizer_path))
 
@@ -67,7 +68,6 @@ def normalized_ids(tokenizer, score) -> tuple[list[int], int]:
     """(token ids, key shift): the score moved into C major / A minor first when the
     tokenizer normalizes keys (`cadenza.tokens.keys`), so a primer reads like training data;
     the caller moves what it generates back by -shift, into the primer's own key."""
-    from cadenza.tokens.keys import normalize, uses_key_normalize
 
     shift = 0
     if uses_key_normalize(tokenizer):
@@ -77,7 +77,6 @@ def normalized_ids(tokenizer, score) -> tuple[list[int], int]:
 
 def score_ids(tokenizer, score) -> list[int]:
     """Token ids of a score as one stream (BPE applied when the tokenizer is trained)."""
-    from cadenza.tokens.tokenizer import uses_voice_programs
 
     if uses_voice_programs(tokenizer):
         score = number_voices(score)
@@ -123,8 +122,6 @@ def modal_velocity(tokenizer, tokens) -> int | None:
 
 def encode_file(job: EncodeJob) -> EncodedFile:
     from symusic import Score
-
-    from cadenza.tokens.keys import normalize, uses_key_normalize
 
     tokenizer = _TOKENIZER
     assert tokenizer is not None, "init_worker() was not called"

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
+from cadenza.models import grammar as g
+from cadenza.tokens.tokenizer import uses_voice_programs
+
 log = logging.getLogger(__name__)
 KIND_NAMES = {"Bar": "BAR", "TimeSig": "TIMESIG", "Position": "POSITION", "Program": "PROGRAM",
               "Pitch": "PITCH", "PitchDrum": "PITCH", "Velocity": "VELOCITY",
@@ -20,10 +25,6 @@ SPECIAL = {"PAD", "BOS", "EOS", "MASK"}
 
 def build_grammar(tokenizer):
     """A models.grammar.TokenGrammar for the tokenizer, or None (said why in the log)."""
-    import torch
-
-    from cadenza.models import grammar as g
-    from cadenza.tokens.tokenizer import uses_voice_programs
 
     name = type(tokenizer).__name__
     if name != "REMI":
@@ -81,7 +82,6 @@ def pitch_mask(tokenizer):
     `sampling.pitch_top_p`; None for a BPE-trained vocabulary (merged tokens mix pitch with
     the rest) or a vocabulary without pitch tokens (said in the log: sampling then ignores
     pitch_top_p)."""
-    import torch
 
     if getattr(tokenizer, "is_trained", False):
         log.info("no pitch tokens in a BPE vocabulary: pitch_top_p has no effect")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cadenza.tokens.augment import transpose
+
 KEY_NORMALIZE = "cadenza_key_normalize"  # tokenizer config additional param: bool
 KEY_SHIFTS = "cadenza_key_shifts"  # ... : the train split's shift histogram, -6..5
 SHIFTS = np.arange(-6, 6)
@@ -63,7 +65,6 @@ def shift_of(tonic: int, minor: bool) -> int:
 def normalize(score, pitch_range: tuple[int, int]):
     """(score moved into C major / A minor, shift). When the nearest shift would push a note
     out of pitch_range the octave on the other side is tried; failing both, (score, 0)."""
-    from cadenza.tokens.augment import transpose
 
     shift = shift_of(*estimate_key(pitch_class_weights(score)))
     if shift == 0:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from cadenza.tokens.keys import KEY_NORMALIZE
 
 TOKENIZERS = ("REMI", "TSD", "MIDILike", "Structured")
 # miditok's default range rewrites x/2 meters (e.g. 3/2, common in chorales); cover them.
@@ -28,8 +31,6 @@ def build_tokenizer(
     (`cadenza.tokens.keys`); saved in tokenizer.json the same way."""
     import miditok
 
-    from cadenza.tokens.keys import KEY_NORMALIZE
-
     if name not in TOKENIZERS:
         raise ValueError(f"tokenize.tokenizer = {name!r}: choose one of {', '.join(TOKENIZERS)}")
     config = miditok.TokenizerConfig(
@@ -54,7 +55,6 @@ def build_tokenizer(
 
 def load_tokenizer(path: Path):
     """A tokenizer saved by the tokenize stage (tokenizer.json)."""
-    import json
 
     import miditok
 

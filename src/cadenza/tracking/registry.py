@@ -31,10 +31,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from cadenza.config import EvaluateSettings, RegisterSettings
-from cadenza.evaluation.instrument import evidence_for
 from cadenza.io import file_digest, replace_dir, write_json
 from cadenza.paths import LINEAGE, Paths
-from cadenza.tracking.challenge import ChallengeError, challenge
 from cadenza.tracking.runs import client, tracking_uri
 
 CHAMPION = "champion"
@@ -131,6 +129,10 @@ def gate(
             "no paired comparison with the champion on the current test split (this version "
             "is not the workspace's current evaluation): re-evaluate it, or promote with --force"
         )
+    # lazy: the evaluation library loads torch, scikit-learn and scipy (seconds), which
+    # `registry status`, `promote --force` and `rollback` never need
+    from cadenza.evaluation.instrument import evidence_for
+
     promote, why = evidence_for(
         challenge.comparison, nll, challenge.champion_nll, settings.alpha,
         settings.max_nll_increase,
@@ -290,6 +292,8 @@ def _decide(
 
 def _challenge(client, name, tags, champion, paths: Paths, evaluate: EvaluateSettings):
     """The paired comparison with the champion, or a sentence saying why there is none."""
+    from cadenza.tracking.challenge import ChallengeError, challenge  # lazy: as above
+
     evaluation = paths.metrics_path("evaluate")
     current = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
     if current.get("mlflow_run_id") != tags.get("run_id"):

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
 from cadenza.models.generator import GeneratorConfig, TransformerXL
@@ -391,7 +392,6 @@ class Guard:
     candidates: list[dict] = field(default_factory=list)
 
     def keep(self, generator: TransformerXL, step: int, nll: float, out_dir: Path) -> None:
-        from safetensors.torch import save_file
 
         folder = out_dir / CANDIDATES_DIR
         folder.mkdir(parents=True, exist_ok=True)
@@ -409,8 +409,6 @@ class Guard:
         return nll > self.best_nll * (1 + tolerance)
 
     def restore_best(self, generator: TransformerXL, out_dir: Path) -> None:
-        from safetensors.torch import load_file
-
         best = next(c for c in self.candidates if c["step"] == self.best_step)
         generator.load_state_dict(load_file(str(out_dir / best["file"])))
         self.rollbacks += 1
