@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 # As `cadenza` does (cli.main), before torch loads OpenMP: idle threads sleep rather than spin,
@@ -319,3 +322,20 @@ def wait_for_http(url: str, server: subprocess.Popen, log, timeout: float) -> No
             assert server.poll() is None, log()[-3000:]
             assert time.monotonic() < deadline, f"{url} did not answer in {timeout:.0f} s"
             time.sleep(0.5)
+
+
+CADENZA = [sys.executable, "-m", "cadenza.cli"]
+
+
+def kill_at_first_checkpoint(command: list[str], cwd: Path, state: Path) -> None:
+    """Start a stage command, SIGKILL it as soon as it has written its resumable state, and
+    check it really died by that signal."""
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL

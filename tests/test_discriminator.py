@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,9 +16,7 @@ from cadenza.config import parse_settings
 from cadenza.paths import Paths
 from cadenza.stages import pretrain_discriminator as discriminator_stage
 
-from .conftest import TINY_STAGES
-
-CADENZA = [sys.executable, "-m", "cadenza.cli"]
+from .conftest import CADENZA, TINY_STAGES, kill_at_first_checkpoint
 
 
 def _project(token_project: Path, dest: Path, **settings) -> Path:
@@ -58,16 +53,9 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(token_project, tmp_path,
     assert _run(straight)["resumed_from_step"] == 0
 
     command = [*CADENZA, "pretrain-discriminator", "--params", "params.yaml"]
-    process = subprocess.Popen(
-        command, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    kill_at_first_checkpoint(
+        command, killed, killed / "models" / "discriminator" / "last" / "state.pt"
     )
-    state = killed / "models" / "discriminator" / "last" / "state.pt"
-    deadline = time.monotonic() + 120
-    while not state.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
 
     subprocess.run(command, cwd=killed, check=True, capture_output=True)
     metrics = json.loads((killed / "metrics" / "pretrain_discriminator.json").read_text())

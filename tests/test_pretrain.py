@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +20,7 @@ from cadenza.paths import Paths
 from cadenza.stages import pretrain as pretrain_stage
 from cadenza.training.baselines import NGramModel, unigram_nll
 
-from .conftest import TINY_PRESET
-
-CADENZA = [sys.executable, "-m", "cadenza.cli"]
+from .conftest import CADENZA, TINY_PRESET, kill_at_first_checkpoint
 
 
 def _project(token_project: Path, dest: Path, **preset) -> Path:
@@ -84,16 +80,9 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(token_project, tmp_path,
     )
 
     command = [*CADENZA, "pretrain", "--params", "params.yaml"]
-    process = subprocess.Popen(
-        command, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    kill_at_first_checkpoint(
+        command, killed, killed / "models" / "generator-mle" / "last" / "state.pt"
     )
-    state = killed / "models" / "generator-mle" / "last" / "state.pt"
-    deadline = time.monotonic() + 120
-    while not state.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
 
     subprocess.run(command, cwd=killed, check=True, capture_output=True)
     resumed_from = json.loads((killed / "metrics" / "pretrain.json").read_text())[
