@@ -515,7 +515,11 @@ def _format_error(error: dict[str, Any], source: str) -> str:
                 f"{source}: '{key}' has moved to the top-level `sampling` section (one default "
                 f"for generate, serving, evaluation and listening): set sampling.{name} instead"
             )
-        return f"{source}: unknown key '{key}' (check the spelling; allowed keys are in docs)"
+        return (
+            f"{source}: unknown key '{key}' (check the spelling; every key is documented in"
+            " src/cadenza/config.py and src/cadenza/training/config.py; retired options are in"
+            " docs/LOG.md)"
+        )
     if error["type"] == "missing":
         return f"{source}: missing key '{key}'"
     if isinstance(error.get("input"), dict):  # a section's check: its message names the keys
