@@ -91,6 +91,19 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         assert m["frechet_distance"] is None or m["frechet_distance"] >= 0
         if m["num_pieces_with_notes"] < 2:  # a tiny model may write no notes: said so
             assert "music_stats_note" in m and m["mean_overlap"] == 0.0
+    tasks = metrics["tasks"]  # the candidate harmonizing and infilling the test pieces
+    assert tasks["num_pieces"] >= 2
+    harmonize, infill = tasks["harmonize"], tasks["infill"]
+    assert harmonize["given_notes_changed"] == 0 and harmonize["num_given_notes"] > 0
+    assert infill["given_tokens_changed"] == 0 and infill["num_bars"] == 2
+    for result, name in ((harmonize, "harmonized"), (infill, "infilled")):
+        for arm in (name, "unconditional"):
+            m = result[arm]
+            assert m["accuracy"] == max(p["accuracy"] for p in m["probes"].values())
+            assert m["ci_low"] <= m["accuracy"] <= m["ci_high"]
+        pair = result["comparisons"][f"{name}_vs_unconditional"]
+        assert pair["accuracy_a"] == result[name]["probes"][pair["probe"]]["accuracy"]
+        assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
     assert {"unigram", "4gram"} <= set(metrics["baselines"])
     assert metrics["sampling"] == {"temperature": 0.9, "top_k": 0, "top_p": 0.95, "grammar": False,
                                    "pitch_top_p": 1.0}  # fmt: skip

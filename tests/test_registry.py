@@ -302,6 +302,28 @@ def test_mlflow_models_serve_returns_midi(registered_project, tmp_path):
         assert status == 400 and body["message"] == "top_p: 1.5 must be in (0, 1]", body
         status, body = _post(port, [{"num_tokens": 8, "pitch_top_p": 0.0}])
         assert status == 400 and body["message"] == "pitch_top_p: 0.0 must be in (0, 1]", body
+        # Control through the served model: a melody harmonized, bars of a piece infilled.
+        melody = (registered_project["corpus"] / "synth2.mid").read_bytes()
+        piece = base64.b64encode(next(registered_project["corpus"].glob("*.mid")).read_bytes())
+        status, body = _post(port, [
+            {"num_tokens": 8, "task": "harmonize", "midi": base64.b64encode(melody).decode()},
+            {"num_tokens": 8, "task": "infill", "midi": piece.decode(), "bars": "2:3"},
+        ])  # fmt: skip
+        assert status == 200, body
+        harmonized, infilled = body["predictions"]
+        voices = {t.name: t for t in Score.from_midi(base64.b64decode(harmonized["midi"])).tracks}
+        given = Score.from_midi(melody).resample(480).tracks[0]
+        assert [n.pitch for n in voices["Voice 1"].notes] == [n.pitch for n in given.notes]
+        assert infilled["num_notes"] > 0
+        for request, message in (
+            ({"task": "transpose"}, "task: 'transpose' is not one of continue, harmonize, infill"),
+            ({"task": "harmonize"}, "midi: task harmonize needs a MIDI file in base64"),
+            ({"task": "infill", "midi": piece.decode()}, "bars: task infill needs bars 'A:B'"),
+            ({"task": "infill", "midi": piece.decode(), "bars": "7:999"}, "bars: 7:999: the piece"),
+            ({"task": "harmonize", "midi": "A" * 1_500_000}, "midi: larger than 1048576 bytes"),
+        ):
+            status, body = _post(port, [{"num_tokens": 8, **request}])
+            assert status == 400 and body["message"].startswith(message), body
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -426,6 +426,13 @@ class EvaluateSettings(_Sampled):
     """tinysoundfont (a wheel, with the GM soundfont shipped in pretty_midi) or fluidsynth
     (only when installed; the soundfont: $CADENZA_SOUNDFONT or a system GM soundfont)."""
     audio_format: Literal["mp3", "ogg", "wav"] = "mp3"
+    tasks: bool = True
+    """Also measure the control tasks on the test pieces (evaluation/tasks.py): the candidate
+    harmonizes each piece's top voice and infills its middle bars; results under `tasks`."""
+    tasks_window_len: int = Field(256, ge=8)
+    """Tokens per harmonization window (at bar 1 and at the middle bar of each piece)."""
+    infill_bars: int = Field(2, ge=1)
+    """Bars rewritten in the middle of each test piece."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

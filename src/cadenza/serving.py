@@ -3,10 +3,13 @@
 Input: one row per request with num_tokens (required), temperature, top_k, top_p and
 pitch_top_p (default: the `sampling` the model was logged with, sampling.json beside its
 weights; plain sampling for a model logged without one), seed (0) and optionally primer (a
-MIDI file, base64). A bad field is an HTTP 400 whose top-level `message` names it. Output:
-one row per request with midi (base64 MIDI file), num_notes and num_tokens. The model folder
-carries the weights (safetensors), config.json, tokenizer.json, sampling.json and the
-cadenza package itself, so it loads wherever torch, miditok and symusic are installed.
+MIDI file, base64); task (continue, the default | harmonize: midi is a melody, its top line
+becomes voice 1 | infill: bars "A:B" of the piece in midi rewritten, the rest kept) and
+midi (base64, at most MAX_MIDI_BYTES). A bad field is an HTTP 400 whose top-level `message`
+names it. Output: one row per request with midi (base64 MIDI file), num_notes and
+num_tokens. The model folder carries the weights (safetensors), config.json, tokenizer.json,
+sampling.json and the cadenza package itself, so it loads wherever torch, miditok and symusic
+are installed.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # HTTP 400
 from mlflow.types.schema import ColSpec, Schema
 from symusic import Score
 
-from cadenza.generate import load_generator, sample_score
+from cadenza.generate import controlled_score, load_generator, sample_score
 from cadenza.sampling import PLAIN, Sampling, read_sampling, write_sampling
 from cadenza.tokens.encode import normalized_ids
 
 # The input schema is the explicit signature() below, not predict's type hints.
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 MAX_TOKENS = 8192
+MAX_MIDI_BYTES = 1 << 20  # a primer, melody or piece larger than this is refused
+TASKS = ("continue", "harmonize", "infill")
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 
 
@@ -100,27 +105,58 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             raise RequestError(f"top_p: {top_p} must be in (0, 1]")
         if not 0 < pitch_top_p <= 1:
             raise RequestError(f"pitch_top_p: {pitch_top_p} must be in (0, 1]")
-        prompt: list[int] = []
-        shift = None  # a key-normalized model without primer: a key drawn by seed
-        primer = row.get("primer")
-        if isinstance(primer, str) and primer:
-            try:
-                data = base64.b64decode(primer, validate=True)
-                prompt, shift = normalized_ids(self.tokenizer, Score.from_midi(data))
-                prompt = prompt[:MAX_TOKENS]
-            except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
-                raise RequestError(f"primer: not a base64 MIDI file ({exc})") from None
+        task = _field(row, "task", "continue", str)
+        if task not in TASKS:
+            raise RequestError(f"task: {task!r} is not one of {', '.join(TASKS)}")
         sampling = replace(
             defaults, temperature=temperature, top_k=top_k, top_p=top_p, pitch_top_p=pitch_top_p
         )  # the grammar is the model's: a request cannot turn it on or off
-        score, ids = sample_score(
-            self.net, self.tokenizer, num_tokens, sampling, seed, prompt, shift
-        )
+        if task == "continue":
+            prompt: list[int] = []
+            shift = None  # a key-normalized model without primer: a key drawn by seed
+            if primer := _midi(row, "primer", required=False):
+                prompt, shift = normalized_ids(self.tokenizer, primer)
+                prompt = prompt[:MAX_TOKENS]
+            score, ids = sample_score(
+                self.net, self.tokenizer, num_tokens, sampling, seed, prompt, shift
+            )
+        else:
+            score, ids = self._controlled(row, task, sampling, seed)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sample.mid"
             score.dump_midi(str(path))
             midi = base64.b64encode(path.read_bytes()).decode("ascii")
         return {"midi": midi, "num_notes": int(score.note_num()), "num_tokens": len(ids)}
+
+    def _controlled(self, row: dict, task: str, sampling: Sampling, seed: int):
+        midi = _midi(row, "midi", required=True, task=task)
+        bars = row.get("bars") if task == "infill" else None
+        if task == "infill" and not isinstance(bars, str):
+            raise RequestError("bars: task infill needs bars 'A:B' (counted from 1, both included)")
+        try:
+            if task == "harmonize":
+                return controlled_score(self.net, self.tokenizer, sampling, seed, melody=midi)
+            return controlled_score(self.net, self.tokenizer, sampling, seed, piece=midi, bars=bars)
+        except ValueError as exc:  # the client's input: named in the message
+            field = "bars" if "--bars" in str(exc) else "midi"
+            raise RequestError(
+                f"{field}: {str(exc).replace('--bars ', '').replace('--', '')}"
+            ) from None
+
+
+def _midi(row: dict, name: str, required: bool, task: str = "") -> Score | None:
+    """A base64 MIDI field as a Score; a RequestError naming the field when bad or too big."""
+    value = row.get(name)
+    if not isinstance(value, str) or not value:
+        if required:
+            raise RequestError(f"{name}: task {task} needs a MIDI file in base64")
+        return None
+    if len(value) > MAX_MIDI_BYTES * 4 // 3 + 4:
+        raise RequestError(f"{name}: larger than {MAX_MIDI_BYTES} bytes of MIDI")
+    try:
+        return Score.from_midi(base64.b64decode(value, validate=True))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
+        raise RequestError(f"{name}: not a base64 MIDI file ({exc})") from None
 
 
 def signature():
@@ -136,6 +172,9 @@ def signature():
             ColSpec("double", "pitch_top_p", required=False),
             ColSpec("double", "seed", required=False),  # default 0
             ColSpec("string", "primer", required=False),
+            ColSpec("string", "task", required=False),  # continue (default) | harmonize | infill
+            ColSpec("string", "midi", required=False),  # the melody or the piece, base64
+            ColSpec("string", "bars", required=False),  # infill: "A:B", from 1, both included
         ]
     )
     outputs = Schema(

@@ -137,6 +137,21 @@ def generate(
         typer.Option(exists=True, dir_okay=False, help="MIDI file whose opening primes the model"),
     ] = None,
     primer_tokens: Annotated[int, typer.Option(min=1, help="tokens of the primer to use")] = 64,
+    harmonize: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="MIDI melody: its top line becomes voice 1, the model writes the others",
+        ),
+    ] = None,
+    infill: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="MIDI piece whose --bars are rewritten"),
+    ] = None,
+    bars: Annotated[
+        str | None, typer.Option(help="with --infill: A:B, bars counted from 1, both included")
+    ] = None,
     audio: Annotated[
         str | None, typer.Option(help="also write audio beside the MIDI: mp3 | ogg | wav")
     ] = None,
@@ -153,7 +168,9 @@ def generate(
     ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Sample a MIDI file from a trained generator (and, with --audio, render it).
+    """Sample a MIDI file from a trained generator (and, with --audio, render it): from
+    nothing, continuing --primer, harmonizing --harmonize's melody, or rewriting --bars A:B
+    of --infill's piece with everything else kept note for note.
 
     Sampling options left out come from the model (a registered model carries the sampling it
     was evaluated with), else from params.yaml's `sampling` section."""
@@ -164,7 +181,7 @@ def generate(
         default = load(params, Path("."))[0].sampling.model_dump()
     result = run_stage(
         generate_midi, model, tokens, out, temperature, top_k, top_p, seed, primer, primer_tokens,
-        default, grammar, pitch_top_p,
+        default, grammar, pitch_top_p, harmonize, infill, bars,
     )  # fmt: skip
     typer.echo(f"wrote {result.out_path}: {len(result.token_ids)} tokens, {result.num_notes} notes")
     if audio:

@@ -26,7 +26,7 @@ import torch
 
 from cadenza.audio import AudioSpec
 from cadenza.config import EvaluateSettings, RegisterSettings
-from cadenza.evaluation import gallery, music_stats, report
+from cadenza.evaluation import gallery, music_stats, report, tasks
 from cadenza.evaluation.candidates import CANDIDATES, COMPARISONS, choose_candidate
 from cadenza.evaluation.context import (
     WINDOWS_FILE,
@@ -192,6 +192,8 @@ def run(
     _probe_models(context, sets, sampled, metrics)
     candidate = choose_candidate(metrics, settings.candidate, register)
     metrics["candidate"] = candidate
+    if settings.tasks:
+        metrics["tasks"] = _tasks(settings, paths, context, folders[candidate])
     report_dir = _write_report(settings, paths, context, metrics, samples, sets, gallery_scores)
     metrics["seconds"] = time.perf_counter() - started
     record = build_record(paths, all_params)
@@ -213,6 +215,35 @@ def run(
             metrics["model_uri"] = info.model_uri
         write_json(paths.metrics_path("evaluate"), metrics)
     return metrics
+
+
+def _tasks(settings: EvaluateSettings, paths: Paths, context, folder: Path) -> dict:
+    """The candidate harmonizing and infilling the pieces the real windows come from (the test
+    split, and valid when the context added it; evaluation/tasks.py)."""
+    net, tokenizer = load_generator(folder)
+    net.to("cpu")  # the controllers' masks live on the CPU
+    documents = []
+    for split in context.splits:
+        tokens, offsets = load_split(paths.tokens_dir, split)
+        documents += [
+            clean_ids(tokenizer, tokens[a:b].tolist())
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
+    probe = tasks.Probe(
+        tokenizer, context.encoder, context.device, settings.folds, settings.cv_repeats,
+        settings.bootstrap, settings.seed,
+    )  # fmt: skip
+    with torch.no_grad():
+        result = tasks.measure(net, tokenizer, documents, probe, settings)
+    if "note" in result:  # too few pieces: a result, not an error
+        log.warning("evaluate tasks: %s", result["note"])
+        return result
+    log.info(
+        "evaluate tasks: harmonized %.3f, infilled %.3f (strongest probe; given notes "
+        "changed %d)", result["harmonize"]["harmonized"]["accuracy"],
+        result["infill"]["infilled"]["accuracy"], result["harmonize"]["given_notes_changed"],
+    )  # fmt: skip
+    return result
 
 
 def _set_statistics(real_stats: list, scores: list, name: str) -> dict:
