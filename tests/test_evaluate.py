@@ -127,7 +127,7 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     assert windows["real_tokens"].shape == (12, 2, 16)
     assert windows["samples_mle"].shape == windows["samples_gan"].shape == (12, 48)
     assert windows["samples_control"].shape == (12, 48)
-    for name in ("real", "mle", "gan"):
+    for name in ("real", "mle", "gan", "tasks_bach", "tasks_harmonized", "tasks_infilled"):
         for i in range(2):
             midi = report / "samples" / name / f"{name}_{i}.mid"
             assert Score(str(midi)).ticks_per_quarter > 0

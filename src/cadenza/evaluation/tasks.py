@@ -109,8 +109,10 @@ def unconditional(net, tokenizer, count: int, num_tokens: int, sampling: Samplin
     return [clean_ids(tokenizer, row[1:].tolist()) for row in out]
 
 
-def measure(net, tokenizer, documents: list[list[int]], probe: Probe, settings) -> dict:
-    """Harmonize and infill every document (clean ids); `settings` is the evaluate section
+def measure(net, tokenizer, documents: list[list[int]], probe: Probe, settings):
+    """(examples, results): harmonize and infill every document (clean ids) long enough;
+    examples holds the ids of those documents ("bach"), of their harmonizations and of the
+    whole pieces with their span infilled. `settings` is the evaluate section
     (tasks_window_len, infill_bars, sampling, seed)."""
     grammar, vocab = control_grammar(tokenizer, "the control tasks")
     sampling, seed, length = settings.sampling.value, settings.seed, settings.tasks_window_len
@@ -120,7 +122,7 @@ def measure(net, tokenizer, documents: list[list[int]], probe: Probe, settings) 
             f"{len(documents)} pieces have {settings.infill_bars + 2} bars or more: the "
             "probes need 2; add pieces to the test split or lower evaluate.infill_bars"
         )
-        return {"num_pieces": len(documents), "note": note}
+        return {}, {"num_pieces": len(documents), "note": note}
     groups = np.repeat(np.arange(len(documents)), 2)
     started = time.perf_counter()
     skeletons = [voice_skeleton(grammar, d) for d in documents]
@@ -147,8 +149,9 @@ def measure(net, tokenizer, documents: list[list[int]], probe: Probe, settings) 
         notes_changed(top_voice_notes(tokenizer, d), top_voice_notes(tokenizer, h))
         for d, h in zip(documents, harmonized, strict=True)
     )
-    infill = _infill(net, tokenizer, grammar, documents, free, starts, probe, settings)
-    return {
+    infill, filled = _infill(net, tokenizer, grammar, documents, free, starts, probe, settings)
+    examples = {"bach": documents, "harmonized": harmonized, "infilled": filled}
+    return examples, {
         "num_pieces": len(documents),
         "harmonize": {
             **harmonize,
@@ -164,12 +167,13 @@ def measure(net, tokenizer, documents: list[list[int]], probe: Probe, settings) 
     }
 
 
-def _infill(net, tokenizer, grammar, documents, free, starts, probe, settings) -> dict:
-    """The middle infill_bars bars of each document rewritten, read against the original."""
+def _infill(net, tokenizer, grammar, documents, free, starts, probe, settings):
+    """(results, the whole infilled pieces): the middle infill_bars bars of each document
+    rewritten, read against the original spans."""
     sampling, seed, num_bars = settings.sampling.value, settings.seed, settings.infill_bars
     pad = tokenizer["PAD_None"]
     started = time.perf_counter()
-    real, filled, changed = [], [], 0
+    real, filled, pieces, changed = [], [], [], 0
     spans = []
     for index, ids in enumerate(documents):
         first = (len(starts["real"][index]) - num_bars) // 2 + 1  # 1-based, centred
@@ -179,6 +183,7 @@ def _infill(net, tokenizer, grammar, documents, free, starts, probe, settings) -
         changed += _changed_outside(span, result)
         real.append(span.span)
         filled.append(body)
+        pieces.append(result)
         spans.append(first)
     seconds = time.perf_counter() - started
     length = max(map(len, real + filled))
@@ -204,7 +209,7 @@ def _infill(net, tokenizer, grammar, documents, free, starts, probe, settings) -
         **results, "comparisons": pairs, "given_tokens_changed": changed,
         "num_bars": num_bars, "seconds_per_piece": seconds / len(documents),
         "span": f"{num_bars} bars from the middle bar of each piece",
-    }  # fmt: skip
+    }, pieces  # fmt: skip
 
 
 def _changed_outside(span, result: list[int]) -> int:

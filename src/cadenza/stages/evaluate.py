@@ -193,7 +193,11 @@ def run(
     candidate = choose_candidate(metrics, settings.candidate, register)
     metrics["candidate"] = candidate
     if settings.tasks:
-        metrics["tasks"] = _tasks(settings, paths, context, folders[candidate])
+        metrics["tasks"], examples = _tasks(settings, paths, context, folders[candidate])
+        for name, rows in examples.items():  # the gallery: Bach beside the candidate's
+            gallery_scores[f"tasks_{name}"] = [  # harmonization of his melody, and infill
+                decode_ids(context.tokenizer, ids) for ids in rows[: settings.gallery_size]
+            ]
     report_dir = _write_report(settings, paths, context, metrics, samples, sets, gallery_scores)
     metrics["seconds"] = time.perf_counter() - started
     record = build_record(paths, all_params)
@@ -217,9 +221,9 @@ def run(
     return metrics
 
 
-def _tasks(settings: EvaluateSettings, paths: Paths, context, folder: Path) -> dict:
+def _tasks(settings: EvaluateSettings, paths: Paths, context, folder: Path):
     """The candidate harmonizing and infilling the pieces the real windows come from (the test
-    split, and valid when the context added it; evaluation/tasks.py)."""
+    split, and valid when the context added it; evaluation/tasks.py): (metrics, examples)."""
     net, tokenizer = load_generator(folder)
     net.to("cpu")  # the controllers' masks live on the CPU
     documents = []
@@ -234,16 +238,16 @@ def _tasks(settings: EvaluateSettings, paths: Paths, context, folder: Path) -> d
         settings.bootstrap, settings.seed,
     )  # fmt: skip
     with torch.no_grad():
-        result = tasks.measure(net, tokenizer, documents, probe, settings)
+        examples, result = tasks.measure(net, tokenizer, documents, probe, settings)
     if "note" in result:  # too few pieces: a result, not an error
         log.warning("evaluate tasks: %s", result["note"])
-        return result
+        return result, examples
     log.info(
         "evaluate tasks: harmonized %.3f, infilled %.3f (strongest probe; given notes "
         "changed %d)", result["harmonize"]["harmonized"]["accuracy"],
         result["infill"]["infilled"]["accuracy"], result["harmonize"]["given_notes_changed"],
     )  # fmt: skip
-    return result
+    return result, examples
 
 
 def _set_statistics(real_stats: list, scores: list, name: str) -> dict:
