@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from symusic import Score
 
-from cadenza.evaluation import music_stats
+from cadenza.evaluation import music_stats, voice_leading
 
 from .conftest import make_midi
 
@@ -104,6 +104,22 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         pair = result["comparisons"][f"{name}_vs_unconditional"]
         assert pair["accuracy_a"] == result[name]["probes"][pair["probe"]]["accuracy"]
         assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
+    judge = metrics["voice_leading"]  # the held-out judge: rule rates, and as a probe
+    assert judge["rules"] == list(voice_leading.RULES)
+    assert set(judge["real"]) == set(voice_leading.RULES)
+    assert judge["real"]["parallel_octaves"] < 0.1 and judge["real"]["voice_crossing"] < 0.1
+    for name in ("mle", "gan", "control"):
+        m = judge["models"][name]
+        assert m["ci_low"] <= m["accuracy"] <= m["ci_high"] and set(m["rates"]) == set(
+            judge["real"]
+        )
+        assert len(m["position_bins"]) == 2
+    assert set(judge["comparisons"]) == {"gan_vs_control", "gan_vs_mle", "control_vs_mle"}
+    pair = judge["comparisons"]["gan_vs_control"]
+    assert (
+        pair["probe"] == "voice_leading" and pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
+    )
+    assert pair["accuracy_a"] == judge["models"]["gan"]["accuracy"]
     assert {"unigram", "4gram"} <= set(metrics["baselines"])
     assert metrics["sampling"] == {"temperature": 0.9, "top_k": 0, "top_p": 0.95, "grammar": False,
                                    "pitch_top_p": 1.0}  # fmt: skip
@@ -122,7 +138,7 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
     html = (report / "index.html").read_text()
     for figure in ("probes.png", "positions.png"):
         assert (report / figure).read_bytes()[:4] == b"\x89PNG" and figure in html
-    assert "gan_vs_control" in html and "Paired comparisons" in html
+    assert "gan_vs_control" in html and "Paired comparisons" in html and "Voice leading" in html
     windows = np.load(report / "windows.npz")
     assert windows["real_tokens"].shape == (12, 2, 16)
     assert windows["samples_mle"].shape == windows["samples_gan"].shape == (12, 48)

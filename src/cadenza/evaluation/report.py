@@ -93,6 +93,7 @@ def html_sections(metrics: dict, models: tuple[str, ...], figs: list[Path], root
     ]  # fmt: skip
     parts.append("<h3>Every probe</h3>")
     parts.append(_table(["pair a_vs_b", "probe", "a - b [95% CI]", "p"], rows))
+    parts += _voice_leading_section(metrics.get("voice_leading"))
     parts.append("<h2>By position (real windows from the same bins)</h2>")
     for name in models:
         m = metrics[name]
@@ -154,3 +155,29 @@ def summary_table(metrics: dict, models: tuple[str, ...]) -> dict[str, dict[str,
     for name, value in metrics["baselines"].items():
         table[f"{name} baseline"] = {"test NLL": f"{value:.4f}"}
     return table
+
+
+def _voice_leading_section(judge: dict | None) -> list[str]:
+    """The held-out judge: each model's rule rates beside the real windows', the grader as a
+    probe, and the paired comparisons it reads."""
+    if not judge:
+        return []
+    rules = judge["rules"]
+    rows = [["real", "", *(f"{judge['real'][r]:.3f}" for r in rules)]]
+    for name, m in judge["models"].items():
+        rows.append(
+            [name, f"{m['accuracy']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
+             *(f"{m['rates'][r]:.3f}" for r in rules)]
+        )  # fmt: skip
+    pairs = [
+        [key, f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+         f"{c['p_value']:.3f}"]
+        for key, c in judge.get("comparisons", {}).items()
+    ]  # fmt: skip
+    return [
+        "<h2>Voice leading (a judge no training stage reads)</h2>",
+        "<p>Rates of each rule over the windows; the grader's rates as a probe "
+        "(real vs generated accuracy, 95% CI).</p>",
+        _table(["model", "probe accuracy", *rules], rows),
+        _table(["pair a_vs_b", "a - b [95% CI]", "p"], pairs),
+    ]

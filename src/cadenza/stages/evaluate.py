@@ -26,7 +26,7 @@ import torch
 
 from cadenza.audio import AudioSpec
 from cadenza.config import EvaluateSettings, RegisterSettings
-from cadenza.evaluation import gallery, music_stats, report, tasks
+from cadenza.evaluation import gallery, music_stats, report, tasks, voice_leading
 from cadenza.evaluation.candidates import CANDIDATES, COMPARISONS, choose_candidate
 from cadenza.evaluation.context import (
     WINDOWS_FILE,
@@ -147,6 +147,23 @@ def _probe_models(context, sets: dict, sampled: list[str], metrics: dict) -> Non
         }
 
 
+def _voice_leading(context, samples: dict, sets: dict, metrics: dict) -> dict:
+    """The held-out judge (evaluation/voice_leading.py): every model's rule rates against the
+    real windows', and the grader as a probe family of its own, per model, per position bin
+    and in the same paired comparisons. No training stage reads it."""
+    sampled = [n for n in CANDIDATES if "same_weights_as" not in metrics[n]]
+    judge = voice_leading.judge(
+        context, {n: samples[n] for n in sampled}, {n: sets[n] for n in sampled}
+    )
+    for name in CANDIDATES:
+        twin = metrics[name].get("same_weights_as", name)
+        judge["models"][name] = judge["models"][twin]
+        judge["scores"][name] = judge["scores"][twin]
+    scores = judge.pop("scores")
+    judge["comparisons"] = {f"{a}_vs_{b}": compare(scores, a, b) for a, b in COMPARISONS}
+    return judge
+
+
 def _write_report(settings, paths, context, metrics, samples, sets, gallery_scores) -> Path:
     """reports/evaluate/: windows, figures, the gallery (MIDI, piano rolls, audio), index.html."""
     report_dir = paths.root / "reports" / "evaluate"
@@ -190,6 +207,7 @@ def run(
         settings, paths, context, folders, real_stats, metrics, gallery_scores, device
     )
     _probe_models(context, sets, sampled, metrics)
+    metrics["voice_leading"] = _voice_leading(context, samples, sets, metrics)
     candidate = choose_candidate(metrics, settings.candidate, register)
     metrics["candidate"] = candidate
     if settings.tasks:
