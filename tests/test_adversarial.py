@@ -337,3 +337,82 @@ def test_critic_steps_zero_keeps_the_warmed_up_critic_fixed(pretrained, tmp_path
     start = load_file(root / "models" / "generator-mle" / "model.safetensors")
     moved = load_file(root / "models" / "generator-gan" / "last" / "model.safetensors")
     assert any(not torch.equal(start[k], moved[k]) for k in start)
+
+
+def test_reinforce_learns_from_a_reward_it_cannot_differentiate():
+    """A reward that counts one token in finished samples (no gradient through it): the
+    score-function estimator raises that token's share; the KL penalty holds it back."""
+    from cadenza.training import adversarial as training
+    from cadenza.training.config import AdversarialConfig
+
+    target = 7
+
+    def counted(ids: np.ndarray):
+        return (ids == target).mean(1), {}
+
+    shares = {}
+    for kl_weight in (0.0, 2.0):
+        generator, _ = tiny_pair()
+        reference, _ = tiny_pair()
+        reference.eval().requires_grad_(False)
+        config = AdversarialConfig(
+            sample_batch=16, sample_len=16, chunk_len=16, prime_tokens=0, estimator="reinforce",
+            adv_weight=1.0, kl_weight=kl_weight, reward_buffer=4, critic_warmup_steps=0,
+        )  # fmt: skip
+        tokens = np.random.default_rng(0).integers(4, VOCAB, 4000)
+        real = training.RealChunks(tokens, np.array([0, 2000, 4000]), 16, 0)
+        rng = torch.Generator().manual_seed(0)
+        sampler = training.Sampler(generator, real, config, torch.device("cpu"), rng, bos=1)
+        optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+        score = training.external_reward(counted)
+        for _ in range(40):
+            optimizer.zero_grad()
+            metrics = training.policy_gradient_backward(
+                generator, reference, sampler, score, config
+            )
+            optimizer.step()
+        _, ids, _ = sampler.episodes(64)
+        shares[kl_weight] = (ids == target).float().mean().item()
+        assert np.isfinite(metrics["pg_loss"]) and metrics["kl_to_start"] >= -1e-3
+    assert shares[0.0] > 0.3, shares  # from about 1 / 40 at the start
+    assert shares[2.0] < shares[0.0], shares
+
+
+@pytest.mark.parametrize("reward", ["music", "critic"])
+def test_reinforce_arm_trains_against_its_reward_and_logs_it(
+    pretrained, tmp_path, tracking_uri, reward
+):
+    import mlflow
+
+    root = tmp_path / "p"
+    shutil.copytree(pretrained, root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["adversarial"].update(estimator="reinforce", reward=reward, reward_buffer=4)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    adversarial_stage.run(_settings(root).adversarial, Paths(root=root, corpus="mine"))
+    metrics = json.loads((root / "metrics" / "adversarial.json").read_text())
+    assert metrics["steps"] == 6
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cadenza").experiment_id])
+    for name in ("pg_loss", "reward_mean", "kl_to_start", "sample_log_prob", "adv_grad_norm"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert len(history) == 6 and all(np.isfinite(m.value) for m in history), name
+    gan = root / "models" / "generator-gan"
+    if reward == "music":  # the classifier refitted every update, its accuracy logged
+        accuracy = client.get_metric_history(run.info.run_id, "music_critic_accuracy")
+        assert len(accuracy) == 6 and all(0 <= m.value <= 1 for m in accuracy)
+        assert metrics["discriminator_accuracy"] is None  # no SpanBERT critic in this arm
+        assert not (gan / "last" / "discriminator.safetensors").exists()
+    else:  # the SpanBERT critic scores and keeps learning
+        assert client.get_metric_history(run.info.run_id, "d_accuracy")
+        assert 0 <= metrics["discriminator_accuracy"] <= 1
+    start = load_file(root / "models" / "generator-mle" / "model.safetensors")
+    moved = load_file(gan / "last" / "model.safetensors")
+    assert any(not torch.equal(start[k], moved[k]) for k in start)
+
+
+def test_reinforce_settings_that_cannot_work_are_refused():
+    with pytest.raises(Exception, match="leave-one-out baseline needs at least 2"):
+        parse_settings({"adversarial": {"estimator": "reinforce", "sample_batch": 1}})
+    with pytest.raises(Exception, match="estimator"):
+        parse_settings({"adversarial": {"estimator": "ppo"}})

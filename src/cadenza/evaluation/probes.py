@@ -64,6 +64,11 @@ def _classifier(regularization: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=regularization, max_iter=500))
 
 
+def fit_classifier(x: np.ndarray, y: np.ndarray, regularization: float = REGULARIZATION):
+    """The probes' classifier (standardized logistic regression) fitted on all rows."""
+    return _classifier(regularization).fit(x, y)
+
+
 def cross_validated(
     x: np.ndarray,
     y: np.ndarray,

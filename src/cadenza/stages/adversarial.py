@@ -3,7 +3,10 @@ a likelihood-only control, and keep the checkpoint a probe finds hardest to tell
 
 Reads models/generator-mle/ and models/discriminator/. Two arms start from the same
 pretrained weights with the same data order, steps and seeds:
-- gan: NLL + adv_weight x the adversarial loss -> models/generator-gan/;
+- gan: NLL + adv_weight x the adversarial loss -> models/generator-gan/ (the estimator is
+  the paper's straight-through Gumbel-Softmax through the SpanBERT critic, or REINFORCE on
+  finished samples scored by that critic or by a music-statistics classifier refitted on the
+  newest samples against real train windows: evaluation/critics.py);
 - control: adv_weight = 0 (NLL only) -> models/generator-control/.
 Each arm keeps a candidate checkpoint at every evaluation (candidates/). Selection (the same
 rule for both arms): among the candidates whose validation NLL stays within `tolerance` of the
@@ -28,7 +31,7 @@ import torch
 from safetensors.torch import load_file
 
 from cadenza.config import AdversarialSettings, EvaluateSettings
-from cadenza.evaluation import windows
+from cadenza.evaluation import critics, windows
 from cadenza.evaluation.context import features_of, prepare_encoder, real_in_own_keys
 from cadenza.evaluation.probes import cross_validated
 from cadenza.generate import load_generator
@@ -94,6 +97,10 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
     )
     params = {"adversarial": asdict(settings)}
     results, metrics = {}, {}
+    reward = None
+    if config.estimator == "reinforce" and config.reward == "music":
+        real = critics.real_train_windows(*train_data, config.prime_tokens, config.sample_len)
+        reward = critics.MusicCritic(tokenizer, real, config.reward_buffer, config.seed)
     with tracked(paths, "adversarial", params, lineage_tags(paths), track) as log_metrics:
         for arm, (arm_config, out_dir) in arms.items():
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +118,7 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
                 log_metrics if arm == "gan" else _prefixed(log_metrics, f"{arm}_"),
                 extra_config={"stage": "adversarial", "arm": arm},
                 fingerprint=fingerprint(asdict(arm_config), files=inputs),
+                reward=reward if arm == "gan" else None,
             )
         selections = select(settings, paths, {a: (arms[a][1], results[a]) for a in arms})
         for arm, (_, out_dir) in arms.items():

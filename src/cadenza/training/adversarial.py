@@ -160,6 +160,20 @@ class Sampler:
         self.last = (torch.cat(ids, 1).reshape(-1, c), real.reshape(-1, c))
 
     @torch.no_grad()
+    def episodes(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prompt (B, P), exact samples (B, sample_len), real tokens at the same positions
+        (B, sample_len)) without dropout, for the score-function estimator (Gumbel-max with
+        any tau draws exactly from the generator's distribution)."""
+        c = self.config.chunk_len
+        was_training = self.generator.training
+        self.generator.eval()
+        prompt, real = self._prompt_and_real(batch)
+        chunks = sample_chunks(self.generator, prompt, self.config.num_chunks, c, 1.0, self.rng)
+        ids = torch.cat([chunk_ids for _, chunk_ids in chunks], 1)
+        self.generator.train(was_training)
+        return prompt, ids, real
+
+    @torch.no_grad()
     def hard(self, batch: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(generated chunks (N, c), real chunks (N, c)) of `batch` samples, without
         dropout."""
@@ -380,6 +394,76 @@ def adversarial_loss_backward(
     }
 
 
+Reward = Callable[[np.ndarray], tuple[np.ndarray, dict[str, float]]]
+"""(B, sample_len) generated token ids -> ((B,) rewards, diagnostics): a judge of finished
+samples that need not be differentiable (reward music: evaluation/critics.py)."""
+
+
+def sequence_log_probs(model: TransformerXL, prompt: torch.Tensor, ids: torch.Tensor):
+    """(B, L) log-probabilities of the sampled ids after the prompt, by one cached forward
+    pass over the whole sequence (the attention window of generation)."""
+    sequence = torch.cat([prompt, ids], 1)[:, :-1]
+    cache = model.empty_cache(sequence.shape[0], sequence.device)
+    logits = model._forward_cached(sequence, cache, 0)[:, prompt.shape[1] - 1 :]
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    return log_probs.gather(-1, ids[..., None]).squeeze(-1)
+
+
+def policy_gradient_backward(
+    generator: TransformerXL,
+    reference: TransformerXL,
+    sampler: Sampler,
+    score: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    config: AdversarialConfig,
+) -> dict[str, float]:
+    """Backpropagate adv_weight x the score-function loss (REINFORCE with a leave-one-out
+    baseline, RLOO): each sample's reward less kl_weight x its mean log-ratio to the start
+    model, against the mean of the other samples', weights the gradient of its log-probability."""
+    prompt, ids, real = sampler.episodes(config.sample_batch)
+    log_probs = sequence_log_probs(generator, prompt, ids)
+    with torch.no_grad():
+        reference_log_probs = sequence_log_probs(reference, prompt, ids)
+        rewards, diagnostics = score(ids, real)
+        kl = (log_probs.detach() - reference_log_probs).mean(1)
+        shaped = rewards.to(kl.device).float() - config.kl_weight * kl
+        batch = shaped.shape[0]
+        advantage = shaped - (shaped.sum() - shaped) / (batch - 1)
+    loss = -(advantage * log_probs.mean(1)).mean()
+    (config.adv_weight * loss).backward()
+    return {
+        "pg_loss": loss.item(),
+        "reward_mean": rewards.float().mean().item(),
+        "reward_std": rewards.float().std().item(),
+        "kl_to_start": kl.mean().item(),
+        "sample_log_prob": log_probs.detach().mean().item(),
+        **diagnostics,
+    }
+
+
+def critic_reward(critic: Critic, sampler: Sampler, config: AdversarialConfig):
+    """The SpanBERT critic as a reward: each sample's mean chunk score; the chunks are kept
+    for the critic's next update."""
+
+    def score(ids: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        c = config.chunk_len
+        fake_chunks, real_chunks = ids.reshape(-1, c), real.reshape(-1, c)
+        critic.model.eval()
+        scores = critic.score(fake_chunks).reshape(ids.shape[0], -1).mean(1)
+        critic.model.train()
+        sampler.last = (fake_chunks, real_chunks)
+        return scores, {}
+
+    return score
+
+
+def external_reward(reward: Reward):
+    def score(ids: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        values, diagnostics = reward(ids.cpu().numpy())
+        return torch.as_tensor(values, dtype=torch.float32), diagnostics
+
+    return score
+
+
 @dataclass
 class Guard:
     """Validation NLL at every evaluation: keeps a candidate checkpoint each time, the best
@@ -432,6 +516,8 @@ class Run:
     heldout: HeldOut | None = None
     stream: RngStream | None = None
     guard: Guard | None = None
+    reference: TransformerXL | None = None  # reinforce: the frozen start model
+    score: Callable | None = None  # reinforce: (ids, real) -> (rewards, diagnostics)
     mems: list[torch.Tensor] | None = None
     warmup: dict = field(default_factory=dict)
     accuracy_history: list[tuple[int, float]] = field(default_factory=list)
@@ -440,7 +526,9 @@ class Run:
     step: int = 0
     stopped: bool = False
 
-    def heldout_accuracy(self) -> float:
+    def heldout_accuracy(self) -> float | None:
+        if self.critic is None:
+            return None
         with self.stream.active():
             return self.heldout.accuracy(self.critic, self.sampler)
 
@@ -456,10 +544,12 @@ def setup(
     out_dir: Path,
     saved_config: dict,
     fingerprint: str,
+    reward: Reward | None = None,
 ) -> Run:
     """The generator from its pretrained weights, the critic (GAN arm only), their optimizers
     and random streams, in an order that fixes every draw: the control arm sees the same
-    data order and dropout masks as the GAN arm."""
+    data order and dropout masks as the GAN arm. reinforce adds the frozen start model and
+    the reward (`reward` is required for reward music)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = TransformerXL(generator_config)
@@ -473,15 +563,26 @@ def setup(
     valid_chunks = RealChunks(*valid_data, length, config.seed + 2)
     parts = {"model": generator, "g_optimizer": update, "stream": stream}
     parts.update(sample=sample_rng, real=real.rng)
-    critic = sampler = heldout = None
+    critic = sampler = heldout = reference = score = None
     if config.adversarial:
+        sampler = Sampler(generator, real, config, device, sample_rng, bos)
+    if config.uses_critic:
         discriminator = Discriminator(discriminator_config)
         checkpoint.load_weights(discriminator, inits[1])
         discriminator.to(device)
         critic = Critic(discriminator, config)
-        sampler = Sampler(generator, real, config, device, sample_rng, bos)
         heldout = HeldOut(valid_chunks, config)
         parts.update(discriminator=discriminator, d_optimizer=critic.optimizer)
+    if config.adversarial and config.estimator == "reinforce":
+        reference = TransformerXL(generator_config)
+        checkpoint.load_weights(reference, inits[0])
+        reference.to(device).eval().requires_grad_(False)
+        if config.reward == "music" and reward is None:
+            raise ValueError("adversarial.reward music needs the stage's music critic")
+        score = (
+            critic_reward(critic, sampler, config) if config.reward == "critic"
+            else external_reward(reward)
+        )  # fmt: skip
     valid_tokens = valid_data[0]
     seg_len = generator_config.seg_len
     batches = SegmentBatches(*train_data, config.batch_size, seg_len, config.seed + 1)
@@ -493,7 +594,7 @@ def setup(
     checkpointer = checkpoint.Checkpointer(out_dir, parts, fingerprint)
     return Run(
         config, generator, update, batches, checkpointer, valid_nll, saved_config, out_dir,
-        device, critic, sampler, heldout, stream,
+        device, critic, sampler, heldout, stream, reference=reference, score=score,
     )  # fmt: skip
 
 
@@ -538,15 +639,19 @@ def train_step(run: Run, step: int, log_metrics: Metrics | None) -> float:
     if new_epoch:
         run.mems = None
     adversarial = None
-    if critic and step % config.adv_every == 0:
+    if config.adversarial and step % config.adv_every == 0:
 
         def adversarial():
             with run.stream.active():
+                if config.estimator == "reinforce":
+                    return policy_gradient_backward(
+                        run.generator, run.reference, run.sampler, run.score, config
+                    )
                 return adversarial_loss_backward(critic, run.sampler, config, tau)
 
     inputs, targets = inputs.to(run.device), targets.to(run.device)
     run.mems, g_metrics = run.update.step(inputs, targets, run.mems, adversarial)
-    if adversarial is not None:
+    if adversarial is not None and critic:
         with run.stream.active():
             for _ in range(config.critic_steps):
                 run.d_metrics = discriminator_step(critic, run.sampler, tau)
@@ -615,6 +720,7 @@ def train_adversarial(
     log_metrics: Metrics | None = None,
     extra_config: dict | None = None,
     fingerprint: str = "",
+    reward: Reward | None = None,
 ) -> AdversarialResult:
     """Fine-tune from the pretrained weights; returns the run's record. out_dir gets
     model.safetensors (best validation NLL), config.json, candidates/ and last/ (a killed
@@ -626,7 +732,7 @@ def train_adversarial(
     }
     run = setup(
         generator_config, discriminator_config, config, train_data, valid_data,
-        (generator_init, discriminator_init), bos, out_dir, saved_config, fingerprint,
+        (generator_init, discriminator_init), bos, out_dir, saved_config, fingerprint, reward,
     )  # fmt: skip
     resumed = run.checkpointer.restore()
     if resumed is not None:

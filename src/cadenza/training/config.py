@@ -251,6 +251,20 @@ class AdversarialConfig:
     compared with the real chunks at the same positions."""
     adv_weight: float = 0.1
     """lambda in NLL + lambda * adversarial; 0 = the likelihood-only control."""
+    estimator: Literal["gumbel", "reinforce"] = "gumbel"
+    """How the adversarial term reaches the generator. gumbel: the paper's straight-through
+    Gumbel-Softmax through the SpanBERT critic. reinforce: a score-function (policy-gradient)
+    estimator on finished samples scored by `reward`, with a leave-one-out baseline over the
+    sample batch and a KL penalty to the start model; any judge can score."""
+    reward: Literal["critic", "music"] = "critic"
+    """What scores a sample under reinforce. critic: the SpanBERT critic's mean chunk score
+    (the critic keeps learning, as under gumbel); music: the log-odds of a logistic regression
+    on the sample's music statistics, refitted at every update on the newest samples against
+    real train windows (evaluation/critics.py; the stage provides it)."""
+    kl_weight: float = 0.1
+    """reinforce: beta in reward - beta x the per-token log-ratio to the start model."""
+    reward_buffer: int = 64
+    """reward music: the newest generated samples the classifier is refitted on."""
     adv_every: int = 4
     """An adversarial update (generator and critic) every this many steps."""
     lr_adversarial: float = 2e-4
@@ -301,6 +315,14 @@ class AdversarialConfig:
             "tolerance": at_least(0),
         })  # fmt: skip
         choose(self, "on_degrade", ("rollback", "stop"))
+        choose(self, "estimator", ("gumbel", "reinforce"))
+        choose(self, "reward", ("critic", "music"))
+        check_fields(self, {"kl_weight": at_least(0), "reward_buffer": at_least(4)})
+        if self.estimator == "reinforce" and self.sample_batch < 2:
+            raise ValueError(
+                f"sample_batch {self.sample_batch}: the reinforce estimator's leave-one-out "
+                "baseline needs at least 2 samples per update"
+            )
         if self.sample_len % self.chunk_len:
             raise ValueError(
                 f"sample_len {self.sample_len} must be a multiple of chunk_len {self.chunk_len}"
@@ -320,3 +342,8 @@ class AdversarialConfig:
     @property
     def adversarial(self) -> bool:
         return self.adv_weight > 0
+
+    @property
+    def uses_critic(self) -> bool:
+        """The SpanBERT critic trains in this arm (not under reinforce with reward music)."""
+        return self.adversarial and (self.estimator == "gumbel" or self.reward == "critic")
