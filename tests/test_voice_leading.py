@@ -177,3 +177,21 @@ def test_as_a_probe_it_tells_swapped_voices_and_not_real_from_real(four_part_gri
     same = _probe(a[:count], groups[half][:count], b[:count], groups[~half][:count])
     low, high = same.interval()
     assert low <= 0.5 <= high and same.accuracy < 0.65, same.to_dict()
+
+
+def test_token_windows_are_graded_in_four_voices(token_project):
+    """Windows of the token store decode (generate.decode_ids: "Voice k" tracks on program 0)
+    to four graded voices, and grade as the chorales they came from do."""
+    from cadenza.evaluation.window_stats import decode_window
+    from cadenza.tokens.store import load_split
+    from cadenza.tokens.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(token_project / "data" / "tokens" / "tokenizer.json")
+    tokens, offsets = load_split(token_project / "data" / "tokens", "train")
+    start = int(offsets[0]) + 1
+    window = np.asarray(tokens[start : start + 256])
+    _, grid = vl.voice_grid(decode_window(tokenizer, window))
+    assert ((grid >= 0).sum(axis=1) >= 3).mean() > 0.5, grid[:8]
+    assert all((grid[:, voice] >= 0).any() for voice in range(4))
+    rows = vl.features_of_windows(tokenizer, np.stack([window, window]))
+    assert rows.shape == (2, len(vl.FEATURE_NAMES)) and rows[0, -1] > 0

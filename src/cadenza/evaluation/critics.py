@@ -3,10 +3,11 @@
 `MusicCritic` is the music-statistics probe turned into a discriminator that keeps learning:
 a logistic regression on the window statistics (window_stats: pitch classes and key fit,
 melodic and harmonic intervals, clusters of seconds, voices, durations, register), refitted at
-every call on the newest generated samples against as many real TRAIN windows (never valid or
-test, which the selection and the evaluation read), at the positions the samples take. A sample's reward is the log-odds that it
-is real. Each refit's accuracy on rows it was not fitted on (grouped 2-fold cross-validation)
-is logged as `music_critic_accuracy`: 0.5 = the critic cannot tell the generator from real.
+every call on the newest generated samples against as many real TRAIN windows at the positions
+the samples take (never valid or test, which the selection and the evaluation read). A
+sample's reward is the log-odds that it is real. Each refit's accuracy on rows it was not
+fitted on (2-fold cross-validation) is logged as `music_critic_accuracy`: 0.5 = the critic
+cannot tell the generator from real.
 """
 
 from __future__ import annotations

@@ -62,14 +62,23 @@ def _chord_templates() -> np.ndarray:
 CHORDS = _chord_templates()
 
 
+def _voice(track) -> int:
+    """0 = top: the number of a decoded generator track ("Voice k", generate.decode_ids,
+    which plays every voice as program 0 again), else the track's program."""
+    name = track.name or ""
+    if name.startswith("Voice ") and name[6:].isdigit():
+        return int(name[6:]) - 1
+    return track.program
+
+
 def voice_grid(score) -> tuple[np.ndarray, np.ndarray]:
     """(onset beats (T,), pitches (T, 4) with -1 where the voice is silent): at each onset of
-    any voice, the pitch each voice sounds (its highest, if a voice holds several). Tracks
-    with programs 0-3 are the voices; other tracks and drums are ignored."""
+    any voice, the pitch each voice sounds (its highest, if a voice holds several). Voices
+    0-3 (`_voice`) are graded; other tracks and drums are ignored."""
     tpq = float(score.ticks_per_quarter)
     voices: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for voice in range(NUM_VOICES):
-        arrays = [t.notes.numpy() for t in score.tracks if not t.is_drum and t.program == voice]
+        arrays = [t.notes.numpy() for t in score.tracks if not t.is_drum and _voice(t) == voice]
         arrays = [a for a in arrays if len(a["time"])]
         if arrays:
             start = np.concatenate([a["time"] for a in arrays]) / tpq

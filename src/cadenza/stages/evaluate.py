@@ -26,7 +26,7 @@ import torch
 
 from cadenza.audio import AudioSpec
 from cadenza.config import EvaluateSettings, RegisterSettings
-from cadenza.evaluation import gallery, music_stats, report, tasks, voice_leading
+from cadenza.evaluation import diversity, gallery, music_stats, report, tasks, voice_leading
 from cadenza.evaluation.candidates import CANDIDATES, COMPARISONS, choose_candidate
 from cadenza.evaluation.context import (
     WINDOWS_FILE,
@@ -208,6 +208,10 @@ def run(
     )
     _probe_models(context, sets, sampled, metrics)
     metrics["voice_leading"] = _voice_leading(context, samples, sets, metrics)
+    metrics["diversity"] = diversity.report(  # what over-optimization would show
+        context.tokenizer, {n: samples[n] for n in CANDIDATES},
+        load_split(paths.tokens_dir, "train"), COMPARISONS, settings.seed,
+    )  # fmt: skip
     candidate = choose_candidate(metrics, settings.candidate, register)
     metrics["candidate"] = candidate
     if settings.tasks:
