@@ -21,6 +21,7 @@ from cadenza.paths import Paths
 from cadenza.stages import adversarial as adversarial_stage
 from cadenza.stages import pretrain as pretrain_stage
 from cadenza.stages import pretrain_discriminator as discriminator_stage
+from cadenza.stages.summaries import adversarial_summary
 from cadenza.training.gan_losses import discriminator_loss, generator_loss
 from cadenza.training.memory import SavedTensorMeter
 from cadenza.training.span_masking import span_mask
@@ -402,6 +403,8 @@ def test_reinforce_arm_trains_against_its_reward_and_logs_it(
         accuracy = client.get_metric_history(run.info.run_id, "music_critic_accuracy")
         assert len(accuracy) == 6 and all(0 <= m.value <= 1 for m in accuracy)
         assert metrics["discriminator_accuracy"] is None  # no SpanBERT critic in this arm
+        (line,) = adversarial_summary(metrics)  # what `cadenza adversarial` prints
+        assert "no SpanBERT critic" in line[1]
         assert not (gan / "last" / "discriminator.safetensors").exists()
     else:  # the SpanBERT critic scores and keeps learning
         assert client.get_metric_history(run.info.run_id, "d_accuracy")

@@ -76,12 +76,14 @@ def discriminator_summary(m: dict) -> list[Row]:
 
 
 def adversarial_summary(m: dict) -> list[Row]:
+    critic = m["discriminator_accuracy"]  # None: an arm without the SpanBERT critic
+    critic = "no SpanBERT critic" if critic is None else f"{critic:.2f}"
     return [
         (
             "adversarial",
             f"valid NLL {m['initial_valid_nll']:.4f} -> best {m['best_valid_nll']:.4f} (final "
             f"{m['final_valid_nll']:.4f}, {m['rollbacks']} rollbacks); held-out discriminator "
-            f"accuracy {m['discriminator_accuracy']:.2f}; {m['seconds']:.0f} s; selected step "
+            f"accuracy {critic}; {m['seconds']:.0f} s; selected step "
             f"{m['selected_step']}, control arm step {m['control']['selection']['step']}",
         )
     ]
