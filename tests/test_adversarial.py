@@ -379,7 +379,7 @@ def test_reinforce_learns_from_a_reward_it_cannot_differentiate():
     assert shares[2.0] < shares[0.0], shares
 
 
-@pytest.mark.parametrize("reward", ["music", "critic"])
+@pytest.mark.parametrize("reward", ["music", "critic", "voice_leading"])
 def test_reinforce_arm_trains_against_its_reward_and_logs_it(
     pretrained, tmp_path, tracking_uri, reward
 ):
@@ -399,6 +399,9 @@ def test_reinforce_arm_trains_against_its_reward_and_logs_it(
         history = client.get_metric_history(run.info.run_id, name)
         assert len(history) == 6 and all(np.isfinite(m.value) for m in history), name
     gan = root / "models" / "generator-gan"
+    if reward == "voice_leading":
+        broken = client.get_metric_history(run.info.run_id, "voice_leading_broken")
+        assert len(broken) == 6 and all(m.value >= 0 for m in broken)
     if reward == "music":  # the classifier refitted every update, its accuracy logged
         accuracy = client.get_metric_history(run.info.run_id, "music_critic_accuracy")
         assert len(accuracy) == 6 and all(0 <= m.value <= 1 for m in accuracy)
@@ -406,7 +409,7 @@ def test_reinforce_arm_trains_against_its_reward_and_logs_it(
         (line,) = adversarial_summary(metrics)  # what `cadenza adversarial` prints
         assert "no SpanBERT critic" in line[1]
         assert not (gan / "last" / "discriminator.safetensors").exists()
-    else:  # the SpanBERT critic scores and keeps learning
+    if reward == "critic":  # the SpanBERT critic scores and keeps learning
         assert client.get_metric_history(run.info.run_id, "d_accuracy")
         assert 0 <= metrics["discriminator_accuracy"] <= 1
     start = load_file(root / "models" / "generator-mle" / "model.safetensors")

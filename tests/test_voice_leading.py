@@ -195,3 +195,23 @@ def test_token_windows_are_graded_in_four_voices(token_project):
     assert all((grid[:, voice] >= 0).any() for voice in range(4))
     rows = vl.features_of_windows(tokenizer, np.stack([window, window]))
     assert rows.shape == (2, len(vl.FEATURE_NAMES)) and rows[0, -1] > 0
+
+
+def test_as_a_reward_real_windows_score_above_scrambled_pitches(token_project):
+    from cadenza.evaluation.critics import VoiceLeadingReward
+    from cadenza.tokens.store import load_split
+    from cadenza.tokens.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(token_project / "data" / "tokens" / "tokenizer.json")
+    tokens, offsets = load_split(token_project / "data" / "tokens", "train")
+    starts = [int(a) + 1 for a, b in zip(offsets[:-1], offsets[1:], strict=True) if b - a > 200]
+    real = np.stack([np.asarray(tokens[s : s + 128], dtype=np.int64) for s in starts[:4]])
+    pitches = np.array([i for name, i in tokenizer.vocab.items() if name.startswith("Pitch_")])
+    scrambled = real.copy()
+    where = np.isin(scrambled, pitches)
+    scrambled[where] = np.random.default_rng(0).choice(pitches, int(where.sum()))
+    reward = VoiceLeadingReward(tokenizer)
+    real_reward, diagnostics = reward(real)
+    scrambled_reward, _ = reward(scrambled)
+    assert real_reward.shape == (len(real),) and diagnostics["voice_leading_broken"] >= 0
+    assert real_reward.mean() > scrambled_reward.mean() + 0.3, (real_reward, scrambled_reward)

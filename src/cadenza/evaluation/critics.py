@@ -8,13 +8,17 @@ the samples take (never valid or test, which the selection and the evaluation re
 sample's reward is the log-odds that it is real. Each refit's accuracy on rows it was not
 fitted on (2-fold cross-validation) is logged as `music_critic_accuracy`: 0.5 = the critic
 cannot tell the generator from real.
+
+`VoiceLeadingReward` is the voice-leading grader (evaluation/voice_leading.py) as a fixed
+reward: minus the sum of a sample's rule rates. An arm trained on it must be judged on the
+other probes: the grader is then no longer a judge it never saw.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cadenza.evaluation import probes, window_stats
+from cadenza.evaluation import probes, voice_leading, window_stats
 
 
 def real_train_windows(
@@ -57,3 +61,15 @@ class MusicCritic:
         self.refits += 1
         reward = np.clip(model.decision_function(features), -10.0, 10.0)
         return reward, {"music_critic_accuracy": accuracy, "music_critic_rows": float(2 * count)}
+
+
+class VoiceLeadingReward:
+    """reward(ids) -> (minus the sum of each sample's voice-leading rule rates, diagnostics)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        grades = voice_leading.features_of_windows(self.tokenizer, ids)
+        broken = grades[:, : len(voice_leading.RULES)].sum(axis=1)
+        return -broken, {"voice_leading_broken": float(broken.mean())}

@@ -101,6 +101,8 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
     if config.estimator == "reinforce" and config.reward == "music":
         real = critics.real_train_windows(*train_data, config.prime_tokens, config.sample_len)
         reward = critics.MusicCritic(tokenizer, real, config.reward_buffer, config.seed)
+    elif config.estimator == "reinforce" and config.reward == "voice_leading":
+        reward = critics.VoiceLeadingReward(tokenizer)
     with tracked(paths, "adversarial", params, lineage_tags(paths), track) as log_metrics:
         for arm, (arm_config, out_dir) in arms.items():
             out_dir.mkdir(parents=True, exist_ok=True)

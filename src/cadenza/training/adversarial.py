@@ -577,8 +577,8 @@ def setup(
         reference = TransformerXL(generator_config)
         checkpoint.load_weights(reference, inits[0])
         reference.to(device).eval().requires_grad_(False)
-        if config.reward == "music" and reward is None:
-            raise ValueError("adversarial.reward music needs the stage's music critic")
+        if config.reward != "critic" and reward is None:
+            raise ValueError(f"adversarial.reward {config.reward} needs the stage's reward")
         score = (
             critic_reward(critic, sampler, config) if config.reward == "critic"
             else external_reward(reward)

@@ -256,11 +256,13 @@ class AdversarialConfig:
     Gumbel-Softmax through the SpanBERT critic. reinforce: a score-function (policy-gradient)
     estimator on finished samples scored by `reward`, with a leave-one-out baseline over the
     sample batch and a KL penalty to the start model; any judge can score."""
-    reward: Literal["critic", "music"] = "critic"
+    reward: Literal["critic", "music", "voice_leading"] = "critic"
     """What scores a sample under reinforce. critic: the SpanBERT critic's mean chunk score
     (the critic keeps learning, as under gumbel); music: the log-odds of a logistic regression
     on the sample's music statistics, refitted at every update on the newest samples against
-    real train windows (evaluation/critics.py; the stage provides it)."""
+    real train windows; voice_leading: minus the sample's voice-leading rule rates (fixed;
+    the evaluation's voice-leading judge then no longer held out). The stage provides music
+    and voice_leading (evaluation/critics.py)."""
     kl_weight: float = 0.1
     """reinforce: beta in reward - beta x the per-token log-ratio to the start model."""
     reward_buffer: int = 64
@@ -316,7 +318,7 @@ class AdversarialConfig:
         })  # fmt: skip
         choose(self, "on_degrade", ("rollback", "stop"))
         choose(self, "estimator", ("gumbel", "reinforce"))
-        choose(self, "reward", ("critic", "music"))
+        choose(self, "reward", ("critic", "music", "voice_leading"))
         check_fields(self, {"kl_weight": at_least(0), "reward_buffer": at_least(4)})
         if self.estimator == "reinforce" and self.sample_batch < 2:
             raise ValueError(
@@ -345,5 +347,5 @@ class AdversarialConfig:
 
     @property
     def uses_critic(self) -> bool:
-        """The SpanBERT critic trains in this arm (not under reinforce with reward music)."""
+        """The SpanBERT critic trains in this arm (not under reinforce with another reward)."""
         return self.adversarial and (self.estimator == "gumbel" or self.reward == "critic")
