@@ -104,6 +104,10 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         pair = result["comparisons"][f"{name}_vs_unconditional"]
         assert pair["accuracy_a"] == result[name]["probes"][pair["probe"]]["accuracy"]
         assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
+    assert metrics["judges"] == {  # the default arm: the paper's estimator, probe selection
+        "estimator": "gumbel", "reward": None, "trained_against": ["spanbert_critic"],
+        "selected_by": ["learned", "music", "combined"], "held_out": ["voice_leading"],
+    }  # fmt: skip
     judge = metrics["voice_leading"]  # the held-out judge: rule rates, and as a probe
     assert judge["rules"] == list(voice_leading.RULES)
     assert set(judge["real"]) == set(voice_leading.RULES)

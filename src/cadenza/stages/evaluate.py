@@ -164,6 +164,27 @@ def _voice_leading(context, samples: dict, sets: dict, metrics: dict) -> dict:
     return judge
 
 
+def _judges(folder: Path) -> dict:
+    """Which judges the GAN arm trained against and was selected by, and which it never saw:
+    a claim about the arm is read on the held-out ones."""
+    config = json.loads((folder / "config.json").read_text())
+    loop = config.get("adversarial", {})
+    estimator, reward = loop.get("estimator", "gumbel"), loop.get("reward", "critic")
+    if estimator == "gumbel" or reward == "critic":
+        trained = ["spanbert_critic"]
+    else:
+        trained = ["music_critic" if reward == "music" else "voice_leading"]
+    selected = config.get("selection", "")
+    selected_by = ["learned", "music", "combined"] if "probe" in selected else []
+    used = set(trained) | set(selected_by) | ({"music"} if "music_critic" in trained else set())
+    everything = ("learned", "music", "combined", "voice_leading")
+    return {
+        "estimator": estimator, "reward": reward if estimator == "reinforce" else None,
+        "trained_against": trained, "selected_by": selected_by,
+        "held_out": [j for j in everything if j not in used],
+    }  # fmt: skip
+
+
 def _write_report(settings, paths, context, metrics, samples, sets, gallery_scores) -> Path:
     """reports/evaluate/: windows, figures, the gallery (MIDI, piano rolls, audio), index.html."""
     report_dir = paths.root / "reports" / "evaluate"
@@ -208,6 +229,7 @@ def run(
     )
     _probe_models(context, sets, sampled, metrics)
     metrics["voice_leading"] = _voice_leading(context, samples, sets, metrics)
+    metrics["judges"] = _judges(folders["gan"])
     metrics["diversity"] = diversity.report(  # what over-optimization would show
         context.tokenizer, {n: samples[n] for n in CANDIDATES},
         load_split(paths.tokens_dir, "train"), COMPARISONS, settings.seed,
