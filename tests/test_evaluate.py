@@ -108,6 +108,15 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         "estimator": "gumbel", "reward": None, "trained_against": ["spanbert_critic"],
         "selected_by": ["learned", "music", "combined"], "held_out": ["voice_leading"],
     }  # fmt: skip
+    spread = metrics["diversity"]  # what over-optimization would show, paired against each other
+    assert set(spread["models"]) == {"mle", "gan", "control"}
+    assert set(spread["comparisons"]) == {"gan_vs_control", "gan_vs_mle", "control_vs_mle"}
+    for measure in spread["measures"]:
+        m = spread["models"]["gan"][measure]
+        assert m["ci_low"] <= m["mean"] <= m["ci_high"]
+        pair = spread["comparisons"]["gan_vs_control"][measure]
+        assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1
+    assert 0 <= spread["models"]["mle"]["train_8grams"]["mean"] <= 1
     judge = metrics["voice_leading"]  # the held-out judge: rule rates, and as a probe
     assert judge["rules"] == list(voice_leading.RULES)
     assert set(judge["real"]) == set(voice_leading.RULES)
