@@ -16,6 +16,12 @@ The loop is built from four parts:
   (the stage picks one of them by a probe on validation data); divergence beyond
   `tolerance` of the best rolls back to the best weights (or stops).
 
+`estimator: reinforce` replaces the Gumbel path by a score-function estimator
+(`policy_gradient_backward`): exact samples, their log-probabilities with gradients, a reward
+from the critic or from a `Reward` callable the stage passes in (any judge of finished
+samples), less kl_weight x the log-ratio to the frozen start model, against a leave-one-out
+baseline.
+
 Before adversarial updates the critic is warmed up on generated samples until its
 held-out accuracy on `critic_heldout` generated vs as many real validation chunks reaches
 `critic_warmup_target` (or `critic_warmup_steps` updates). With adv_weight = 0 the loop is the
