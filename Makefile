@@ -27,8 +27,10 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/cadenza retrain
 
+# two pytest-xdist workers; tests on the Prefect API share one (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # the adversarial ablation grid as queued DVC experiments (register is a no-op inside them),
 # then the GAN-vs-control table for docs/EXPERIMENTS.md; hours on a CPU

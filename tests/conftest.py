@@ -22,6 +22,18 @@ from cadenza.stages import import_corpus as corpus_import
 
 NUM_CHORALES = 4
 
+# The suite runs on two pytest-xdist workers (pyproject.toml). Session fixtures are built once
+# per worker, so every test that needs the Prefect API (the ~20 s harness and the ~150 s
+# `registered_project` built on it) is sent to one worker; the rest spread over both.
+SERIAL_FIXTURES = {"prefect_harness", "registered_project"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERIAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("prefect"))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_conversion_cache(tmp_path_factory):
