@@ -200,7 +200,7 @@ TINY_STAGES = {
     "evaluate": {
         "num_samples": 12, "sample_len": 48, "window_len": 16, "num_bins": 2,
         "min_documents": 2, "num_pieces": 4, "piece_len": 48, "gallery_size": 2, "folds": 2,
-        "cv_repeats": 1, "bootstrap": 20, "generation_batch": 8, "render_audio": True,
+        "cv_repeats": 1, "bootstrap": 10, "generation_batch": 8, "render_audio": True,
     },
     # not plain: evaluate also scores plain sampling; the registered model carries this
     "sampling": {"temperature": 0.9, "top_k": 0, "top_p": 0.95},
