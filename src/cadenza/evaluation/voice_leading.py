@@ -30,10 +30,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from cadenza.evaluation import windows
+from cadenza.evaluation import window_stats, windows
 from cadenza.evaluation.instrument import Instrument, WindowSet
 from cadenza.evaluation.music_stats import SCALES
-from cadenza.evaluation.window_stats import decode_window
 
 NUM_VOICES = 4
 RANGES = np.array([[60, 79], [55, 74], [48, 67], [40, 60]])  # (low, high) MIDI per voice
@@ -185,17 +184,9 @@ def grade_score(score) -> np.ndarray:
 
 
 def features_of_windows(tokenizer, windows: np.ndarray) -> np.ndarray:
-    """(N, W) token windows -> (N, len(FEATURE_NAMES)); a window miditok cannot decode is
-    graded as an empty one."""
-    rows = []
-    for ids in windows:
-        try:
-            score = decode_window(tokenizer, ids)
-        except Exception:  # noqa: BLE001 - miditok raises many kinds on malformed streams
-            rows.append(np.zeros(len(FEATURE_NAMES)))
-            continue
-        rows.append(grade_score(score))
-    return np.stack(rows) if rows else np.zeros((0, len(FEATURE_NAMES)))
+    """(N, W) token windows -> (N, len(FEATURE_NAMES)) rule rates; a window miditok cannot
+    decode is graded as an empty one."""
+    return window_stats.features_of_windows(tokenizer, windows, grade_score, len(FEATURE_NAMES))
 
 
 def rates(features: np.ndarray) -> dict[str, float]:

@@ -114,15 +114,18 @@ def decode_window(tokenizer, ids: np.ndarray):
     return decode_ids(tokenizer, clean_ids(tokenizer, [int(i) for i in ids]))
 
 
-def features_of_windows(tokenizer, windows: np.ndarray) -> np.ndarray:
-    """(N, W) token windows -> (N, len(FEATURE_NAMES)); a window miditok cannot decode
-    counts as a window without notes."""
+def features_of_windows(
+    tokenizer, windows: np.ndarray, features=window_features, width: int = len(FEATURE_NAMES)
+) -> np.ndarray:
+    """(N, W) token windows -> (N, width): `features` of each decoded window (by default the
+    music statistics); a window miditok cannot decode gets a row of zeros, as a window
+    without notes would."""
     rows = []
     for ids in windows:
         try:
             score = decode_window(tokenizer, ids)
         except Exception:  # noqa: BLE001 - miditok raises many kinds on malformed streams
-            rows.append(np.zeros(len(FEATURE_NAMES)))
+            rows.append(np.zeros(width))
             continue
-        rows.append(window_features(score))
-    return np.stack(rows)
+        rows.append(features(score))
+    return np.stack(rows) if rows else np.zeros((0, width))
