@@ -368,3 +368,69 @@ def test_a_study_of_two_registry_versions_tags_both_and_shows_in_status(
     status = run_in(repo, "cadenza", "registry", "status", env={"COLUMNS": "250"}).stdout
     assert "100% [51%-100%] n=4 vs cadenza-generator v1" in status
     assert "0% [0%-49%] n=4 vs cadenza-generator v2" in status
+
+
+def test_a_matched_study_pairs_each_piece_with_its_other_version(tmp_path):
+    for i in range(5):  # the k-th file of each folder is one piece's two versions
+        make_midi(tmp_path / "bach" / f"bach_{i}.mid", num_notes=12, pitch=50 + i)
+        make_midi(tmp_path / "model" / f"model_{i}.mid", num_notes=12, pitch=50 + i, gap_ticks=240)
+    settings = ListenSettings(num_pairs=3, clip_seconds=1.0)
+    study = build_study(
+        tmp_path / "study", str(tmp_path / "bach"), str(tmp_path / "model"), settings, tmp_path,
+        matched=True,
+    )  # fmt: skip
+    pieces = study.manifest["matched"]
+    assert sorted(pieces) == sorted(study.pairs) and len(pieces) == 3
+    for pair_id, (name_a, name_b) in pieces.items():
+        assert name_a.removeprefix("bach_") == name_b.removeprefix("model_")
+        pair = study.pairs[pair_id]
+        assert {study.clips[pair[s]]["side"] for s in ("left", "right")} == {"a", "b"}
+    assert len({names[0] for names in pieces.values()}) == 3  # three different pieces
+    page = client_for(study, f"sqlite:///{tmp_path / 'v.db'}").get("/").text
+    assert "bach" not in page and "model_" not in page  # the page names no file
+
+    make_midi(tmp_path / "model" / "extra.mid")
+    with pytest.raises(ValueError, match="has 5 MIDI files and .*model 6"):
+        build_study(tmp_path / "s2", str(tmp_path / "bach"), str(tmp_path / "model"), settings,
+                    tmp_path, matched=True)  # fmt: skip
+    with pytest.raises(ValueError, match="listen.num_pairs = 9"):
+        build_study(tmp_path / "s3", str(tmp_path / "bach"), str(tmp_path / "bach"),
+                    ListenSettings(num_pairs=9), tmp_path, matched=True)  # fmt: skip
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "s3").exists()
+
+
+def test_harmonizations_against_bach_from_the_evaluation_gallery(registered_project, tmp_path):
+    import yaml
+
+    from .conftest import run_in
+
+    repo = tmp_path / "repo"
+    shutil.copytree(registered_project["repo"], repo, ignore=shutil.ignore_patterns("*.lock"))
+    samples = repo / "reports" / "evaluate" / "samples"
+    count = len(list((samples / "tasks_bach").glob("*.mid")))
+    assert count >= 1 and count == len(list((samples / "tasks_harmonized").glob("*.mid")))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["listen"].update(num_pairs=count, clip_seconds=2.0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bach, harmonized = str(samples / "tasks_bach"), str(samples / "tasks_harmonized")
+    built = run_in(
+        repo, "cadenza", "listen", "build", bach, harmonized, "--matched", "--out", "studies/h"
+    )
+    assert f"{count} pairs of 2 s mp3 clips" in built.stdout
+    study = load_study(repo / "studies" / "h")
+    for name_a, name_b in study.manifest["matched"].values():
+        assert name_a.removeprefix("tasks_bach_") == name_b.removeprefix("tasks_harmonized_")
+    model = "models:/cadenza-generator/1"
+    refused = run_in(
+        repo,
+        "cadenza",
+        "listen",
+        "build",
+        model,
+        bach,
+        "--matched",
+        "--out",
+        "studies/x",
+        check=False,
+    )
+    assert refused.returncode == 1 and "--matched pairs two folders" in refused.stderr

@@ -24,6 +24,14 @@ def listen_build(
     ],
     source_b: Annotated[str, typer.Argument(help="the other source (e.g. the challenger)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="new study folder")],
+    matched: Annotated[
+        bool,
+        typer.Option(
+            help="two MIDI folders whose k-th files (name order) are versions of one piece "
+            "(e.g. reports/evaluate/samples/tasks_bach and tasks_harmonized): each pair plays "
+            "one piece's two versions"
+        ),
+    ] = False,
     params: ParamsOption = Path("params.yaml"),
     root: RootOption = Path("."),
 ) -> None:
@@ -31,7 +39,7 @@ def listen_build(
     from cadenza.listen.study import build_study
 
     settings, paths = load(params, root)
-    study = run_stage(build_study, out, source_a, source_b, settings.listen, paths.root)
+    study = run_stage(build_study, out, source_a, source_b, settings.listen, paths.root, matched)
     typer.echo(
         f"study {study.folder}: {len(study.pairs)} pairs of "
         f"{settings.listen.clip_seconds:g} s {settings.listen.audio_format} clips"

@@ -124,9 +124,39 @@ def source_midi(source: dict, count: int, settings, workdir: Path, seed: int) ->
     return out
 
 
-def build_study(folder: Path, source_a: str, source_b: str, settings, root: Path) -> Study:
+def matched_midi(sources: dict, count: int, seed: int) -> tuple[dict[str, list[Path]], list]:
+    """Two MIDI folders whose k-th files (in name order) are versions of one piece, such as
+    the evaluation gallery's `tasks_bach/` and `tasks_harmonized/` (Bach's harmonization and
+    the model's of the same soprano): `count` pieces drawn, each side's version of each."""
+    files = {}
+    for side, source in sources.items():
+        if source["kind"] != "midi":
+            raise ValueError(
+                f"--matched pairs two folders of MIDI files; {source['source']!r} is not one"
+            )
+        files[side] = sorted(Path(source["source"]).rglob("*.mid"))
+    a, b = files["a"], files["b"]
+    if len(a) != len(b):
+        raise ValueError(
+            f"--matched: {sources['a']['source']} has {len(a)} MIDI files and "
+            f"{sources['b']['source']} {len(b)}; the k-th file of each must be the same piece"
+        )
+    if len(a) < count:
+        raise ValueError(
+            f"--matched: {len(a)} pieces in each folder, a study needs listen.num_pairs = {count}"
+        )
+    picked = sorted(random.Random(seed).sample(range(len(a)), count))
+    names = [[a[i].name, b[i].name] for i in picked]
+    return {"a": [a[i] for i in picked], "b": [b[i] for i in picked]}, names
+
+
+def build_study(
+    folder: Path, source_a: str, source_b: str, settings, root: Path, matched: bool = False
+) -> Study:
     """Render settings.num_pairs clips from each source and pair them blind. `root`: the
-    project whose MLflow store resolves models:/ and runs:/ sources."""
+    project whose MLflow store resolves models:/ and runs:/ sources. matched: the sources
+    are two MIDI folders of versions of the same pieces, and each pair plays one piece's
+    two versions (matched_midi)."""
     if (folder / MANIFEST).exists():
         raise ValueError(f"{folder}: a study is already there; choose another folder")
     spec = AudioSpec(settings.synthesizer, settings.audio_format)
@@ -138,15 +168,17 @@ def build_study(folder: Path, source_a: str, source_b: str, settings, root: Path
         mlflow.set_tracking_uri(tracking_uri(root))
         mlflow.set_registry_uri(tracking_uri(root))
     sources = {"a": describe_source(source_a, root), "b": describe_source(source_b, root)}
+    if matched:
+        given, piece_names = matched_midi(sources, settings.num_pairs, settings.seed)
     rng = random.Random(settings.seed)
     (folder / CLIPS).mkdir(parents=True)
     clips: dict[str, dict] = {}
     by_side: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for offset, side in enumerate(SIDES):
-            midi = source_midi(
+            midi = given[side] if matched else source_midi(
                 sources[side], settings.num_pairs, settings, Path(tmp), settings.seed + offset
-            )
+            )  # fmt: skip
             by_side[side] = []
             for path in midi:
                 clip_id = secrets.token_hex(8)
@@ -154,10 +186,12 @@ def build_study(folder: Path, source_a: str, source_b: str, settings, root: Path
                 audio.render(path, folder / file, spec, seconds=settings.clip_seconds)
                 clips[clip_id] = {"side": side, "file": file}
                 by_side[side].append(clip_id)
-    pairs = []
-    for clip_a, clip_b in zip(by_side["a"], by_side["b"], strict=True):
+    pairs, pieces = [], {}
+    for index, (clip_a, clip_b) in enumerate(zip(by_side["a"], by_side["b"], strict=True)):
         left, right = (clip_a, clip_b) if rng.random() < 0.5 else (clip_b, clip_a)
         pairs.append({"id": secrets.token_hex(8), "left": left, "right": right})
+        if matched:  # kept out of the pairs: the page shows pairs, never file names
+            pieces[pairs[-1]["id"]] = piece_names[index]
     rng.shuffle(pairs)
     manifest = {
         "name": folder.name,
@@ -168,6 +202,7 @@ def build_study(folder: Path, source_a: str, source_b: str, settings, root: Path
         "sources": sources,
         "clips": clips,
         "pairs": pairs,
+        "matched": pieces,  # pair id -> [file of a, file of b], for matched studies
         "admin_token": secrets.token_urlsafe(24),
     }
     (folder / SECRET).write_text(secrets.token_urlsafe(32) + "\n")
