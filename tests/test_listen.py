@@ -410,12 +410,13 @@ def test_harmonizations_against_bach_from_the_evaluation_gallery(registered_proj
     count = len(list((samples / "tasks_bach").glob("*.mid")))
     assert count >= 1 and count == len(list((samples / "tasks_harmonized").glob("*.mid")))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["listen"].update(num_pairs=count, clip_seconds=2.0)
+    params["listen"].update(num_pairs=count + 1, clip_seconds=2.0)  # one more than there is
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bach, harmonized = str(samples / "tasks_bach"), str(samples / "tasks_harmonized")
-    built = run_in(
-        repo, "cadenza", "listen", "build", bach, harmonized, "--matched", "--out", "studies/h"
-    )
+    command = ["cadenza", "listen", "build", bach, harmonized, "--matched", "--out", "studies/h"]
+    short = run_in(repo, *command, check=False)
+    assert short.returncode == 1 and f"listen.num_pairs = {count + 1}" in short.stderr
+    built = run_in(repo, *command, "--pairs", str(count))
     assert f"{count} pairs of 2 s mp3 clips" in built.stdout
     study = load_study(repo / "studies" / "h")
     for name_a, name_b in study.manifest["matched"].values():

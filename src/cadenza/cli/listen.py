@@ -32,6 +32,10 @@ def listen_build(
             "one piece's two versions"
         ),
     ] = False,
+    pairs: Annotated[
+        int | None,
+        typer.Option(min=1, max=1000, help="pairs in the study (default: listen.num_pairs)"),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
     root: RootOption = Path("."),
 ) -> None:
@@ -39,7 +43,10 @@ def listen_build(
     from cadenza.listen.study import build_study
 
     settings, paths = load(params, root)
-    study = run_stage(build_study, out, source_a, source_b, settings.listen, paths.root, matched)
+    listen = settings.listen
+    if pairs is not None:
+        listen = listen.model_copy(update={"num_pairs": pairs})
+    study = run_stage(build_study, out, source_a, source_b, listen, paths.root, matched)
     typer.echo(
         f"study {study.folder}: {len(study.pairs)} pairs of "
         f"{settings.listen.clip_seconds:g} s {settings.listen.audio_format} clips"
