@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup run test lint ablations clean-venv
+.PHONY: setup run test test-stack lint ablations clean-venv
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,16 @@ run: setup
 # two pytest-xdist workers; tests on the Prefect API share one (tests/conftest.py)
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not stack"
+
+# the team stack end to end (infra/stack.py: PostgreSQL, object store, MLflow and Prefect
+# servers, a worker) with its faults; needs Debian's postgresql; minutes, one process
+$(VENV)/.stack-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,stack]'
+	touch $@
+
+test-stack: $(VENV)/.stack-installed
+	$(BIN)/python -m pytest -q -m stack tests/test_stack.py
 
 # the adversarial ablation grid as queued DVC experiments (register is a no-op inside them),
 # then the GAN-vs-control table for docs/EXPERIMENTS.md; hours on a CPU

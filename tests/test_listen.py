@@ -166,7 +166,7 @@ def test_results_wilson_interval_and_csv_export(study, tmp_path):
 
 
 def test_votes_in_a_real_postgresql_server(study):
-    from .test_services import postgres_server
+    from .postgres import postgres_server
 
     with postgres_server() as url:
         client = client_for(study, url)

@@ -165,22 +165,34 @@ def test_lineage_by_file_finds_the_versions_trained_on_it(registered_project):
 def test_promote_rollback_and_refusals(registered_project):
     repo = registered_project["repo"]
     client = _client(repo)
-    run_in(repo, "cadenza", "registry", "promote", "1", "--force")
+    unexplained = run_in(repo, "cadenza", "registry", "promote", "1", "--force", check=False)
+    assert unexplained.returncode == 2 and "--reason" in unexplained.stderr
+    blank = run_in(repo, "cadenza", "registry", "rollback", "--reason", " ", check=False)
+    assert blank.returncode == 2 and "--reason" in blank.stderr
+    run_in(repo, "cadenza", "registry", "promote", "1", "--force", "--reason", "baseline")
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
-    run_in(repo, "cadenza", "registry", "promote", "2", "--force")
+    run_in(repo, "cadenza", "registry", "promote", "2", "--force", "--reason", "newer data",
+           "--by", "ana")  # fmt: skip
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     assert _version(client, "2").tags["previous_champion"] == "1"
-    rolled = run_in(repo, "cadenza", "registry", "rollback")
+    rolled = run_in(repo, "cadenza", "registry", "rollback", "--reason", "listeners hear hiss")
     assert "version 2 -> version 1" in rolled.stdout
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    two, one = _version(client, "2").tags, _version(client, "1").tags
+    assert two["hand.action"] == "rolled back" and two["hand.reason"] == "listeners hear hiss"
+    assert two["hand.by"] == "ci"  # git user.name of the project
+    assert one["hand.action"] == "restored by rollback of v2"
     status = run_in(repo, "cadenza", "registry", "status", env={"COLUMNS": "200"}).stdout
     assert "champion" in status and "challenger" in status
+    assert "version 2: rolled back by ci: listeners hear hiss" in status
     assert max(len(line) for line in status.splitlines()) <= 80, status  # an 80-column terminal
 
     # A version whose data validation failed is never promoted, not even by force.
     client.set_model_version_tag(NAME, "2", "validation.passed", "false")
     try:
-        refused = run_in(repo, "cadenza", "registry", "promote", "2", "--force", check=False)
+        refused = run_in(
+            repo, "cadenza", "registry", "promote", "2", "--force", "--reason", "x", check=False
+        )
         assert refused.returncode == 1 and "validation" in refused.stderr
         assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     finally:
@@ -220,7 +232,7 @@ def test_racing_promotions_leave_one_champion(registered_project):
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo / 'mlflow.db'}"
     racers = [
         subprocess.Popen(
-            ["cadenza", "registry", "promote", version, "--force"],
+            ["cadenza", "registry", "promote", version, "--force", "--reason", "race"],
             cwd=repo,
             env=env,
             stdout=subprocess.PIPE,

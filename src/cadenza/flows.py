@@ -35,6 +35,9 @@ from cadenza.tracking.runs import client, experiment_id
 STAGES = registry.names()  # dvc.yaml's stages in DAG order
 SERVICE_STAGES = set(registry.service_names())  # talk to the MLflow registry: retried
 SKIPPED = "didn't change, skipping"
+# The workspace slot is a lease the running flow renews; a run whose process died (its
+# worker killed) frees the slot this long after its last renewal.
+LEASE_SECONDS = 60
 
 
 class RetrainError(RuntimeError):
@@ -70,9 +73,60 @@ def push(root: str) -> dict:
             logger.info("push | %s", line.rstrip())
     if completed.returncode != 0:
         raise RetrainError(
-            f"`dvc push` failed (exit {completed.returncode}); check the remote in .dvc/config"
+            f"`dvc push` to the DVC remote {default_remote(Path(root))} failed (exit "
+            f"{completed.returncode}); nothing is lost: the outputs stay in the workspace and "
+            "the next run pushes them (check the remote in .dvc/config)"
         )
     return {"stage": "push", "status": "ran", "seconds": time.perf_counter() - started}
+
+
+def default_remote(root: Path) -> str:
+    """'name (url, endpoint)' of the default DVC remote, for error messages."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "dvc", "config", "--list", "--show-origin"],
+        cwd=root, env=stage_env(None), capture_output=True, text=True,
+    )  # fmt: skip
+    values = dict(
+        line.split("\t", 1)[1].split("=", 1)
+        for line in completed.stdout.splitlines()
+        if "\t" in line and "=" in line
+    )
+    name = values.get("core.remote", "")
+    where = [values.get(f"remote.{name}.{key}", "") for key in ("url", "endpointurl")]
+    return f"'{name}' ({', '.join(w for w in where if w)})" if name else "(none set)"
+
+
+def corpus_folder(root: Path) -> Path | None:
+    """The corpus folder the import stage reads (import.path), None for music21 corpora."""
+    settings = load_settings(root / "params.yaml")
+    if settings.import_.source in ("music21", "mix"):
+        return None
+    folder = Path(settings.import_.path)
+    return folder if folder.is_absolute() else root / folder
+
+
+def tracked_corpus(root: Path) -> Path | None:
+    """The corpus folder when a .dvc file tracks it, else None."""
+    folder = corpus_folder(root)
+    if folder is None or not folder.with_name(folder.name + ".dvc").is_file():
+        return None
+    return folder
+
+
+@task(name="version-corpus")
+def version_corpus(root: str) -> str | None:
+    """`dvc add` the tracked corpus folder, so files added to it since the last run are
+    versioned by the run that trains on them (no hand `dvc add`). A no-op when unchanged."""
+    folder = tracked_corpus(Path(root))
+    if folder is None:
+        return None
+    completed = subprocess.run(
+        [sys.executable, "-m", "dvc", "add", "-q", str(folder)],
+        cwd=root, env=stage_env(None), capture_output=True, text=True,
+    )  # fmt: skip
+    if completed.returncode != 0:
+        raise RetrainError(f"`dvc add {folder}` failed:\n{completed.stderr.strip()}")
+    return str(folder)
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -171,10 +225,31 @@ def ensure_slot(name: str) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
-def _summary_markdown(root: Path, results: list[dict], note: str) -> str:
-    """Each stage's summary (stages/registry.py) as a markdown table."""
+def _links(root: Path, run_id: str | None) -> list[str]:
+    """Where to look next: the flow's MLflow run, the model version, the report."""
+    from cadenza.tracking.runs import tracking_uri
 
-    lines = [f"# Cadenza retrain: {root}", "", note, "", "| stage | result |", "|---|---|"]
+    uri = tracking_uri(root)
+    lines = []
+    if run_id:
+        where = f"{uri.rstrip('/')}/#/runs/{run_id}" if uri.startswith("http") else uri
+        lines.append(f"- MLflow run: `{run_id}` ({where})")
+    registered = Paths(root).metrics_path("register")
+    if registered.is_file():
+        decision = json.loads(registered.read_text())
+        name, version = decision.get("model_name"), decision.get("version")
+        lines.append(f"- Model version: `models:/{name}/{version}` ({decision.get('reason', '')})")
+    report = root / "reports" / "evaluate" / "index.html"
+    if report.is_file():
+        lines.append(f"- Report: {report}")
+    return lines
+
+
+def _summary_markdown(root: Path, results: list[dict], note: str, run_id=None) -> str:
+    """Each stage's summary (stages/registry.py) as a markdown table, and links."""
+
+    lines = [f"# Cadenza retrain: {root}", "", note, "", *_links(root, run_id), ""]
+    lines += ["| stage | result |", "|---|---|"]
     for label, text in registry.rows(Paths(root)):
         escaped = text.replace("|", "\\|")  # a literal bar inside a markdown cell
         lines.append(f"| {label} | {escaped} |")
@@ -213,7 +288,7 @@ def retrain(
     # wait_seconds 0: one attempt (a 423 "locked" answer fails at once); else wait that long.
     waiting = {"timeout_seconds": wait_seconds} if wait_seconds > 0 else {"max_retries": 0}
     try:
-        with concurrency(name, occupy=1, strict=True, **waiting):
+        with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS, **waiting):
             result = _retrain_locked(workspace, corpus, preset, force, push_outputs, logger)
     except (TimeoutError, ConcurrencySlotAcquisitionError) as exc:
         if isinstance(exc, ConcurrencySlotAcquisitionError) and "423" not in str(exc):
@@ -229,7 +304,7 @@ def retrain(
         description="Per-stage wall time of this retrain (skipped = unchanged)",
     )
     create_markdown_artifact(
-        _summary_markdown(workspace, result["stages"], result["note"]),
+        _summary_markdown(workspace, result["stages"], result["note"], result.get("run_id")),
         key="retrain-summary",
         description="Metrics and the promotion decision",
     )
@@ -263,22 +338,27 @@ def _retrain_locked(workspace: Path, corpus, preset, force: bool, push_outputs, 
         logger.info("params.yaml updated: %s", ", ".join(overrides))
     if uses_base(workspace):
         fetch_base_champion(str(workspace))
+    version_corpus(str(workspace))
     if not force:
         changed = [s for s in changed_stages(workspace) if s in STAGES]
         if not changed:
             logger.info("nothing changed: every stage is up to date; no new model version")
-            return {"changed": False, "stages": [], "note": "nothing changed"}
+            # an earlier run may have failed to push: `dvc push` sends only what is missing
+            results = [push(str(workspace))] if push_outputs else []
+            return {"changed": False, "stages": results, "note": "nothing changed"}
         logger.info("changed stages: %s", ", ".join(changed))
-    results = _run_stages(workspace, STAGES, SERVICE_STAGES, force, push_outputs, "retrain")
+    results, run_id = _run_stages(workspace, STAGES, SERVICE_STAGES, force, push_outputs, "retrain")
     ran = [r["stage"] for r in results if r["status"] == "ran"]
-    return {"changed": True, "stages": results, "note": f"retrained: {', '.join(ran) or 'none'}"}
+    note = f"retrained: {', '.join(ran) or 'none'}"
+    return {"changed": True, "stages": results, "note": note, "run_id": run_id}
 
 
 def _run_stages(
     workspace: Path, stages, retried, force: bool, push_outputs: bool, run_name: str
-) -> list[dict]:
+) -> tuple[list[dict], str | None]:
     """Each stage as a task (retried ones: twice, 5 s apart), then `dvc push`, all under one
-    parent MLflow run that is closed however the tasks end."""
+    parent MLflow run that is closed however the tasks end. Returns the results and the
+    parent run's id."""
     parent = _start_parent_run(workspace, run_name)
     results, status = [], "FAILED"
     try:
@@ -291,8 +371,11 @@ def _run_stages(
             results.append(push(str(workspace)))
         status = "FINISHED"
     finally:
-        _end_parent_run(workspace, parent, results, status)
-    return results
+        try:
+            _end_parent_run(workspace, parent, results, status)
+        except Exception as exc:  # noqa: BLE001 - the tracking server is down: keep the stage's error
+            get_run_logger().warning("could not close MLflow run %s: %s", parent, exc)
+    return results, parent
 
 
 BASE_STAGES = tuple(f"base/dvc.yaml:{name}" for name in registry.names("base"))
@@ -316,9 +399,11 @@ def retrain_base(
     ensure_slot(name)
     started = time.perf_counter()
     waiting = {"timeout_seconds": wait_seconds} if wait_seconds > 0 else {"max_retries": 0}
-    with concurrency(name, occupy=1, strict=True, **waiting):
+    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS, **waiting):
         retried = tuple(f"base/dvc.yaml:{name}" for name in registry.service_names("base"))
-        results = _run_stages(workspace, BASE_STAGES, retried, force, push_outputs, "retrain-base")
+        results, _ = _run_stages(
+            workspace, BASE_STAGES, retried, force, push_outputs, "retrain-base"
+        )
     ran = [r["stage"].split(":")[-1] for r in results if r["status"] == "ran"]
     note = f"base retrained: {', '.join(ran) or 'nothing changed'}"
     logger.info(note)
@@ -346,6 +431,53 @@ def _end_parent_run(workspace: Path, run_id: str | None, results: list[dict], st
         mlflow_client.log_metric(run_id, f"seconds.{result['stage']}", result["seconds"])
         mlflow_client.set_tag(run_id, f"status.{result['stage']}", result["status"])
     mlflow_client.set_terminated(run_id, status=status)
+
+
+CORPUS_EVENT = "cadenza.corpus.changed"
+
+
+def corpus_digest(folder: Path) -> tuple[str, int]:
+    """(sha256 over every file's relative path and content, number of files)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest(), len(files)
+
+
+@flow(name="watch-corpus")
+def watch_corpus(root: str = ".") -> dict:
+    """Emit the event `cadenza.corpus.changed` when the corpus folder's content differs from
+    what the last check of this workspace saw (kept in a Prefect variable on the server). The
+    retrain deployment's trigger (prefect.yaml) starts a run on that event. The same content
+    seen again emits nothing; a duplicate event finds nothing changed and registers nothing."""
+    from prefect.events import emit_event
+    from prefect.variables import Variable
+
+    workspace = Path(root).resolve()
+    folder = corpus_folder(workspace)
+    if folder is None or not folder.is_dir():
+        get_run_logger().info("no corpus folder to watch (import.source is a music21 corpus)")
+        return {"changed": False, "folder": None}
+    digest, num_files = corpus_digest(folder)
+    key = slot_name(workspace).replace("workspace", "corpus")
+    seen = Variable.get(key, default=None)
+    if seen == digest:
+        get_run_logger().info("%s: unchanged (%d files), no event", folder, num_files)
+        return {"changed": False, "folder": str(folder), "digest": digest}
+    emit_event(
+        event=CORPUS_EVENT,
+        resource={
+            "prefect.resource.id": f"cadenza.corpus.{key.rsplit('-', 1)[-1]}",
+            "prefect.resource.name": str(folder),
+            "cadenza.workspace": str(workspace),
+        },
+        payload={"digest": digest, "previous": seen, "num_files": num_files},
+    )
+    Variable.set(key, digest, overwrite=True)
+    get_run_logger().info("%s changed (%d files): emitted %s", folder, num_files, CORPUS_EVENT)
+    return {"changed": True, "folder": str(folder), "digest": digest, "num_files": num_files}
 
 
 def serve(root: Path, cron: str, name: str = "nightly-retrain") -> None:

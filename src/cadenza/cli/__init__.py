@@ -34,6 +34,7 @@ app.command()(registry.lineage)
 app.command()(models.generate)
 app.command()(stages.pipeline)
 app.command()(stages.retrain)
+app.command()(stages.watch)
 app.command()(stages.summary)
 
 registry_app = typer.Typer(help="Inspect and move the model registry's aliases.")

@@ -46,6 +46,11 @@ def registry_status(
     console.print(table)
     for row in rows:
         console.print(f"version {row['version']}: {row.get('decision.reason', '')}")
+        if "hand.action" in row:
+            console.print(
+                f"version {row['version']}: {row['hand.action']} by {row.get('hand.by', '?')}: "
+                f"{row.get('hand.reason', '')}"
+            )
         if heard := _listening_cell(row):
             console.print(f"version {row['version']}: listeners preferred it {heard}")
 
@@ -69,21 +74,55 @@ def _listening_cell(tags: dict) -> str:
             f"vs {tags.get('listening.vs', '?')}")  # fmt: skip
 
 
+ReasonOption = Annotated[
+    str, typer.Option("--reason", help="why (kept on the version with who decided)")
+]
+ByOption = Annotated[
+    str | None, typer.Option("--by", help="who decides (default: git user.name, else $USER)")
+]
+
+
+def who(by: str | None, root: Path) -> str:
+    """The person behind a decision by hand: --by, else git's user.name, else $USER."""
+    import getpass
+    import subprocess
+
+    if by:
+        return by
+    named = subprocess.run(
+        ["git", "config", "user.name"], cwd=root, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return named or getpass.getuser()
+
+
+def _reason(reason: str) -> str:
+    if not reason.strip():
+        raise fail("--reason must say why (it is kept on the version, with who decided)", 2)
+    return reason.strip()
+
+
 def registry_promote(
     version: Annotated[str, typer.Argument(help="version number to promote")],
+    reason: ReasonOption,
     force: Annotated[
         bool,
         typer.Option(help="skip the metric comparison (never the validation/evaluation check)"),
     ] = False,
+    by: ByOption = None,
     params: ParamsOption = Path("params.yaml"),
     root: RootOption = Path("."),
 ) -> None:
-    """Run the promotion gate on a version against the current champion."""
+    """Run the promotion gate on a version against the current champion; who and why are
+    kept on the version (shown by `cadenza registry status`)."""
     from cadenza.tracking import registry as reg
 
+    why = _reason(reason)
     settings, paths = load(params, root)
     try:
-        decision = reg.promote(paths, settings.register_, version, force, settings.evaluate)
+        decision = reg.promote(
+            paths, settings.register_, version, force, settings.evaluate,
+            by=who(by, paths.root), why=why,
+        )  # fmt: skip
     except (reg.RegistryError, ConnectionError) as exc:
         raise fail(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - MLflow's "no such version"
@@ -94,14 +133,19 @@ def registry_promote(
 
 
 def registry_rollback(
-    params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")
+    reason: ReasonOption,
+    by: ByOption = None,
+    params: ParamsOption = Path("params.yaml"),
+    root: RootOption = Path("."),
 ) -> None:
-    """Give the champion alias back to the version the current champion replaced."""
+    """Give the champion alias back to the version the current champion replaced; who and
+    why are kept on both versions."""
     from cadenza.tracking import registry as reg
 
+    why = _reason(reason)
     settings, paths = load(params, root)
     try:
-        old, new = reg.rollback(paths, settings.register_)
+        old, new = reg.rollback(paths, settings.register_, by=who(by, paths.root), why=why)
     except (reg.RegistryError, ConnectionError) as exc:
         raise fail(str(exc)) from None
     typer.echo(f"champion: version {old} -> version {new}")

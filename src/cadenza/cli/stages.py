@@ -104,6 +104,24 @@ def retrain(
     typer.echo(f"retrain: {result['note']} in {result['seconds']:.0f} s")
 
 
+def watch(root: RootOption = Path(".")) -> None:
+    """Check the corpus folder once: when its files changed since the last check, emit the
+    event that starts the retrain deployment (prefect.yaml's trigger). Needs PREFECT_API_URL:
+    the last digest and the event live on the Prefect server. The `watch-corpus` deployment
+    runs this every five minutes."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from cadenza import flows
+
+    result = flows.watch_corpus(str(root.resolve()))
+    if result["folder"] is None:
+        typer.echo("no corpus folder to watch: import.source is a music21 corpus")
+    elif result["changed"]:
+        typer.echo(f"{result['folder']}: changed ({result['num_files']} files); "
+                   f"emitted {flows.CORPUS_EVENT}")  # fmt: skip
+    else:
+        typer.echo(f"{result['folder']}: unchanged; no event")
+
+
 def summary(params: ParamsOption = Path("params.yaml"), root: RootOption = Path(".")) -> None:
     """Print what the last pipeline run produced (from metrics/)."""
     from cadenza import pipeline as pipeline_mod

@@ -333,22 +333,38 @@ def _record(client, name, version, promote: bool, reason: str, champion, new_ver
     )
 
 
+def record_hand(client, name: str, version: str, action: str, by: str, why: str) -> None:
+    """A decision taken by hand: who, why and what, kept as the version's tags."""
+    for key, value in (("action", action), ("by", by), ("reason", why)):
+        client.set_model_version_tag(name, version, f"hand.{key}", value)
+
+
 def promote(
     paths: Paths,
     settings: RegisterSettings,
     version: str,
     force: bool = False,
     evaluate: EvaluateSettings | None = None,
+    by: str = "",
+    why: str = "",
 ):
+    """Run the gate on `version` by hand; `by` and `why` are recorded on it (hand.* tags)."""
     client = client_for(paths)
     with registry_lock(paths):
         client.get_model_version(settings.model_name, version)  # raises when absent
         context = (paths, evaluate or EvaluateSettings())
-        return _decide(client, settings.model_name, version, settings, False, force, context)
+        decision = _decide(client, settings.model_name, version, settings, False, force, context)
+        if why:
+            action = "promote" + (" --force" if force else "")
+            if not decision.promoted:
+                action += " (refused by the gate)"
+            record_hand(client, settings.model_name, version, action, by, why)
+        return decision
 
 
-def rollback(paths: Paths, settings: RegisterSettings) -> tuple[str, str]:
-    """Give `champion` back to the version it replaced; returns (from, to)."""
+def rollback(paths: Paths, settings: RegisterSettings, by: str = "", why: str = ""):
+    """Give `champion` back to the version it replaced; returns (from, to). `by` and `why`
+    are recorded on both versions (hand.* tags)."""
     client = client_for(paths)
     name = settings.model_name
     with registry_lock(paths):
@@ -363,6 +379,10 @@ def rollback(paths: Paths, settings: RegisterSettings) -> tuple[str, str]:
             )
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.set_model_version_tag(name, champion.version, "decision", "rolled back")
+        if why:
+            record_hand(client, name, str(champion.version), "rolled back", by, why)
+            record_hand(client, name, previous, f"restored by rollback of v{champion.version}",
+                        by, why)  # fmt: skip
         return str(champion.version), previous
 
 
