@@ -4,6 +4,7 @@ nothing-changed runs, the workspace concurrency limit, and the deployment defini
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,8 +137,15 @@ def test_deployment_definitions(prefect_harness):
     from prefect.flows import load_flow_from_entrypoint
 
     config = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
-    deployment, base = config["deployments"]
-    assert deployment["name"] == "nightly-retrain"
+    named = {d["name"]: d for d in config["deployments"]}
+    assert set(named) == {"nightly-retrain", "watch-corpus", "weekly-base-retrain"}
+    deployment, base = named["nightly-retrain"], named["weekly-base-retrain"]
+    # New data starts a retrain: the watcher's event is the trigger's.
+    trigger = deployment["triggers"][0]
+    assert trigger["expect"] == [flows.CORPUS_EVENT] and trigger["enabled"]
+    watcher = named["watch-corpus"]
+    watch_flow = load_flow_from_entrypoint(str(PROJECT / watcher["entrypoint"]))
+    assert watch_flow.name == "watch-corpus" and watcher["schedules"][0]["interval"] == 300
     # The base model retrains weekly, before that night's retrain; same parameters shape.
     assert base["name"] == "weekly-base-retrain" and base["schedules"][0]["cron"] == "0 1 * * 0"
     base_flow = load_flow_from_entrypoint(str(PROJECT / base["entrypoint"]))
@@ -204,3 +212,19 @@ def test_schedule_serve_registers_a_cron_deployment(registered_project):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_corpus_watcher_emits_once_per_new_content(prefect_harness, tmp_path, chorale_dir):
+    from .conftest import make_midi, project_params
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(chorale_dir, corpus, ignore=shutil.ignore_patterns("*.csv"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(project_params(corpus)))
+    first = flows.watch_corpus(str(tmp_path))
+    assert first["changed"] and first["num_files"] == len(list(corpus.glob("*.mid")))
+    assert flows.watch_corpus(str(tmp_path))["changed"] is False  # same content: no event
+    make_midi(corpus / "new" / "added.mid")
+    added = flows.watch_corpus(str(tmp_path))
+    assert added["changed"] and added["digest"] != first["digest"]
+    (corpus / "new" / "added.mid").write_bytes(b"changed bytes")  # same names, new content
+    assert flows.watch_corpus(str(tmp_path))["changed"]
