@@ -54,6 +54,9 @@ def test_first_run_runs_every_stage_as_a_task(registered_project):
     assert "version 1" in summary and "promoted to champion" in summary
     durations = artifacts["stage-durations"]
     assert durations.type == "table" and "pretrain" in durations.data
+    # CPU seconds per stage: the stage's whole process tree (dvc, cadenza, its workers)
+    cpu = {r["stage"]: r["cpu_seconds"] for r in result["stages"]}
+    assert cpu["pretrain"] > 1.0 and all(seconds > 0 for seconds in cpu.values()), cpu
 
 
 def test_new_files_retrain_and_register_a_new_version(registered_project):
@@ -80,6 +83,7 @@ def test_new_files_retrain_and_register_a_new_version(registered_project):
     parent = parents[1]
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["seconds.pretrain"] > 0
+    assert parent.data.metrics["cpu_seconds.pretrain"] > 0
     children = client.search_runs(
         [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )

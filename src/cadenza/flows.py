@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -49,6 +50,12 @@ def slot_name(root: Path) -> str:
     return "cadenza-workspace-" + hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process (and theirs, recursively)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def stage_env(parent_run_id: str | None) -> dict[str, str]:
     env = dvc_env()
     if parent_run_id:
@@ -60,7 +67,7 @@ def stage_env(parent_run_id: str | None) -> dict[str, str]:
 def push(root: str) -> dict:
     """Upload the new outputs to the DVC remote (a service: retried)."""
     logger = get_run_logger()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), children_cpu_seconds()
     completed = subprocess.run(
         [sys.executable, "-m", "dvc", "push"],
         cwd=root,
@@ -77,7 +84,8 @@ def push(root: str) -> dict:
             f"{completed.returncode}); nothing is lost: the outputs stay in the workspace and "
             "the next run pushes them (check the remote in .dvc/config)"
         )
-    return {"stage": "push", "status": "ran", "seconds": time.perf_counter() - started}
+    return {"stage": "push", "status": "ran", "seconds": time.perf_counter() - started,
+            "cpu_seconds": children_cpu_seconds() - cpu_started}  # fmt: skip
 
 
 def default_remote(root: Path) -> str:
@@ -136,7 +144,7 @@ def run_stage(root: str, stage: str, force: bool, parent_run_id: str | None) -> 
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     if force:
         command.append("--force")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), children_cpu_seconds()
     process = subprocess.Popen(
         command,
         cwd=root,
@@ -154,13 +162,15 @@ def run_stage(root: str, stage: str, force: bool, parent_run_id: str | None) -> 
             logger.info("%s | %s", stage, line)
     code = process.wait()
     seconds = time.perf_counter() - started
+    cpu_seconds = children_cpu_seconds() - cpu_started  # dvc, the stage and what it started
     if code != 0:
         tail = "\n".join(lines[-15:])
         raise RetrainError(f"stage '{stage}' failed (dvc exit {code}); its last output:\n{tail}")
     skipped = any(SKIPPED in line for line in lines)
     if skipped:
         logger.info("%s: unchanged since the last run (dvc.lock), skipped", stage)
-    return {"stage": stage, "status": "skipped" if skipped else "ran", "seconds": seconds}
+    status = "skipped" if skipped else "ran"
+    return {"stage": stage, "status": status, "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
 def changed_stages(root: Path) -> list[str]:
@@ -299,9 +309,12 @@ def retrain(
         ) from None
     result["seconds"] = time.perf_counter() - started
     create_table_artifact(
-        [{**r, "seconds": round(r["seconds"], 1)} for r in result["stages"]],
+        [
+            {**r, "seconds": round(r["seconds"], 1), "cpu_seconds": round(r["cpu_seconds"], 1)}
+            for r in result["stages"]
+        ],  # fmt: skip
         key="stage-durations",
-        description="Per-stage wall time of this retrain (skipped = unchanged)",
+        description="Per-stage wall and CPU seconds of this retrain (skipped = unchanged)",
     )
     create_markdown_artifact(
         _summary_markdown(workspace, result["stages"], result["note"], result.get("run_id")),
@@ -429,6 +442,7 @@ def _end_parent_run(workspace: Path, run_id: str | None, results: list[dict], st
     mlflow_client = client(workspace)
     for result in results:
         mlflow_client.log_metric(run_id, f"seconds.{result['stage']}", result["seconds"])
+        mlflow_client.log_metric(run_id, f"cpu_seconds.{result['stage']}", result["cpu_seconds"])
         mlflow_client.set_tag(run_id, f"status.{result['stage']}", result["status"])
     mlflow_client.set_terminated(run_id, status=status)
 
