@@ -31,7 +31,7 @@ from cadenza.pipeline import dvc_env
 from cadenza.stages import registry
 from cadenza.tracking.registry import RegistryError
 from cadenza.tracking.registry import fetch_base_champion as fetch
-from cadenza.tracking.runs import client, experiment_id
+from cadenza.tracking.runs import client, experiment_id, tracking_uri
 
 STAGES = registry.names()  # dvc.yaml's stages in DAG order
 SERVICE_STAGES = set(registry.service_names())  # talk to the MLflow registry: retried
@@ -235,22 +235,21 @@ def ensure_slot(name: str) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
-def _links(root: Path, run_id: str | None) -> list[str]:
-    """Where to look next: the flow's MLflow run, the model version, the report."""
-    from cadenza.tracking.runs import tracking_uri
-
+def _links(root: Path, run_id: str | None, ran: set[str]) -> list[str]:
+    """Where to look next: the flow's MLflow run, and the model version and report when this
+    run registered one."""
     uri = tracking_uri(root)
     lines = []
     if run_id:
         where = f"{uri.rstrip('/')}/#/runs/{run_id}" if uri.startswith("http") else uri
         lines.append(f"- MLflow run: `{run_id}` ({where})")
     registered = Paths(root).metrics_path("register")
-    if registered.is_file():
+    if "register" in ran and registered.is_file():
         decision = json.loads(registered.read_text())
         name, version = decision.get("model_name"), decision.get("version")
         lines.append(f"- Model version: `models:/{name}/{version}` ({decision.get('reason', '')})")
     report = root / "reports" / "evaluate" / "index.html"
-    if report.is_file():
+    if "register" in ran and report.is_file():
         lines.append(f"- Report: {report}")
     return lines
 
@@ -258,13 +257,14 @@ def _links(root: Path, run_id: str | None) -> list[str]:
 def _summary_markdown(root: Path, results: list[dict], note: str, run_id=None) -> str:
     """Each stage's summary (stages/registry.py) as a markdown table, and links."""
 
-    lines = [f"# Cadenza retrain: {root}", "", note, "", *_links(root, run_id), ""]
+    ran = {r["stage"] for r in results if r["status"] == "ran"}
+    lines = [f"# Cadenza retrain: {root}", "", note, "", *_links(root, run_id, ran), ""]
     lines += ["| stage | result |", "|---|---|"]
     for label, text in registry.rows(Paths(root)):
         escaped = text.replace("|", "\\|")  # a literal bar inside a markdown cell
         lines.append(f"| {label} | {escaped} |")
-    ran = [r["stage"] for r in results if r["status"] == "ran"]
-    lines += ["", f"Stages run: {', '.join(ran) or 'none'}."]
+    in_order = [r["stage"] for r in results if r["status"] == "ran"]
+    lines += ["", f"Stages run: {', '.join(in_order) or 'none'}."]
     return "\n".join(lines) + "\n"
 
 
