@@ -64,3 +64,14 @@ def test_paired_comparison_finds_a_known_shift_and_nothing_in_noise():
     assert shifted["p_value"] < 0.01 and shifted["ci_low"] > 0.2
     noise = diversity.paired(base + 0.1 * rng.normal(size=128), base, seed=0)
     assert noise["ci_low"] < 0 < noise["ci_high"] and noise["p_value"] > 0.05
+
+
+def test_binary_search_membership_matches_isin():
+    rng = np.random.default_rng(3)
+    train = np.unique(rng.integers(0, 2**63, 50_000, dtype=np.uint64))
+    edges = np.array([0, 2**64 - 1], dtype=np.uint64)
+    strangers = rng.integers(0, 2**63, 300, dtype=np.uint64)
+    sample = np.concatenate([rng.choice(train, 300), strangers, train[[0, -1]], edges])
+    found = diversity.in_sorted(sample, train)
+    assert np.array_equal(found, np.isin(sample, train)) and found[:300].all()
+    assert not diversity.in_sorted(sample, train[:0]).any()  # an empty train split
