@@ -216,3 +216,21 @@ def test_bad_evaluate_settings_name_the_key():
         parse_settings({"evaluate": {"chunk_len": 64}})
     with pytest.raises(ValueError, match="only 5 window starts fit"):
         windows.make_plan(4, 20, 16, num_bins=8, seed=0)
+
+
+def test_cached_fold_splits_are_sklearns():
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(40), 4)
+    y = (groups < 20).astype(float)
+    for seed in (0, 1):
+        expected = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(
+            np.zeros((len(y), 1)), y, groups
+        )
+        cached = probes.fold_splits(y, groups, 5, seed)
+        for (train, test), (want_train, want_test) in zip(cached, expected, strict=True):
+            assert np.array_equal(train, want_train) and np.array_equal(test, want_test)
+        assert probes.fold_splits(y.copy(), groups.copy(), 5, seed) is cached  # the same key
+    other = rng.permutation(groups)  # other groups: another split, not the cached one
+    assert probes.fold_splits(y, other, 5, 0) is not probes.fold_splits(y, groups, 5, 0)
