@@ -4,7 +4,7 @@ one (the listening app's votes). The whole team stack is infra/stack.py (tests/t
 from __future__ import annotations
 
 import contextlib
-import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,20 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
+from .conftest import PROJECT_ROOT, free_port
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(candidates[-1]).parent if candidates else None
+def load_stack_module():
+    """infra/stack.py (a script, not part of the package), loaded as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "cadenza_stack", PROJECT_ROOT / "infra" / "stack.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _as_postgres_user(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as `nobody` then."""
-    return ["runuser", "-u", "nobody", "--", *command] if os.geteuid() == 0 else command
+STACK = load_stack_module()
+_postgres_bin, _as_postgres_user = STACK.postgres_bin, STACK._as_postgres_user
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import importlib.util
 import json
 import shutil
 import time
@@ -35,6 +34,7 @@ from .conftest import (
     small_corpus,
     wait_for_http,
 )
+from .postgres import STACK
 
 pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("stack")]
 NAME = "cadenza-generator"
@@ -43,12 +43,7 @@ RUN_TIMEOUT = 420  # seconds for one tiny retrain through the worker
 
 
 def _load_stack_module():
-    spec = importlib.util.spec_from_file_location(
-        "cadenza_stack", PROJECT_ROOT / "infra" / "stack.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return STACK
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +94,15 @@ def deployment_runs(stack) -> list:
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
         )
     return sorted(runs, key=lambda run: run.created)
+
+
+def run_started_by_event(stack, known_runs: int, timeout: float = 120):
+    """The newest deployment run, once there are more than known_runs (the trigger fired)."""
+    deadline = time.monotonic() + timeout
+    while len(runs := deployment_runs(stack)) == known_runs:
+        assert time.monotonic() < deadline, "the corpus event started no run"
+        time.sleep(1)
+    return runs[-1]
 
 
 def start_run(stack):
@@ -289,11 +293,7 @@ def test_new_data_starts_a_run_which_survives_a_killed_worker_and_a_tracking_out
     assert "changed" in watched.stdout and "cadenza.corpus.changed" in watched.stdout
 
     # The event starts a run through the deployment trigger.
-    deadline = time.monotonic() + 120
-    while len(runs := deployment_runs(stack)) == known_runs:
-        assert time.monotonic() < deadline, "the corpus event started no run"
-        time.sleep(1)
-    triggered = runs[-1]
+    triggered = run_started_by_event(stack, known_runs)
 
     # Fault 1: the worker's machine dies during pretraining, after a checkpoint.
     state = repo / "models/generator-mle/last/state.pt"
@@ -360,11 +360,7 @@ def test_the_same_content_again_is_a_no_op(team):
     variable = "cadenza-corpus-" + _load_workspace_key(repo)
     run_in(repo, "prefect", "variable", "unset", variable, env=env)
     assert "emitted" in run_in(repo, "cadenza", "watch", env=env).stdout
-    deadline = time.monotonic() + 120
-    while len(runs := deployment_runs(stack)) == known_runs:
-        assert time.monotonic() < deadline, "the corpus event started no run"
-        time.sleep(1)
-    duplicate = wait_final(stack, runs[-1].id)
+    duplicate = wait_final(stack, run_started_by_event(stack, known_runs).id)
     assert duplicate.state.is_completed()
     assert "nothing changed" in summary_of(stack, duplicate.id)
     assert versions(stack) == ["1", "2"]
