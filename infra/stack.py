@@ -149,7 +149,15 @@ class Stack:
             self.down()
             raise
         (self.folder / "stack.json").write_text(
-            json.dumps({"ports": self.ports, "env": self.env(), "pids": self._pids()}, indent=2)
+            json.dumps(
+                {
+                    "ports": self.ports,
+                    "env": self.env(),
+                    "pids": self._pids(),
+                    "up_pid": os.getpid(),
+                },
+                indent=2,
+            )  # fmt: skip
         )
         return self
 
@@ -390,9 +398,12 @@ def main() -> None:
         print(f"# DVC remote: dvc remote add -d store s3://dvc/cadenza && "
               f"dvc remote modify store endpointurl {stack.s3_endpoint}")  # fmt: skip
         print(f"# logs in {stack.logs}; Ctrl-C stops the stack", flush=True)
+        # Ctrl-C, or SIGTERM from `down` / a supervisor: stop everything before exiting
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             signal.pause()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             pass
         finally:
             stack.down()
@@ -400,16 +411,31 @@ def main() -> None:
         _down_from_file(args.dir)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _down_from_file(folder: Path) -> None:
+    """Stop a stack that `up` started: `up` stops its services itself on SIGTERM; any service
+    still running 30 s later is killed, and PostgreSQL is stopped."""
     state = json.loads((folder / "stack.json").read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state["up_pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(state["up_pid"]):
+        time.sleep(0.5)
     for pid in state["pids"].values():
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGKILL)
     data = (folder / "postgres").resolve() / "data"
     bin_dir = postgres_bin()
     if bin_dir and data.is_dir():
         subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                                          "-w", "stop"]), check=False)  # fmt: skip
+                                          "-w", "stop"]), check=False, capture_output=True)  # fmt: skip
 
 
 if __name__ == "__main__":
