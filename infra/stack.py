@@ -434,8 +434,8 @@ def _down_from_file(folder: Path) -> None:
     data = (folder / "postgres").resolve() / "data"
     bin_dir = postgres_bin()
     if bin_dir and data.is_dir():
-        subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                                          "-w", "stop"]), check=False, capture_output=True)  # fmt: skip
+        stop = [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
+        subprocess.run(_as_postgres_user(stop), check=False, capture_output=True)
 
 
 if __name__ == "__main__":
