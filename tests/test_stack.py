@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -42,14 +43,9 @@ DEPLOYMENT = "retrain/nightly-retrain"
 RUN_TIMEOUT = 420  # seconds for one tiny retrain through the worker
 
 
-def _load_stack_module():
-    return STACK
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory, chorale_dir, _mlflow_template):
-    stack_module = _load_stack_module()
-    if stack_module.postgres_bin() is None:
+    if STACK.postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt install postgresql)")
     base = tmp_path_factory.mktemp("team")
     corpus = small_corpus(base / "corpus", chorale_dir)
@@ -61,7 +57,7 @@ def team(tmp_path_factory, chorale_dir, _mlflow_template):
     # long enough that the worker can be killed between two checkpoints (every 6 steps)
     params["pretrain"]["presets"]["tiny"]["max_steps"] = 96
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stack = stack_module.Stack(base / "stack", workspace=repo)
+    stack = STACK.Stack(base / "stack", workspace=repo)
     stack.up()
     try:
         stack.configure_dvc(repo)
@@ -175,10 +171,8 @@ def store_keys(stack, bucket: str) -> list[str]:
 
 
 def _credentials() -> dict:
-    stack_module = _load_stack_module()
-    return {"aws_access_key_id": stack_module.ACCESS_KEY,
-            "aws_secret_access_key": stack_module.SECRET_KEY,
-            "region_name": stack_module.REGION}  # fmt: skip
+    return {"aws_access_key_id": STACK.ACCESS_KEY, "aws_secret_access_key": STACK.SECRET_KEY,
+            "region_name": STACK.REGION}  # fmt: skip
 
 
 def lock_md5(repo: Path, stage: str) -> str:
@@ -405,7 +399,7 @@ def test_the_champion_is_served_from_the_server(team, tmp_path):
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as out:
-        server = __import__("subprocess").Popen(
+        server = subprocess.Popen(
             ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
              "local", "--host", "127.0.0.1", "--port", str(port)],
             cwd=tmp_path, env=_client_env(stack), stdout=out, stderr=out,
