@@ -135,7 +135,7 @@ def _load_champion(model_name: str, champion, tokenizer):
         raise ChallengeError(
             f"{model_name} version {champion.version} uses another tokenizer ({what}): its "
             "samples cannot be read on the current windows; compare by listening and promote "
-            "by hand (`cadenza registry promote N --force`)"
+            "by hand (`cadenza registry promote N --force --reason ...`)"
         )
     # A key-normalized champion (or challenger) is fine: its samples are placed in keys by
     # its own tokenizer, so both are read in real keys on the same windows.

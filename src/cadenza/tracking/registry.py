@@ -375,7 +375,8 @@ def rollback(paths: Paths, settings: RegisterSettings, by: str = "", why: str = 
         if not previous:
             raise RegistryError(
                 f"{name} version {champion.version} replaced no earlier champion; "
-                "promote a version by hand instead (`cadenza registry promote N --force`)"
+                "promote a version by hand instead "
+                "(`cadenza registry promote N --force --reason ...`)"
             )
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.set_model_version_tag(name, champion.version, "decision", "rolled back")
