@@ -234,3 +234,24 @@ def test_cached_fold_splits_are_sklearns():
         assert probes.fold_splits(y.copy(), groups.copy(), 5, seed) is cached  # the same key
     other = rng.permutation(groups)  # other groups: another split, not the cached one
     assert probes.fold_splits(y, other, 5, 0) is not probes.fold_splits(y, groups, 5, 0)
+
+
+def test_paired_nll_ratio_finds_a_shift_and_none_without_one():
+    """compare's test-nats ratio on 400 simulated test sets of 40 documents: a 3% shift
+    with per-document noise is found (p < 0.05) every time and its 95% bootstrap interval
+    holds 1.03 about 95% of the time (93% measured); two noisy copies of the same documents
+    are found different about 5% of the time (the paired permutation test: 5.3%)."""
+    import numpy as np
+
+    from cadenza.evaluation.tuning import paired_nll
+
+    rng = np.random.default_rng(0)
+    found, covered, false_alarms = 0, 0, 0
+    for i in range(400):  # each set its own bootstrap draws
+        nats = rng.uniform(200, 2000, 40)
+        shifted = paired_nll(nats * 1.03 * rng.normal(1, 0.03, 40), nats, seed=i, draws=1000)
+        found += shifted["p_value"] < 0.05
+        covered += shifted["ci_low"] < 1.03 < shifted["ci_high"]
+        same = paired_nll(nats * rng.normal(1, 0.03, 40), nats * rng.normal(1, 0.03, 40), i, 1000)
+        false_alarms += same["p_value"] < 0.05
+    assert (found, covered > 350, false_alarms <= 30) == (400, True, True), (covered, false_alarms)

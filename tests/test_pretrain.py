@@ -268,3 +268,52 @@ def test_final_phase_trains_on_the_original_documents(tmp_path):
     with pytest.raises(ValueError, match="final_data"):
         train(model_config, TrainConfig(max_steps=4, final_original_steps=2), first, first[0],
               tmp_path / "none")  # fmt: skip
+
+
+def test_muon_steps_the_matrices_and_adamw_the_rest():
+    """optimizer muon: the blocks' weight matrices in torch's Muon, everything else (the tied
+    embedding, biases, norms) in AdamW, each parameter once; the schedule sets both parts'
+    learning rate; a saved state loads back, and another optimizer's state is refused."""
+    import torch
+
+    from cadenza.models.generator import GeneratorConfig, TransformerXL
+    from cadenza.training.pretrain import Optimizers, TrainConfig, build_optimizer, lr_factor
+
+    model = TransformerXL(GeneratorConfig(
+        vocab_size=17, d_model=32, n_layers=2, n_heads=2, d_ff=64, seg_len=16, mem_len=16
+    ))  # fmt: skip
+    config = TrainConfig(max_steps=10, lr=0.01, warmup_steps=4, optimizer="muon")
+    optimizer = build_optimizer(model, config)
+    muon, adamw = optimizer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert not in_muon & in_adamw and in_muon | in_adamw == set(names)
+    assert all(names[i].startswith("blocks.") and "weight" in names[i] for i in in_muon)
+    assert any(n == "embedding.weight" for n in map(names.get, in_adamw))
+    assert len(in_muon) == 2 * 5  # per block: query, key_value, out, two feed-forward layers
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    tokens = torch.randint(0, 17, (2, 17))
+    for _ in range(3):
+        logits, _ = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    expected = config.lr * lr_factor(3, config)
+    assert muon.param_groups[0]["lr"] == pytest.approx(expected)
+    assert adamw.param_groups[0]["lr"] == pytest.approx(expected)
+
+    again = build_optimizer(model, config)
+    again.load_state_dict(optimizer.state_dict())
+    assert torch.equal(
+        again.optimizers[0].state_dict()["state"][0]["momentum_buffer"],
+        muon.state_dict()["state"][0]["momentum_buffer"],
+    )
+    adamw_only = build_optimizer(model, TrainConfig(optimizer="adamw"))
+    assert not isinstance(adamw_only, Optimizers)
+    with pytest.raises(ValueError, match="pretrain.optimizer"):
+        again.load_state_dict(adamw_only.state_dict())

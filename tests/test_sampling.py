@@ -158,6 +158,9 @@ def test_compare_finds_no_difference_between_a_generator_and_itself(registered_p
     assert same["comparison"]["ci_low"] == same["comparison"]["ci_high"] == 0.0
     a, b = same["models"]["a"], same["models"]["b"]
     assert a["test_nll"] == b["test_nll"] and a["probes"] == b["probes"]
+    ratio = same["test_nll_ratio"]  # paired over documents: exactly none
+    assert ratio["ratio"] == ratio["ci_low"] == ratio["ci_high"] == 1.0 and ratio["p_value"] == 1
+    assert "test nats a / b: 1.0000 [1.0000, 1.0000]" in result.output
     bad = CliRunner().invoke(app, ["compare", mle, str(tmp_path), "--root", str(repo),
                                    "--params", str(repo / "params.yaml")])  # fmt: skip
     assert bad.exit_code == 1 and "a Cadenza checkpoint" in bad.output, bad.output
@@ -298,3 +301,5 @@ def test_compare_reads_a_generator_of_another_tokenizer_in_the_pipelines_tokens(
     assert models["a"]["tokenizer"] == "re-encoded" and models["b"]["tokenizer"] == "own"
     assert models["a"]["test_nll_per_note"] > models["b"]["test_nll_per_note"] > 0
     assert models["a"]["test_nll"] > 0.5 * np.log(len(other))  # untrained: near uniform
+    ratio = json.loads(out.read_text())["test_nll_ratio"]  # the known difference, caught
+    assert ratio["ci_low"] > 1 and ratio["p_value"] < 0.05 and ratio["documents"] >= 2

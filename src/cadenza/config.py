@@ -186,7 +186,7 @@ class TokenizeSettings(_Section):
 
 class PretrainSettings(_Section):
     """`pretrain` stage: NLL training of the Transformer-XL generator. The loop's own fields
-    (schedule, lr decay, clip, seed, device, compile, cpu_bf16) take their defaults from
+    (schedule, optimizer, lr decay, clip, seed, device, compile, cpu_bf16) take their defaults from
     cadenza.training.config.TrainConfig; the model size and budget from the preset."""
 
     preset: str = "cpu-long"
@@ -195,6 +195,7 @@ class PretrainSettings(_Section):
     """Named model sizes with their budgets (cadenza.training.config.PRESETS); a params.yaml
     entry `presets.<name>.<field>` overrides that field, a new name adds a preset."""
     schedule: Literal["cosine", "inverse_sqrt"] = TrainConfig.schedule
+    optimizer: Literal["muon", "adamw"] = TrainConfig.optimizer
     min_lr_ratio: float = TrainConfig.min_lr_ratio
     weight_decay: float = TrainConfig.weight_decay
     grad_clip: float = TrainConfig.grad_clip
@@ -250,8 +251,8 @@ class PretrainSettings(_Section):
 
 
 _PRETRAIN_LOOP_FIELDS = (
-    "schedule", "min_lr_ratio", "weight_decay", "grad_clip", "seed", "device", "compile",
-    "cpu_bf16",
+    "schedule", "optimizer", "min_lr_ratio", "weight_decay", "grad_clip", "seed", "device",
+    "compile", "cpu_bf16",
 )  # fmt: skip
 _PRESET_BUDGET_FIELDS = (
     "batch_size", "max_steps", "lr", "warmup_steps", "eval_interval", "checkpoint_interval",

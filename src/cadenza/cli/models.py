@@ -51,6 +51,11 @@ def compare_command(
         f"p = {pair['p_value']:.3f} ({pair['probe']} probe, {result['num_windows']} windows "
         f"per side, {split})"
     )
+    ratio = result["test_nll_ratio"]
+    typer.echo(
+        f"test nats a / b: {ratio['ratio']:.4f} [{ratio['ci_low']:.4f}, {ratio['ci_high']:.4f}], "
+        f"p = {ratio['p_value']:.3f} (paired over {ratio['documents']} test documents)"
+    )
     if out:
         write_json(out, result)
 

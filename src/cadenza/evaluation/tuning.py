@@ -129,7 +129,8 @@ def compare_generators(
     each one's probes and the paired difference of the first minus the second. A generator
     with another tokenizer than the pipeline's (say, without Velocity tokens) has its samples
     re-encoded into the pipeline's, so both are read as windows of equal length in the same
-    tokens; its test NLL is per token of its own tokenization and, for both, per note."""
+    tokens; its test NLL is per token of its own tokenization and, for both, per note, and
+    `test_nll_ratio` pairs their test nats document by document (paired_nll)."""
     if len(folders) != 2:
         raise ValueError("compare needs exactly two generators")
     for folder in folders.values():  # before any work
@@ -139,13 +140,15 @@ def compare_generators(
     device = resolve_device(evaluate_settings.device)
     context = prepare(evaluate_settings, paths, device, split=split)
     reference_test = _test_documents(paths, context.tokenizer)
-    sets, nll, per_note, tokenizers = {}, {}, {}, {}
+    sets, nll, per_note, tokenizers, nats = {}, {}, {}, {}, {}
     for name, folder in folders.items():
         net, tokenizer = load_generator(folder)
         net.to(device)
         foreign = tokenizer.vocab != context.tokenizer.vocab
         tokenizers[name] = "own" if not foreign else "re-encoded"
-        nll[name], per_note[name] = _test_nll(net, tokenizer, context.tokenizer, reference_test)
+        nll[name], per_note[name], nats[name], _ = _test_nll(
+            net, tokenizer, context.tokenizer, reference_test
+        )
         samples = None
         if foreign:  # its samples re-encoded: windows of the same music as the real ones
             samples = _foreign_samples(context, net, tokenizer, evaluate_settings.seed + 1)
@@ -172,6 +175,7 @@ def compare_generators(
             for name in folders
         },
         "comparison": compare(scores, a, b),
+        "test_nll_ratio": paired_nll(nats[a], nats[b], evaluate_settings.seed),
         "seconds": time.perf_counter() - started,
     }
 
@@ -185,21 +189,47 @@ def _test_documents(paths, tokenizer) -> list[list[int]]:
     ]
 
 
-def _test_nll(net, tokenizer, reference, documents: list[list[int]]) -> tuple[float, float]:
-    """(nats per token, nats per note) on the test documents written by `tokenizer`
-    (re-encoded from the reference's when the vocabularies differ): per note is what two
-    tokenizations can be compared on."""
+def _test_nll(net, tokenizer, reference, documents: list[list[int]]):
+    """(nats per token, nats per note, each document's nats, each document's notes) on the
+    test documents written by `tokenizer` (re-encoded from the reference's when the
+    vocabularies differ): per note is what two tokenizations can be compared on. Each
+    document is scored on its own, from its [BOS] (the model attends no further back)."""
     bos, eos = tokenizer["BOS_None"], tokenizer["EOS_None"]
     same = tokenizer.vocab == reference.vocab
-    stream: list[int] = []
-    num_notes = 0
+    device = next(net.parameters()).device
+    nats, notes, num_tokens = [], [], 0
     for ids in documents:
         own = ids if same else retokenize(ids, reference, tokenizer)
-        stream += [bos, *own, eos]
-        num_notes += reference.decode(ids).note_num() if ids else 0
-    tokens = np.asarray(stream, dtype=np.int64)
-    nll = evaluate_nll(net, tokens, net.config.seg_len, next(net.parameters()).device)
-    return nll, nll * (len(tokens) - 1) / max(num_notes, 1)
+        stream = np.asarray([bos, *own, eos], dtype=np.int64)
+        nats.append(evaluate_nll(net, stream, net.config.seg_len, device) * (len(stream) - 1))
+        notes.append(reference.decode(ids).note_num() if ids else 0)
+        num_tokens += len(stream) - 1
+    nats, notes = np.asarray(nats), np.asarray(notes)
+    return nats.sum() / max(num_tokens, 1), nats.sum() / max(notes.sum(), 1), nats, notes
+
+
+def paired_nll(nats_a: np.ndarray, nats_b: np.ndarray, seed: int = 0, draws: int = 2000) -> dict:
+    """Ratio of a's total test nats to b's on the same documents (below 1: a predicts them
+    better): a document bootstrap's 95% CI, and the p-value of a paired permutation test
+    (a and b swapped within documents), exact where the bootstrap's runs over alpha."""
+    from scipy.stats import permutation_test
+
+    nats_a, nats_b = np.asarray(nats_a, dtype=float), np.asarray(nats_b, dtype=float)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(nats_a), (draws, len(nats_a)))
+    replicates = nats_a[rows].sum(1) / nats_b[rows].sum(1)
+    test = permutation_test(
+        (nats_a, nats_b), lambda a, b, axis: a.sum(axis) / b.sum(axis), vectorized=True,
+        permutation_type="samples", n_resamples=draws, rng=rng,
+    )  # fmt: skip
+    return {
+        "ratio": float(nats_a.sum() / nats_b.sum()),
+        "ci_low": float(np.quantile(replicates, 0.025)),
+        "ci_high": float(np.quantile(replicates, 0.975)),
+        "p_value": float(test.pvalue),
+        "documents": len(nats_a),
+        "draws": draws,
+    }
 
 
 def _foreign_samples(context, net, tokenizer, seed: int):

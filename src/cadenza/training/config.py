@@ -161,6 +161,9 @@ class TrainConfig:
     warmup_steps: int = 100
     schedule: Literal["cosine", "inverse_sqrt"] = "cosine"
     """cosine | inverse_sqrt (both after linear warmup)."""
+    optimizer: Literal["muon", "adamw"] = "adamw"
+    """muon: Muon on the blocks' weight matrices, AdamW on the rest (training/pretrain.py's
+    build_optimizer); adamw: AdamW on everything (EXPERIMENTS.md, "Muon")."""
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_interval: int = 200

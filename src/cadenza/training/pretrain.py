@@ -62,10 +62,57 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class Optimizers(torch.optim.Optimizer):
+    """Several optimizers stepped, zeroed, saved and scheduled as one. param_groups is the
+    list of their groups (the same dicts), so one LR scheduler sets every group's lr."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        # Not Optimizer.__init__: the parts own their parameters and state.
+        self.optimizers = optimizers
+        self.defaults = {}
+        self.state = {}
+        self.param_groups = [group for o in optimizers for group in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        parts = state_dict.get("optimizers")
+        if parts is None or len(parts) != len(self.optimizers):
+            raise ValueError(
+                "the saved optimizer state is not this run's optimizer (pretrain.optimizer "
+                "changed?): delete the checkpoint's last/ folder to start afresh"
+            )
+        for optimizer, part in zip(self.optimizers, parts, strict=True):
+            optimizer.load_state_dict(part)
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, ReZero scalars and embeddings."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embedding" in n]
+    """adamw: AdamW; no weight decay on biases, norms, ReZero scalars and embeddings.
+    muon: Muon (orthogonalized momentum, torch.optim.Muon) on the blocks' weight matrices, its
+    step scaled to AdamW's update size so both take `lr`; AdamW on the embedding (tied to the
+    output layer), biases, norms and ReZero scalars, without weight decay."""
+    named = list(model.named_parameters())
+    if config.optimizer == "muon":
+        matrices = [p for n, p in named if p.dim() == 2 and "embedding" not in n]
+        rest = [p for n, p in named if not (p.dim() == 2 and "embedding" not in n)]
+        return Optimizers([
+            torch.optim.Muon(
+                matrices, lr=config.lr, weight_decay=config.weight_decay,
+                adjust_lr_fn="match_rms_adamw",
+            ),
+            torch.optim.AdamW(rest, lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0),
+        ])  # fmt: skip
+    decay = [p for n, p in named if p.dim() >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in named if p.dim() < 2 or "embedding" in n]
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": config.weight_decay},
