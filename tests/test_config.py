@@ -23,8 +23,9 @@ def test_project_params_are_valid_and_match_defaults():
     assert set(settings.pretrain.presets) == {"tiny", "cpu", "cpu-long", "cpu-xl", "gpu"}
     long, cpu = settings.pretrain.presets["cpu-long"], settings.pretrain.presets["cpu"]
     xl = settings.pretrain.presets["cpu-xl"]
-    assert long.max_steps == 5 * cpu.max_steps  # the same model, 5x the budget
-    assert xl.max_steps == 3 * long.max_steps  # and 15x
+    assert long.max_steps == 2.5 * cpu.max_steps  # the same model, 2.5x the budget
+    assert xl.max_steps == 6 * long.max_steps  # and 15x
+    assert settings.pretrain.optimizer == "muon"
     for preset in (long, xl):
         same = replace(preset, max_steps=cpu.max_steps, eval_interval=cpu.eval_interval)
         assert same == cpu

@@ -309,6 +309,12 @@ def test_muon_steps_the_matrices_and_adamw_the_rest():
 
     again = build_optimizer(model, config)
     again.load_state_dict(optimizer.state_dict())
+    resumed = torch.optim.lr_scheduler.LambdaLR(again, lambda s: lr_factor(s, config))
+    resumed.load_state_dict(scheduler.state_dict())
+    resumed.step()  # a resumed schedule reaches the loaded parts' groups
+    assert again.optimizers[0].param_groups[0]["lr"] == pytest.approx(
+        config.lr * lr_factor(4, config)
+    )
     assert torch.equal(
         again.optimizers[0].state_dict()["state"][0]["momentum_buffer"],
         muon.state_dict()["state"][0]["momentum_buffer"],

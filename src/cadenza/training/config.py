@@ -121,10 +121,10 @@ PRESETS: dict[str, Preset] = {
     ),  # fmt: skip
     # 400 steps, ~2 min on 2 cores
     "cpu": _cpu(400, 100),
-    # the default: the cpu model trained 5x longer (~8 min on 2 cores with cpu_bf16;
-    # EXPERIMENTS.md rows 28, 31)
-    "cpu-long": _cpu(2000, 400),
-    # 3x cpu-long's steps (~22 min on 2 cores: beyond make run's 20 minutes; EXPERIMENTS.md row 39)
+    # the default: the cpu model trained 2.5x longer (~4.5 min on 2 cores with cpu_bf16): with
+    # Muon, the music and test NLL of 2,000 AdamW steps (EXPERIMENTS.md, "Muon")
+    "cpu-long": _cpu(1000, 200),
+    # 6,000 steps (~25 min on 2 cores with Muon; measured with AdamW: EXPERIMENTS.md row 39)
     "cpu-xl": _cpu(6000, 500),
     # an H100
     "gpu": Preset(
@@ -161,7 +161,7 @@ class TrainConfig:
     warmup_steps: int = 100
     schedule: Literal["cosine", "inverse_sqrt"] = "cosine"
     """cosine | inverse_sqrt (both after linear warmup)."""
-    optimizer: Literal["muon", "adamw"] = "adamw"
+    optimizer: Literal["muon", "adamw"] = "muon"
     """muon: Muon on the blocks' weight matrices, AdamW on the rest (training/pretrain.py's
     build_optimizer); adamw: AdamW on everything (EXPERIMENTS.md, "Muon")."""
     weight_decay: float = 0.01

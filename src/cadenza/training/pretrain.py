@@ -63,15 +63,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Optimizers(torch.optim.Optimizer):
-    """Several optimizers stepped, zeroed, saved and scheduled as one. param_groups is the
-    list of their groups (the same dicts), so one LR scheduler sets every group's lr."""
+    """Several optimizers stepped, zeroed, saved and scheduled as one. param_groups lists
+    their groups (the same dicts), so one LR scheduler sets every group's lr."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
         # Not Optimizer.__init__: the parts own their parameters and state.
         self.optimizers = optimizers
         self.defaults = {}
         self.state = {}
-        self.param_groups = [group for o in optimizers for group in o.param_groups]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # Read afresh: a part's load_state_dict replaces its group dicts.
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers:
