@@ -323,3 +323,39 @@ def test_muon_steps_the_matrices_and_adamw_the_rest():
     assert not isinstance(adamw_only, Optimizers)
     with pytest.raises(ValueError, match="pretrain.optimizer"):
         again.load_state_dict(adamw_only.state_dict())
+
+
+def test_muon_orthogonalizes_in_fp32_where_bf16_is_not_native():
+    """Muon(ns_dtype=bf16) is torch's Muon step for step; with fp32 (a CPU without native bf16
+    matmuls) it takes the same steps to within bf16's rounding, and its Newton-Schulz output
+    has the singular values Muon's coefficients aim at (about 0.7 to 1.2), wide or tall."""
+    import torch
+
+    from cadenza.training.pretrain import Muon, newton_schulz
+
+    torch.manual_seed(0)
+    start = [torch.randn(24, 40), torch.randn(40, 24)]
+    grads = [[torch.randn_like(w) for w in start] for _ in range(3)]
+
+    def trained(make):
+        weights = [w.clone().requires_grad_() for w in start]
+        optimizer = make(weights)
+        for step_grads in grads:
+            for w, g in zip(weights, step_grads, strict=True):
+                w.grad = g.clone()
+            optimizer.step()
+        return [w.detach() for w in weights]
+
+    kwargs = {"lr": 0.01, "weight_decay": 0.01, "adjust_lr_fn": "match_rms_adamw"}
+    reference = trained(lambda w: torch.optim.Muon(w, **kwargs))
+    same = trained(lambda w: Muon(w, ns_dtype=torch.bfloat16, **kwargs))
+    fp32 = trained(lambda w: Muon(w, ns_dtype=torch.float32, **kwargs))
+    for r, s, f in zip(reference, same, fp32, strict=True):
+        assert torch.equal(r, s)
+        moved = (r - start[0 if r.shape == start[0].shape else 1]).norm()
+        assert (f - r).norm() < 0.02 * moved  # bf16's rounding, not another update
+    for g in grads[0]:
+        singular = torch.linalg.svdvals(
+            newton_schulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32)
+        )
+        assert singular.min() > 0.6 and singular.max() < 1.25, singular
