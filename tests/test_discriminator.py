@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -45,9 +46,13 @@ def _assert_same_weights(a_dir: Path, b_dir: Path, *names: str) -> None:
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_sigkill_then_rerun_resumes_to_the_same_weights(token_project, tmp_path, tracking_uri):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_sigkill_then_rerun_resumes_to_the_same_weights(
+    token_project, tmp_path, tracking_uri, optimizer
+):
     # dropout draws from the torch RNG, windows and masks from the numpy one: both must resume
-    tiny = {"max_steps": 60, "eval_interval": 20, "checkpoint_interval": 5, "dropout": 0.1}
+    tiny = {"max_steps": 60, "eval_interval": 20, "checkpoint_interval": 5, "dropout": 0.1,
+            "optimizer": optimizer}  # fmt: skip
     straight = _project(token_project, tmp_path / "straight", **tiny)
     killed = _project(token_project, tmp_path / "killed", **tiny)
     assert _run(straight)["resumed_from_step"] == 0
@@ -60,6 +65,8 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(token_project, tmp_path,
     subprocess.run(command, cwd=killed, check=True, capture_output=True)
     metrics = json.loads((killed / "metrics" / "pretrain_discriminator.json").read_text())
     assert 0 < metrics["resumed_from_step"] < 60
+    state = torch.load(killed / "models/discriminator/last/state.pt", weights_only=True)
+    assert ("optimizers" in state["parts"]["optimizer"]) == (optimizer == "muon")
     _assert_same_weights(
         straight / "models" / "discriminator",
         killed / "models" / "discriminator",
