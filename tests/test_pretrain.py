@@ -359,3 +359,22 @@ def test_muon_orthogonalizes_in_fp32_where_bf16_is_not_native():
             newton_schulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32)
         )
         assert singular.min() > 0.6 and singular.max() < 1.25, singular
+
+
+def test_setup_orthogonalizes_in_fp32_only_where_bf16_is_not_native(tmp_path, monkeypatch):
+    """The pretraining run's Muon takes bf16 Newton-Schulz where oneDNN has native bf16 and
+    fp32 where it has not (torch's bf16 path there is ~40x slower than fp32)."""
+    import torch
+
+    from cadenza.models.generator import GeneratorConfig
+    from cadenza.training import pretrain
+
+    model_config = GeneratorConfig(
+        vocab_size=17, d_model=32, n_layers=1, n_heads=2, d_ff=64, seg_len=16, mem_len=16
+    )
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(pretrain, "native_cpu_bf16", lambda native=native: native)
+        run = pretrain.setup(
+            model_config, pretrain.TrainConfig(device="cpu"), tmp_path / str(native)
+        )
+        assert run.optimizer.optimizers[0].ns_dtype == dtype
