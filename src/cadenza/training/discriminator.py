@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
 from cadenza.training import checkpoint
 from cadenza.training.config import MaskedLMConfig
-from cadenza.training.pretrain import lr_factor, muon_and_adamw, native_cpu_bf16, resolve_device
+from cadenza.training.pretrain import lr_factor, muon_and_adamw, resolve_device
 from cadenza.training.span_masking import SpanMask, span_mask
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,7 @@ def setup(
         is_matrix = {  # the encoder's and span head's weights; not embeddings or score head
             n: p.dim() == 2 and n.startswith(("encoder.", "span_boundary.mlp.")) for n, p in named
         }
-        bf16_matmul = device.type == "cuda" or native_cpu_bf16()
-        optimizer = muon_and_adamw(named, is_matrix, config, bf16_matmul)
+        optimizer = muon_and_adamw(named, is_matrix, config, device)
     else:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay

@@ -30,6 +30,7 @@ from cadenza.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict[str, float], int], None]
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -156,14 +157,16 @@ def _muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
 
 
 def muon_and_adamw(
-    named: list, is_matrix: dict[str, bool], config, bf16_matmul: bool, **adamw
+    named: list, is_matrix: dict[str, bool], config, device: torch.device, **adamw
 ) -> Optimizers:
     """Muon (at AdamW's update size, config.lr and config.weight_decay) on the parameters
-    is_matrix names, AdamW without weight decay on the others."""
+    is_matrix names, AdamW without weight decay on the others. Muon orthogonalizes in bf16
+    where `device` multiplies bf16 natively (CUDA, AMX, AVX512-BF16), else in fp32."""
+    native = device.type == "cuda" or native_cpu_bf16()
     return Optimizers([
         Muon(
             [p for n, p in named if is_matrix[n]],
-            ns_dtype=torch.bfloat16 if bf16_matmul else torch.float32,
+            ns_dtype=torch.bfloat16 if native else torch.float32,
             lr=config.lr, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw",
         ),
         torch.optim.AdamW(
@@ -173,17 +176,16 @@ def muon_and_adamw(
 
 
 def build_optimizer(
-    model: torch.nn.Module, config: TrainConfig, bf16_matmul: bool = True
+    model: torch.nn.Module, config: TrainConfig, device: torch.device = CPU
 ) -> torch.optim.Optimizer:
     """adamw: AdamW; no weight decay on biases, norms, ReZero scalars and embeddings.
     muon: Muon (orthogonalized momentum) on the blocks' weight matrices, its step scaled to
     AdamW's update size so both take `lr`; AdamW on the embedding (tied to the output layer),
-    biases, norms and ReZero scalars, without weight decay. bf16_matmul: whether the device
-    multiplies bf16 natively (CUDA, AMX, AVX512-BF16); where not, Muon orthogonalizes in fp32."""
+    biases, norms and ReZero scalars, without weight decay (muon_and_adamw)."""
     named = list(model.named_parameters())
     if config.optimizer == "muon":
         is_matrix = {n: p.dim() == 2 and "embedding" not in n for n, p in named}
-        return muon_and_adamw(named, is_matrix, config, bf16_matmul, betas=(0.9, 0.98))
+        return muon_and_adamw(named, is_matrix, config, device, betas=(0.9, 0.98))
     decay = [p for n, p in named if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in named if p.dim() < 2 or "embedding" in n]
     return torch.optim.AdamW(
@@ -306,7 +308,7 @@ def setup(
     if cpu_bf16:
         log.info("training steps under CPU bf16 autocast")
     model = TransformerXL(model_config)
-    optimizer = build_optimizer(model, config, device.type == "cuda" or native_cpu_bf16())
+    optimizer = build_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     model.to(device)
     run = _Run(
