@@ -379,23 +379,68 @@ def test_reinforce_learns_from_a_reward_it_cannot_differentiate():
     assert shares[2.0] < shares[0.0], shares
 
 
-@pytest.mark.parametrize("reward", ["music", "critic", "voice_leading"])
-def test_reinforce_arm_trains_against_its_reward_and_logs_it(
-    pretrained, tmp_path, tracking_uri, reward
+def test_preference_learns_from_a_ranking_and_not_from_ties():
+    """DPO on pairs ranked by a reward that counts one token (no gradient through it) raises
+    that token's share; a reward that ties every pair leaves the weights as they were."""
+    from cadenza.training import adversarial as training
+    from cadenza.training.config import AdversarialConfig
+
+    target = 7
+    config = AdversarialConfig(
+        sample_batch=16, sample_len=16, chunk_len=16, prime_tokens=0, estimator="preference",
+        adv_weight=1.0, preference_beta=0.5, reward_buffer=4, critic_warmup_steps=0,
+    )  # fmt: skip
+    tokens = np.random.default_rng(0).integers(4, VOCAB, 4000)
+
+    def trained(reward, steps):
+        generator, _ = tiny_pair()
+        reference, _ = tiny_pair()
+        reference.eval().requires_grad_(False)
+        real = training.RealChunks(tokens, np.array([0, 2000, 4000]), 16, 0)
+        rng = torch.Generator().manual_seed(0)
+        sampler = training.Sampler(generator, real, config, torch.device("cpu"), rng, bos=1)
+        optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+        score = training.external_reward(reward)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            metrics = training.preference_backward(generator, reference, sampler, score, config)
+            optimizer.step()
+        _, ids, _ = sampler.episodes(64)
+        return generator, (ids == target).float().mean().item(), metrics
+
+    _, share, metrics = trained(lambda ids: ((ids == target).mean(1), {}), 40)
+    assert share > 0.3, share  # from about 1 / 40 at the start
+    assert metrics["preference_pairs"] > 0 and metrics["reward_gap"] > 0
+    assert np.isfinite(metrics["preference_loss"]) and metrics["kl_to_start"] > 0
+    generator, _, metrics = trained(lambda ids: (np.zeros(len(ids)), {}), 3)
+    start, _ = tiny_pair()
+    assert metrics["preference_pairs"] == 0
+    pairs = zip(generator.parameters(), start.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "reward"),
+    [("reinforce", "music"), ("reinforce", "critic"), ("reinforce", "voice_leading"),
+     ("preference", "music")],
+)  # fmt: skip
+def test_sample_scoring_arm_trains_against_its_reward_and_logs_it(
+    pretrained, tmp_path, tracking_uri, estimator, reward
 ):
     import mlflow
 
     root = tmp_path / "p"
     shutil.copytree(pretrained, root)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["adversarial"].update(estimator="reinforce", reward=reward, reward_buffer=4)
+    params["adversarial"].update(estimator=estimator, reward=reward, reward_buffer=4)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     adversarial_stage.run(_settings(root).adversarial, Paths(root=root, corpus="mine"))
     metrics = json.loads((root / "metrics" / "adversarial.json").read_text())
     assert metrics["steps"] == 6
     client = mlflow.MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cadenza").experiment_id])
-    for name in ("pg_loss", "reward_mean", "kl_to_start", "sample_log_prob", "adv_grad_norm"):
+    loss = "pg_loss" if estimator == "reinforce" else "preference_loss"
+    for name in (loss, "reward_mean", "kl_to_start", "sample_log_prob", "adv_grad_norm"):
         history = client.get_metric_history(run.info.run_id, name)
         assert len(history) == 6 and all(np.isfinite(m.value) for m in history), name
     gan = root / "models" / "generator-gan"
@@ -420,5 +465,9 @@ def test_reinforce_arm_trains_against_its_reward_and_logs_it(
 def test_reinforce_settings_that_cannot_work_are_refused():
     with pytest.raises(Exception, match="leave-one-out baseline needs at least 2"):
         parse_settings({"adversarial": {"estimator": "reinforce", "sample_batch": 1}})
+    with pytest.raises(Exception, match="pairs samples and needs at least 2"):
+        parse_settings({"adversarial": {"estimator": "preference", "sample_batch": 1}})
+    with pytest.raises(Exception, match="preference_beta"):
+        parse_settings({"adversarial": {"estimator": "preference", "preference_beta": 0}})
     with pytest.raises(Exception, match="estimator"):
         parse_settings({"adversarial": {"estimator": "ppo"}})

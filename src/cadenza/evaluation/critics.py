@@ -1,4 +1,5 @@
-"""Critics that score finished samples without a gradient, for the reinforce estimator.
+"""Critics that score finished samples without a gradient, for the reinforce and preference
+estimators.
 
 `MusicCritic` is the music-statistics probe turned into a discriminator that keeps learning:
 a logistic regression on the window statistics (window_stats: pitch classes and key fit,

@@ -4,9 +4,10 @@ a likelihood-only control, and keep the checkpoint a probe finds hardest to tell
 Reads models/generator-mle/ and models/discriminator/. Two arms start from the same
 pretrained weights with the same data order, steps and seeds:
 - gan: NLL + adv_weight x the adversarial loss -> models/generator-gan/ (the estimator is
-  the paper's straight-through Gumbel-Softmax through the SpanBERT critic, or REINFORCE on
-  finished samples scored by that critic or by a music-statistics classifier refitted on the
-  newest samples against real train windows: evaluation/critics.py);
+  the paper's straight-through Gumbel-Softmax through the SpanBERT critic, or REINFORCE or DPO
+  on finished samples scored by that critic, by a music-statistics classifier refitted on the
+  newest samples against real train windows, or by the voice-leading grader:
+  evaluation/critics.py);
 - control: adv_weight = 0 (NLL only) -> models/generator-control/.
 Each arm keeps a candidate checkpoint at every evaluation (candidates/). Selection (the same
 rule for both arms): among the candidates whose validation NLL stays within `tolerance` of the
@@ -98,10 +99,10 @@ def run(settings: AdversarialSettings, paths: Paths, track: bool = True) -> Adve
     params = {"adversarial": asdict(settings)}
     results, metrics = {}, {}
     reward = None
-    if config.estimator == "reinforce" and config.reward == "music":
+    if config.scores_samples and config.reward == "music":
         real = critics.real_train_windows(*train_data, config.prime_tokens, config.sample_len)
         reward = critics.MusicCritic(tokenizer, real, config.reward_buffer, config.seed)
-    elif config.estimator == "reinforce" and config.reward == "voice_leading":
+    elif config.scores_samples and config.reward == "voice_leading":
         reward = critics.VoiceLeadingReward(tokenizer)
     with tracked(paths, "adversarial", params, lineage_tags(paths), track) as log_metrics:
         for arm, (arm_config, out_dir) in arms.items():

@@ -179,7 +179,7 @@ def _judges(folder: Path) -> dict:
     used = set(trained) | set(selected_by) | ({"music"} if "music_critic" in trained else set())
     everything = ("learned", "music", "combined", "voice_leading")
     return {
-        "estimator": estimator, "reward": reward if estimator == "reinforce" else None,
+        "estimator": estimator, "reward": reward if estimator != "gumbel" else None,
         "trained_against": trained, "selected_by": selected_by,
         "held_out": [j for j in everything if j not in used],
     }  # fmt: skip

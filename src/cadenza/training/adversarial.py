@@ -20,7 +20,9 @@ The loop is built from four parts:
 (`policy_gradient_backward`): exact samples, their log-probabilities with gradients, a reward
 from the critic or from a `Reward` callable the stage passes in (any judge of finished
 samples), less kl_weight x the log-ratio to the frozen start model, against a leave-one-out
-baseline.
+baseline. `estimator: preference` reads the same samples and rewards as pairs: DPO
+(`preference_backward`) with the start model as its reference, the batch ranked by the
+reward (online rounds: a fresh batch and a refitted critic at every update).
 
 Before adversarial updates the critic is warmed up on generated samples until its
 held-out accuracy on `critic_heldout` generated vs as many real validation chunks reaches
@@ -446,6 +448,45 @@ def policy_gradient_backward(
     }
 
 
+def preference_backward(
+    generator: TransformerXL,
+    reference: TransformerXL,
+    sampler: Sampler,
+    score: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    config: AdversarialConfig,
+) -> dict[str, float]:
+    """Backpropagate adv_weight x the DPO loss (Rafailov et al. 2023) on the sample batch
+    ranked by its reward: the best sample paired with the worst, the second with the
+    second-worst; pairs whose rewards tie carry no preference and are left out. The loss is
+    -log sigmoid(beta x (log-ratio of the preferred - log-ratio of the other)), each log-ratio
+    the sample's summed log-probability under the generator less the start model's."""
+    prompt, ids, real = sampler.episodes(config.sample_batch)
+    log_probs = sequence_log_probs(generator, prompt, ids)
+    with torch.no_grad():
+        reference_log_probs = sequence_log_probs(reference, prompt, ids)
+        rewards, diagnostics = score(ids, real)
+        rewards = rewards.to(log_probs.device).float()
+        order = torch.argsort(rewards, descending=True, stable=True)
+        half = len(order) // 2
+        chosen, rejected = order[:half], order.flip(0)[:half]
+        keep = rewards[chosen] > rewards[rejected]
+    ratios = (log_probs - reference_log_probs).sum(1)
+    margin = config.preference_beta * (ratios[chosen] - ratios[rejected])[keep]
+    loss = -F.logsigmoid(margin).mean() if len(margin) else log_probs.sum() * 0.0
+    (config.adv_weight * loss).backward()
+    gap = (rewards[chosen] - rewards[rejected])[keep]
+    return {
+        "preference_loss": loss.item(),
+        "preference_pairs": float(keep.sum().item()),
+        "preference_accuracy": (margin > 0).float().mean().item() if len(margin) else 0.5,
+        "reward_gap": gap.mean().item() if len(gap) else 0.0,
+        "reward_mean": rewards.mean().item(),
+        "kl_to_start": (log_probs.detach() - reference_log_probs).mean().item(),
+        "sample_log_prob": log_probs.detach().mean().item(),
+        **diagnostics,
+    }
+
+
 def critic_reward(critic: Critic, sampler: Sampler, config: AdversarialConfig):
     """The SpanBERT critic as a reward: each sample's mean chunk score; the chunks are kept
     for the critic's next update."""
@@ -522,8 +563,8 @@ class Run:
     heldout: HeldOut | None = None
     stream: RngStream | None = None
     guard: Guard | None = None
-    reference: TransformerXL | None = None  # reinforce: the frozen start model
-    score: Callable | None = None  # reinforce: (ids, real) -> (rewards, diagnostics)
+    reference: TransformerXL | None = None  # reinforce, preference: the frozen start model
+    score: Callable | None = None  # reinforce, preference: (ids, real) -> (rewards, diagnostics)
     mems: list[torch.Tensor] | None = None
     warmup: dict = field(default_factory=dict)
     accuracy_history: list[tuple[int, float]] = field(default_factory=list)
@@ -554,7 +595,8 @@ def setup(
 ) -> Run:
     """The generator from its pretrained weights, the critic (GAN arm only), their optimizers
     and random streams, in an order that fixes every draw: the control arm sees the same
-    data order and dropout masks as the GAN arm. reinforce adds the frozen start model and
+    data order and dropout masks as the GAN arm. reinforce and preference add the frozen
+    start model and
     the reward (`reward` is required for reward music)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -579,7 +621,7 @@ def setup(
         critic = Critic(discriminator, config)
         heldout = HeldOut(valid_chunks, config)
         parts.update(discriminator=discriminator, d_optimizer=critic.optimizer)
-    if config.adversarial and config.estimator == "reinforce":
+    if config.scores_samples:
         reference = TransformerXL(generator_config)
         checkpoint.load_weights(reference, inits[0])
         reference.to(device).eval().requires_grad_(False)
@@ -651,6 +693,10 @@ def train_step(run: Run, step: int, log_metrics: Metrics | None) -> float:
             with run.stream.active():
                 if config.estimator == "reinforce":
                     return policy_gradient_backward(
+                        run.generator, run.reference, run.sampler, run.score, config
+                    )
+                if config.estimator == "preference":
+                    return preference_backward(
                         run.generator, run.reference, run.sampler, run.score, config
                     )
                 return adversarial_loss_backward(critic, run.sampler, config, tau)
