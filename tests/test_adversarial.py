@@ -3,6 +3,7 @@ chunked generation memory, GAN losses, stages with MLflow diagnostics, guard rai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -392,7 +393,7 @@ def test_preference_learns_from_a_ranking_and_not_from_ties():
     )  # fmt: skip
     tokens = np.random.default_rng(0).integers(4, VOCAB, 4000)
 
-    def trained(reward, steps):
+    def trained(reward, steps, rounds=None):
         generator, _ = tiny_pair()
         reference, _ = tiny_pair()
         reference.eval().requires_grad_(False)
@@ -403,7 +404,10 @@ def test_preference_learns_from_a_ranking_and_not_from_ties():
         score = training.external_reward(reward)
         for _ in range(steps):
             optimizer.zero_grad()
-            metrics = training.preference_backward(generator, reference, sampler, score, config)
+            if rounds is None:
+                metrics = training.preference_backward(generator, reference, sampler, score, config)
+            else:
+                metrics = rounds.backward(generator, reference, sampler, score, config)
             optimizer.step()
         _, ids, _ = sampler.episodes(64)
         return generator, (ids == target).float().mean().item(), metrics
@@ -412,6 +416,14 @@ def test_preference_learns_from_a_ranking_and_not_from_ties():
     assert share > 0.3, share  # from about 1 / 40 at the start
     assert metrics["preference_pairs"] > 0 and metrics["reward_gap"] > 0
     assert np.isfinite(metrics["preference_loss"]) and metrics["kl_to_start"] > 0
+    # offline rounds: 64 samples ranked at once, 32 pairs taken 8 per update (4 per round)
+    config = dataclasses.replace(config, preference_pool=64)
+    _, share, metrics = trained(
+        lambda ids: ((ids == target).mean(1), {}), 40, training.PreferenceRounds()
+    )
+    assert share > 0.3, share
+    # tied pairs are dropped, so a round holds at most 4 updates: 10 to 39 rounds in 40
+    assert 10 <= metrics["preference_round"] < 40 and 0 < metrics["preference_pairs"] <= 8
     generator, _, metrics = trained(lambda ids: (np.zeros(len(ids)), {}), 3)
     start, _ = tiny_pair()
     assert metrics["preference_pairs"] == 0
@@ -467,6 +479,8 @@ def test_reinforce_settings_that_cannot_work_are_refused():
         parse_settings({"adversarial": {"estimator": "reinforce", "sample_batch": 1}})
     with pytest.raises(Exception, match="pairs samples and needs at least 2"):
         parse_settings({"adversarial": {"estimator": "preference", "sample_batch": 1}})
+    with pytest.raises(Exception, match="preference_pool 4: a round must hold"):
+        parse_settings({"adversarial": {"estimator": "preference", "preference_pool": 4}})
     with pytest.raises(Exception, match="preference_beta"):
         parse_settings({"adversarial": {"estimator": "preference", "preference_beta": 0}})
     with pytest.raises(Exception, match="estimator"):

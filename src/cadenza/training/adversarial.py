@@ -448,6 +448,53 @@ def policy_gradient_backward(
     }
 
 
+def ranked_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(preferred, other) row indices: the rows ranked by reward, the best paired with the
+    worst, the second with the second-worst; pairs whose rewards tie are left out."""
+    order = torch.argsort(rewards, descending=True, stable=True)
+    half = len(order) // 2
+    chosen, rejected = order[:half], order.flip(0)[:half]
+    keep = rewards[chosen] > rewards[rejected]
+    return chosen[keep], rejected[keep]
+
+
+def _dpo_backward(
+    generator: TransformerXL, prompt: torch.Tensor, ids: torch.Tensor,
+    reference_sums: torch.Tensor, rewards: torch.Tensor, chosen: torch.Tensor,
+    rejected: torch.Tensor, config: AdversarialConfig,
+) -> dict[str, float]:  # fmt: skip
+    """adv_weight x the DPO loss of the pairs (chosen[i], rejected[i]) of rows of ids, each
+    log-ratio the row's summed log-probability less its reference sum."""
+    if not len(chosen):  # every pair tied: no preference, a zero gradient
+        sum(p.sum() for p in generator.parameters()).mul(0.0).backward()
+        return {
+            "preference_loss": 0.0, "preference_pairs": 0.0, "preference_accuracy": 0.5,
+            "reward_gap": 0.0, "kl_to_start": 0.0, "sample_log_prob": 0.0,
+        }  # fmt: skip
+    rows = torch.cat([chosen, rejected])
+    log_probs = sequence_log_probs(generator, prompt[rows], ids[rows])
+    ratios = log_probs.sum(1) - reference_sums[rows]
+    margin = config.preference_beta * (ratios[: len(chosen)] - ratios[len(chosen) :])
+    loss = -F.logsigmoid(margin).mean()
+    (config.adv_weight * loss).backward()
+    return {
+        "preference_loss": loss.item(),
+        "preference_pairs": float(len(chosen)),
+        "preference_accuracy": (margin > 0).float().mean().item(),
+        "reward_gap": (rewards[chosen] - rewards[rejected]).mean().item(),
+        "kl_to_start": (ratios.detach().mean() / log_probs.shape[1]).item(),
+        "sample_log_prob": log_probs.detach().mean().item(),
+    }
+
+
+def _reference_sums(reference: TransformerXL, prompt, ids, batch: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([
+            sequence_log_probs(reference, prompt[i : i + batch], ids[i : i + batch]).sum(1)
+            for i in range(0, len(ids), batch)
+        ])  # fmt: skip
+
+
 def preference_backward(
     generator: TransformerXL,
     reference: TransformerXL,
@@ -456,35 +503,62 @@ def preference_backward(
     config: AdversarialConfig,
 ) -> dict[str, float]:
     """Backpropagate adv_weight x the DPO loss (Rafailov et al. 2023) on the sample batch
-    ranked by its reward: the best sample paired with the worst, the second with the
-    second-worst; pairs whose rewards tie carry no preference and are left out. The loss is
-    -log sigmoid(beta x (log-ratio of the preferred - log-ratio of the other)), each log-ratio
-    the sample's summed log-probability under the generator less the start model's."""
+    ranked by its reward (`ranked_pairs`). The loss is -log sigmoid(beta x (log-ratio of the
+    preferred - log-ratio of the other)), each log-ratio the sample's summed log-probability
+    under the generator less the start model's."""
     prompt, ids, real = sampler.episodes(config.sample_batch)
-    log_probs = sequence_log_probs(generator, prompt, ids)
     with torch.no_grad():
-        reference_log_probs = sequence_log_probs(reference, prompt, ids)
         rewards, diagnostics = score(ids, real)
-        rewards = rewards.to(log_probs.device).float()
-        order = torch.argsort(rewards, descending=True, stable=True)
-        half = len(order) // 2
-        chosen, rejected = order[:half], order.flip(0)[:half]
-        keep = rewards[chosen] > rewards[rejected]
-    ratios = (log_probs - reference_log_probs).sum(1)
-    margin = config.preference_beta * (ratios[chosen] - ratios[rejected])[keep]
-    loss = -F.logsigmoid(margin).mean() if len(margin) else log_probs.sum() * 0.0
-    (config.adv_weight * loss).backward()
-    gap = (rewards[chosen] - rewards[rejected])[keep]
-    return {
-        "preference_loss": loss.item(),
-        "preference_pairs": float(keep.sum().item()),
-        "preference_accuracy": (margin > 0).float().mean().item() if len(margin) else 0.5,
-        "reward_gap": gap.mean().item() if len(gap) else 0.0,
-        "reward_mean": rewards.mean().item(),
-        "kl_to_start": (log_probs.detach() - reference_log_probs).mean().item(),
-        "sample_log_prob": log_probs.detach().mean().item(),
-        **diagnostics,
-    }
+        rewards = rewards.to(ids.device).float()
+    chosen, rejected = ranked_pairs(rewards)
+    reference_sums = _reference_sums(reference, prompt, ids, config.sample_batch)
+    metrics = _dpo_backward(
+        generator, prompt, ids, reference_sums, rewards, chosen, rejected, config
+    )
+    return {**metrics, "reward_mean": rewards.mean().item(), **diagnostics}
+
+
+class PreferenceRounds:
+    """`preference_pool` > 0: offline rounds (NotaGen's generate, rank, update). A round
+    draws preference_pool samples, scores them once (a critic refitted on them), ranks them
+    into pairs and takes sample_batch / 2 of its pairs per update, in a shuffled order,
+    until they run out; then the next round. A resumed run starts a new round."""
+
+    def __init__(self) -> None:
+        self.round: dict[str, torch.Tensor] | None = None
+        self.cursor = 0
+        self.rounds = 0
+        self.diagnostics: dict[str, float] = {}
+
+    def _new_round(self, reference, sampler, score, config) -> None:
+        prompt, ids, real = sampler.episodes(config.preference_pool)
+        with torch.no_grad():
+            rewards, self.diagnostics = score(ids, real)
+            rewards = rewards.to(ids.device).float()
+        chosen, rejected = ranked_pairs(rewards)
+        order = torch.randperm(len(chosen), generator=sampler.rng, device=sampler.rng.device)
+        order = order.to(chosen.device)
+        self.round = {
+            "prompt": prompt, "ids": ids, "rewards": rewards,
+            "chosen": chosen[order], "rejected": rejected[order],
+            "reference": _reference_sums(reference, prompt, ids, config.sample_batch),
+        }  # fmt: skip
+        self.cursor = 0
+        self.rounds += 1
+
+    def backward(self, generator, reference, sampler, score, config) -> dict[str, float]:
+        if self.round is None or self.cursor >= len(self.round["chosen"]):
+            self._new_round(reference, sampler, score, config)
+        r, take = self.round, slice(self.cursor, self.cursor + config.sample_batch // 2)
+        self.cursor += config.sample_batch // 2
+        metrics = _dpo_backward(
+            generator, r["prompt"], r["ids"], r["reference"], r["rewards"], r["chosen"][take],
+            r["rejected"][take], config,
+        )  # fmt: skip
+        return {
+            **metrics, "reward_mean": r["rewards"].mean().item(),
+            "preference_round": float(self.rounds), **self.diagnostics,
+        }  # fmt: skip
 
 
 def critic_reward(critic: Critic, sampler: Sampler, config: AdversarialConfig):
@@ -565,6 +639,7 @@ class Run:
     guard: Guard | None = None
     reference: TransformerXL | None = None  # reinforce, preference: the frozen start model
     score: Callable | None = None  # reinforce, preference: (ids, real) -> (rewards, diagnostics)
+    rounds: PreferenceRounds | None = None  # preference with preference_pool > 0
     mems: list[torch.Tensor] | None = None
     warmup: dict = field(default_factory=dict)
     accuracy_history: list[tuple[int, float]] = field(default_factory=list)
@@ -643,6 +718,7 @@ def setup(
     return Run(
         config, generator, update, batches, checkpointer, valid_nll, saved_config, out_dir,
         device, critic, sampler, heldout, stream, reference=reference, score=score,
+        rounds=PreferenceRounds() if config.scores_samples and config.preference_pool else None,
     )  # fmt: skip
 
 
@@ -693,6 +769,10 @@ def train_step(run: Run, step: int, log_metrics: Metrics | None) -> float:
             with run.stream.active():
                 if config.estimator == "reinforce":
                     return policy_gradient_backward(
+                        run.generator, run.reference, run.sampler, run.score, config
+                    )
+                if config.estimator == "preference" and run.rounds is not None:
+                    return run.rounds.backward(
                         run.generator, run.reference, run.sampler, run.score, config
                     )
                 if config.estimator == "preference":

@@ -277,6 +277,9 @@ class AdversarialConfig:
     preference_beta: float = 0.1
     """preference: DPO's beta (the strength of the implicit KL to the start model) on the
     summed log-ratios of a pair's samples."""
+    preference_pool: int = 0
+    """preference: 0 = online (the pairs of each update's own batch); N = offline rounds: N
+    samples drawn and ranked at once, their pairs taken sample_batch / 2 per update."""
     reward_buffer: int = 64
     """reward music: the newest generated samples the classifier is refitted on."""
     adv_every: int = 4
@@ -333,12 +336,17 @@ class AdversarialConfig:
         choose(self, "reward", ("critic", "music", "voice_leading"))
         check_fields(self, {
             "kl_weight": at_least(0), "reward_buffer": at_least(4),
-            "preference_beta": above(0),
+            "preference_beta": above(0), "preference_pool": at_least(0),
         })  # fmt: skip
         if self.estimator == "reinforce" and self.sample_batch < 2:
             raise ValueError(
                 f"sample_batch {self.sample_batch}: the reinforce estimator's leave-one-out "
                 "baseline needs at least 2 samples per update"
+            )
+        if self.preference_pool and self.preference_pool < self.sample_batch:
+            raise ValueError(
+                f"preference_pool {self.preference_pool}: a round must hold at least "
+                f"sample_batch ({self.sample_batch}) samples (0 = online pairs)"
             )
         if self.estimator == "preference" and self.sample_batch < 2:
             raise ValueError(
