@@ -236,33 +236,6 @@ def test_cached_fold_splits_are_sklearns():
     assert probes.fold_splits(y, other, 5, 0) is not probes.fold_splits(y, groups, 5, 0)
 
 
-def test_probe_scores_skip_sklearns_checks_without_changing_a_digit(monkeypatch):
-    """score() runs its fits without scikit-learn's per-call checks: the same accuracies and
-    replicates as with them, and non-finite features stop it once, by name."""
-    rng = np.random.default_rng(7)
-    groups = np.repeat(np.arange(24), 4)
-    real = rng.normal(0.0, 1.0, (96, 12))
-    fake = rng.normal(0.3, 1.0, (96, 12))
-    data = probes.ProbeInput(real, fake, groups, groups)
-    draws = probes.make_draws(groups, groups, 6, 0)
-    fast = probes.score(data, draws, 4, 2, 0, jobs=1)
-
-    def checked(work):
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1):
-            return work()
-
-    monkeypatch.setattr(probes, "_in_one_thread", checked)
-    slow = probes.score(data, draws, 4, 2, 0, jobs=1)
-    assert fast.accuracy == slow.accuracy and 0.5 < fast.accuracy < 1.0
-    assert np.array_equal(fast.replicates, slow.replicates)
-    assert np.array_equal(fast.auc_replicates, slow.auc_replicates)
-    fake[3, 5] = np.nan
-    with pytest.raises(ValueError, match="generated windows hold NaN"):
-        probes.score(data, draws, 4, 2, 0, jobs=1)
-
-
 def test_paired_nll_ratio_finds_a_shift_and_none_without_one():
     """compare's test-nats ratio on 400 simulated test sets of 40 documents: a 3% shift
     with per-document noise is found (p < 0.05) every time and its 95% bootstrap interval
