@@ -198,6 +198,42 @@ def test_gallery_writes_a_player_beside_each_piano_roll(tmp_path, chorale_dir):
     assert "<audio controls preload='metadata' src='samples/real/real_0.mp3'>" in page
 
 
+def test_piano_roll_draws_every_note_where_a_bar_per_note_would(tmp_path, chorale_dir):
+    """The piano roll draws each track's notes as one collection: pixel for pixel what one
+    broken_barh per note draws (the slow way), and a piece with other notes differs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as image
+    import matplotlib.pyplot as plt
+
+    from cadenza.evaluation import gallery
+
+    def per_note(score, path):
+        tpq = float(score.ticks_per_quarter)
+        fig, ax = plt.subplots(figsize=(8, 2.6), dpi=80)
+        for index, track in enumerate(score.tracks):
+            for note in track.notes:
+                width = max(note.duration / tpq, 0.05)
+                ax.broken_barh([(note.time / tpq, width)], (note.pitch - 0.4, 0.8),
+                               color=f"C{index % 10}")  # fmt: skip
+        ax.set_xlabel("beats")
+        ax.set_ylabel("pitch")
+        ax.set_title("t", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+    score = Score(str(sorted(chorale_dir.glob("*.mid"))[0]))
+    gallery.piano_roll_png(score, tmp_path / "fast.png", "t")
+    per_note(score, tmp_path / "slow.png")
+    fast, slow = image.imread(tmp_path / "fast.png"), image.imread(tmp_path / "slow.png")
+    assert score.note_num() > 50 and np.array_equal(fast, slow)
+    score.tracks[0].notes[0].pitch += 7
+    gallery.piano_roll_png(score, tmp_path / "moved.png", "t")
+    assert not np.array_equal(image.imread(tmp_path / "moved.png"), slow)
+
+
 def test_gallery_without_audio_says_why(tmp_path, chorale_dir):
     from cadenza.evaluation import gallery
 
