@@ -1,6 +1,7 @@
 """Ablations of the adversarial stage as DVC experiments, read by the paired comparison.
 
     python benchmarks/ablations.py queue [NAMES]  # dvc exp run --queue -n abl-... -S ... each
+    python benchmarks/ablations.py queue --seeds 4 [NAMES]  # each as abl-...-seed0..3
     dvc queue start -j 1                          # or: ablations.py queue --start
     python benchmarks/ablations.py table          # markdown table of gan_vs_control per run
     python benchmarks/ablations.py table --all-commits  # ... of experiments queued from any commit
@@ -11,6 +12,10 @@ inside an experiment (DVC_EXP_NAME is set: see tracking/registry.py), so no abla
 registry's champion. `table` reads `dvc exp show --json` (DVC 3) and prints, per experiment,
 the overrides, the GAN-vs-control difference of the strongest probe with its 95% CI and
 p-value, each arm's test NLL, and the learned probe's difference (for docs/EXPERIMENTS.md).
+With `--seeds K` each recipe runs with adversarial.seed 0..K-1 (both arms), and the table adds
+one row per recipe across its seeds: the mean of the per-seed differences with a t-interval
+over seeds (`instrument.across_seeds`). A single run's interval leaves out the spread between
+training runs, which for a fine-tuned arm is as wide (docs/LOG.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from cadenza.evaluation.instrument import across_seeds
 
 # `make ablations` runs .venv/bin/python without .venv/bin on PATH; DVC's queue worker and the
 # stages (`cmd: cadenza ...`) need dvc and cadenza from there.
@@ -52,14 +59,28 @@ def override_arg(key: str, value: object, params_path: Path = Path("params.yaml"
     return f"{'' if key in written else '+'}adversarial.{key}={value}"
 
 
-def queue(names: list[str], start: bool) -> None:
+SEED_SUFFIX = "-seed"
+
+
+def recipe(name: str) -> tuple[str, dict[str, object]]:
+    """(recipe name, overrides) of an experiment name, `<recipe>-seed<k>` adding seed=k."""
+    base, _, seed = name.rpartition(SEED_SUFFIX)
+    if base in GRID and seed.isdigit():
+        return base, {**GRID[base], "seed": int(seed)}
+    return name, dict(GRID.get(name, {}))
+
+
+def queue(names: list[str], start: bool, seeds: int = 0) -> None:
     for name in names:
-        overrides = [override_arg(k, v) for k, v in GRID[name].items()]
-        command = [DVC, "exp", "run", "--queue", "-n", name]
-        for override in overrides:
-            command += ["-S", override]
-        print(" ".join(command), flush=True)
-        subprocess.run(command, check=True, env=ENV)
+        runs = [(name, GRID[name])] if not seeds else [
+            (f"{name}{SEED_SUFFIX}{k}", {**GRID[name], "seed": k}) for k in range(seeds)
+        ]  # fmt: skip
+        for run_name, values in runs:
+            command = [DVC, "exp", "run", "--queue", "-n", run_name]
+            for key, value in values.items():
+                command += ["-S", override_arg(key, value)]
+            print(" ".join(command), flush=True)
+            subprocess.run(command, check=True, env=ENV)
     if start:
         subprocess.run([DVC, "queue", "start", "-j", "1"], check=True, env=ENV)
 
@@ -104,18 +125,44 @@ def table(show: list) -> str:
         "test NLL GAN / control | candidate |",
         "|---|---|---|---|---|---|",
     ]
+    by_recipe: dict[str, list[dict]] = {}
     for name, _, metrics in _experiments(show):
         pair = (metrics.get("comparisons") or {}).get("gan_vs_control")
         if pair is None:
             continue
         learned = pair.get("by_probe", {}).get("learned")
-        overrides = ", ".join(f"{k}={v}" for k, v in GRID.get(name, {}).items()) or "defaults"
+        base, values = recipe(name)
+        if "seed" in values and base != name:
+            by_recipe.setdefault(base, []).append(pair)
+        overrides = ", ".join(f"{k}={v}" for k, v in values.items()) or "defaults"
         nll = f"{metrics['gan']['test_nll']:.4f} / {metrics['control']['test_nll']:.4f}"
         lines.append(
             f"| {name} | {overrides} | {_cell(pair)} ({pair['probe']}) | {_cell(learned)} | "
             f"{nll} | {metrics.get('candidate', '?')} |"
         )
+    for base, pairs in by_recipe.items():
+        if len(pairs) < 2:
+            continue
+        cells = []
+        for probe in ("music", "learned"):
+            found = [_probe_difference(pair, probe) for pair in pairs]
+            cells.append(_seeds_cell(across_seeds([d for d in found if d is not None])))
+        lines.append(
+            f"| {base}, across {len(pairs)} seeds | mean of the per-seed differences, "
+            f"t-interval over seeds | {cells[0]} (music) | {cells[1]} | | |"
+        )
     return "\n".join(lines)
+
+
+def _probe_difference(pair: dict, probe: str) -> float | None:
+    if probe in pair.get("by_probe", {}):
+        return pair["by_probe"][probe]["difference"]
+    return pair["difference"] if pair.get("probe") == probe else None
+
+
+def _seeds_cell(c: dict) -> str:
+    interval = f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+    return f"{c['mean']:+.3f} {interval}, p = {c['p_value']:.2f}, seed sd {c['sd']:.3f}"
 
 
 def main() -> None:
@@ -124,6 +171,11 @@ def main() -> None:
     q = sub.add_parser("queue", help="queue the grid as DVC experiments")
     q.add_argument("names", nargs="*", help=f"subset of: {', '.join(GRID)}")
     q.add_argument("--start", action="store_true", help="then `dvc queue start -j 1`")
+    q.add_argument(
+        "--seeds", type=int, default=0,
+        help="queue each as <name>-seed0..K-1 (adversarial.seed = k); the table adds a row "
+        "across the seeds",
+    )  # fmt: skip
     t = sub.add_parser("table", help="markdown table from `dvc exp show --json`")
     t.add_argument("--json", help="read this file instead of running dvc exp show")
     t.add_argument(
@@ -136,7 +188,9 @@ def main() -> None:
         unknown = [n for n in args.names if n not in GRID]
         if unknown:
             sys.exit(f"unknown ablation(s) {', '.join(unknown)}; choose from {', '.join(GRID)}")
-        queue(args.names or list(GRID), args.start)
+        if args.seeds == 1 or args.seeds < 0:
+            sys.exit(f"--seeds {args.seeds}: give 0 (one run each) or at least 2")
+        queue(args.names or list(GRID), args.start, args.seeds)
         return
     if args.json:
         with open(args.json) as handle:

@@ -9,7 +9,13 @@ from symusic import Note, Score, Tempo, TimeSignature, Track
 
 from cadenza.config import EvaluateSettings
 from cadenza.evaluation import probes, window_stats, windows
-from cadenza.evaluation.instrument import Instrument, compare, evidence_for, window_set
+from cadenza.evaluation.instrument import (
+    Instrument,
+    across_seeds,
+    compare,
+    evidence_for,
+    window_set,
+)
 from cadenza.sampling import Sampling
 
 
@@ -257,3 +263,25 @@ def test_paired_nll_ratio_finds_a_shift_and_none_without_one():
     assert (found, covered > 350, false_alarms <= 30) == (400, True, True), (covered, false_alarms)
     one = paired_nll(np.array([120.0]), np.array([100.0]))  # one document: no evidence either way
     assert one["ratio"] == one["ci_low"] == one["ci_high"] == 1.2 and one["p_value"] == 1.0
+
+
+def test_across_seeds_finds_a_shift_and_none_without_one():
+    """The across-seed read on 1,000 simulated recipes of 4 seeds, each seed's arm-minus-control
+    difference drawn with a seed spread of 0.04 (what DPO rounds showed): a true shift of
+    -0.12 is found at p < 0.05 most of the time, the interval covers the truth ~95% of the
+    time, and with no shift it alarms ~5% of the time."""
+    rng = np.random.default_rng(11)
+    found = covered = alarms = 0
+    runs = 1000
+    for _ in range(runs):
+        shifted = across_seeds(rng.normal(-0.12, 0.04, 4))
+        found += shifted["p_value"] < 0.05 and shifted["mean"] < 0
+        covered += shifted["ci_low"] <= -0.12 <= shifted["ci_high"]
+        alarms += across_seeds(rng.normal(0.0, 0.04, 4))["p_value"] < 0.05
+    assert found / runs > 0.8, found
+    assert 0.92 < covered / runs < 0.98, covered
+    assert alarms / runs < 0.08, alarms
+    same = across_seeds([0.01, 0.01])
+    assert same["sd"] == 0 and same["p_value"] == 0.0 and same["ci_low"] == same["ci_high"]
+    with pytest.raises(ValueError, match="at least 2"):
+        across_seeds([0.1])

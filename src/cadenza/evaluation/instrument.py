@@ -176,3 +176,23 @@ def evidence_for(
             f"{said}, but test NLL {nll_a:.4f} exceeds {nll_b:.4f} by more than {max_nll_increase}"
         )
     return True, f"{said} < alpha {alpha}; test NLL {nll_a:.4f} vs {nll_b:.4f}"
+
+
+def across_seeds(differences: list[float] | np.ndarray) -> dict:
+    """One recipe trained with several seeds, each arm read against its own control: the mean
+    of the per-seed differences with a t-interval over seeds and a one-sample t-test p-value.
+    One evaluation's bootstrap resamples one trained model's samples and documents, so its
+    interval leaves out the spread between training runs; this one is made of it."""
+    from scipy import stats
+
+    values = np.asarray(differences, dtype=float)
+    if len(values) < 2:
+        raise ValueError(f"{len(values)} seed(s): a spread across seeds needs at least 2")
+    mean, sd = float(values.mean()), float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / np.sqrt(len(values))
+    same = 1.0 if mean == 0 else 0.0  # every seed read the same difference
+    p_value = float(stats.ttest_1samp(values, 0.0).pvalue) if sd > 0 else same
+    return {
+        "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "p_value": p_value,
+        "sd": sd, "seeds": len(values),
+    }  # fmt: skip
