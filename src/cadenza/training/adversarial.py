@@ -405,6 +405,9 @@ def adversarial_loss_backward(
 Reward = Callable[[np.ndarray], tuple[np.ndarray, dict[str, float]]]
 """(B, sample_len) generated token ids -> ((B,) rewards, diagnostics): a judge of finished
 samples that need not be differentiable (reward music: evaluation/critics.py)."""
+SampleScore = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+"""(samples (B, sample_len), real tokens at their positions) -> ((B,) rewards, diagnostics):
+the reward as the sample-scoring estimators call it (`critic_reward`, `external_reward`)."""
 
 
 def sequence_log_probs(model: TransformerXL, prompt: torch.Tensor, ids: torch.Tensor):
@@ -421,7 +424,7 @@ def policy_gradient_backward(
     generator: TransformerXL,
     reference: TransformerXL,
     sampler: Sampler,
-    score: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    score: SampleScore,
     config: AdversarialConfig,
 ) -> dict[str, float]:
     """Backpropagate adv_weight x the score-function loss (REINFORCE with a leave-one-out
@@ -495,52 +498,34 @@ def _reference_sums(reference: TransformerXL, prompt, ids, batch: int) -> torch.
         ])  # fmt: skip
 
 
-def preference_backward(
-    generator: TransformerXL,
-    reference: TransformerXL,
-    sampler: Sampler,
-    score: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
-    config: AdversarialConfig,
-) -> dict[str, float]:
-    """Backpropagate adv_weight x the DPO loss (Rafailov et al. 2023) on the sample batch
-    ranked by its reward (`ranked_pairs`). The loss is -log sigmoid(beta x (log-ratio of the
-    preferred - log-ratio of the other)), each log-ratio the sample's summed log-probability
-    under the generator less the start model's."""
-    prompt, ids, real = sampler.episodes(config.sample_batch)
-    with torch.no_grad():
-        rewards, diagnostics = score(ids, real)
-        rewards = rewards.to(ids.device).float()
-    chosen, rejected = ranked_pairs(rewards)
-    reference_sums = _reference_sums(reference, prompt, ids, config.sample_batch)
-    metrics = _dpo_backward(
-        generator, prompt, ids, reference_sums, rewards, chosen, rejected, config
-    )
-    return {**metrics, "reward_mean": rewards.mean().item(), **diagnostics}
-
-
 class PreferenceRounds:
-    """`preference_pool` > 0: offline rounds (NotaGen's generate, rank, update). A round
-    draws preference_pool samples, scores them once (a critic refitted on them), ranks them
-    into pairs and takes sample_batch / 2 of its pairs per update, in a shuffled order,
-    until they run out; then the next round. A resumed run starts a new round."""
+    """Rounds of generate, rank, update (NotaGen's recipe). A round draws `pool` samples,
+    scores them once (a critic refitted on them), ranks them into pairs (`ranked_pairs`) and
+    takes sample_batch / 2 of its pairs per update, in a shuffled order, until they run out;
+    then the next round. `pool` = sample_batch is online DPO: every update its own fresh batch
+    (`preference_backward`); `preference_pool` > sample_batch makes the rounds offline. A
+    resumed run starts a new round. `pool` None: the config's preference_pool, or online."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: int | None = None) -> None:
+        self.pool = pool
         self.round: dict[str, torch.Tensor] | None = None
         self.cursor = 0
         self.rounds = 0
         self.diagnostics: dict[str, float] = {}
 
     def _new_round(self, reference, sampler, score, config) -> None:
-        prompt, ids, real = sampler.episodes(config.preference_pool)
+        pool = self.pool or config.preference_pool or config.sample_batch
+        prompt, ids, real = sampler.episodes(pool)
         with torch.no_grad():
             rewards, self.diagnostics = score(ids, real)
             rewards = rewards.to(ids.device).float()
         chosen, rejected = ranked_pairs(rewards)
-        order = torch.randperm(len(chosen), generator=sampler.rng, device=sampler.rng.device)
-        order = order.to(chosen.device)
+        if pool > config.sample_batch:  # taken over several updates: in shuffled order
+            order = torch.randperm(len(chosen), generator=sampler.rng, device=sampler.rng.device)
+            chosen, rejected = chosen[order.to(chosen.device)], rejected[order.to(chosen.device)]
         self.round = {
             "prompt": prompt, "ids": ids, "rewards": rewards,
-            "chosen": chosen[order], "rejected": rejected[order],
+            "chosen": chosen, "rejected": rejected,
             "reference": _reference_sums(reference, prompt, ids, config.sample_batch),
         }  # fmt: skip
         self.cursor = 0
@@ -559,6 +544,23 @@ class PreferenceRounds:
             **metrics, "reward_mean": r["rewards"].mean().item(),
             "preference_round": float(self.rounds), **self.diagnostics,
         }  # fmt: skip
+
+
+def preference_backward(
+    generator: TransformerXL,
+    reference: TransformerXL,
+    sampler: Sampler,
+    score: SampleScore,
+    config: AdversarialConfig,
+) -> dict[str, float]:
+    """Backpropagate adv_weight x the DPO loss (Rafailov et al. 2023) on a fresh batch of
+    sample_batch samples ranked by its reward: one round that is used up in this update.
+    The loss is -log sigmoid(beta x (log-ratio of the preferred - log-ratio of the other)),
+    each log-ratio the sample's summed log-probability under the generator less the start
+    model's."""
+    return PreferenceRounds(config.sample_batch).backward(
+        generator, reference, sampler, score, config
+    )
 
 
 def critic_reward(critic: Critic, sampler: Sampler, config: AdversarialConfig):
@@ -638,8 +640,8 @@ class Run:
     stream: RngStream | None = None
     guard: Guard | None = None
     reference: TransformerXL | None = None  # reinforce, preference: the frozen start model
-    score: Callable | None = None  # reinforce, preference: (ids, real) -> (rewards, diagnostics)
-    rounds: PreferenceRounds | None = None  # preference with preference_pool > 0
+    score: SampleScore | None = None  # reinforce, preference: the reward
+    rounds: PreferenceRounds | None = None  # preference: its rounds (online: one per update)
     mems: list[torch.Tensor] | None = None
     warmup: dict = field(default_factory=dict)
     accuracy_history: list[tuple[int, float]] = field(default_factory=list)
@@ -718,7 +720,8 @@ def setup(
     return Run(
         config, generator, update, batches, checkpointer, valid_nll, saved_config, out_dir,
         device, critic, sampler, heldout, stream, reference=reference, score=score,
-        rounds=PreferenceRounds() if config.scores_samples and config.preference_pool else None,
+        rounds=PreferenceRounds() if config.adversarial and config.estimator == "preference"
+        else None,
     )  # fmt: skip
 
 
@@ -771,12 +774,8 @@ def train_step(run: Run, step: int, log_metrics: Metrics | None) -> float:
                     return policy_gradient_backward(
                         run.generator, run.reference, run.sampler, run.score, config
                     )
-                if config.estimator == "preference" and run.rounds is not None:
-                    return run.rounds.backward(
-                        run.generator, run.reference, run.sampler, run.score, config
-                    )
                 if config.estimator == "preference":
-                    return preference_backward(
+                    return run.rounds.backward(
                         run.generator, run.reference, run.sampler, run.score, config
                     )
                 return adversarial_loss_backward(critic, run.sampler, config, tau)
