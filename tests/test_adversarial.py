@@ -431,10 +431,67 @@ def test_preference_learns_from_a_ranking_and_not_from_ties():
     assert all(torch.equal(a, b) for a, b in pairs)
 
 
+def test_rejection_fits_the_best_samples_and_learns_nothing_from_ties():
+    """Rejection-sampling fine-tuning: the best quarter of each round by a reward that counts
+    one token (no gradient through it) is fitted by likelihood, and that token's share rises;
+    the worst quarter fitted instead lowers it; a reward that ties every sample leaves the
+    weights as they were."""
+    from cadenza.training import adversarial as training
+    from cadenza.training.config import AdversarialConfig
+
+    target = 7
+    config = AdversarialConfig(
+        sample_batch=16, sample_len=16, chunk_len=16, prime_tokens=0, estimator="rejection",
+        adv_weight=1.0, preference_pool=64, keep_fraction=0.25, critic_warmup_steps=0,
+    )  # fmt: skip
+    tokens = np.random.default_rng(0).integers(4, VOCAB, 4000)
+
+    def trained(reward, steps):
+        generator, _ = tiny_pair()
+        reference, _ = tiny_pair()
+        reference.eval().requires_grad_(False)
+        real = training.RealChunks(tokens, np.array([0, 2000, 4000]), 16, 0)
+        rng = torch.Generator().manual_seed(0)
+        sampler = training.Sampler(generator, real, config, torch.device("cpu"), rng, bos=1)
+        optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+        rounds, score = training.RejectionRounds(), training.external_reward(reward)
+        metrics = {}
+        for _ in range(steps):
+            optimizer.zero_grad()
+            metrics = rounds.backward(generator, reference, sampler, score, config)
+            optimizer.step()
+        _, ids, _ = sampler.episodes(64)
+        return generator, (ids == target).float().mean().item(), metrics
+
+    counted = lambda ids: ((ids == target).mean(1), {})  # noqa: E731
+    _, before, _ = trained(counted, 0)
+    _, share, metrics = trained(counted, 40)
+    assert share > 0.3 and before < 0.06, (before, share)
+    # 64 samples a round, at most 16 kept, 16 per update: one update per round
+    assert metrics["preference_round"] == 40 and 0 < metrics["kept"] <= 16
+    assert metrics["reward_kept"] > metrics["reward_mean"] and metrics["kl_to_start"] > 0
+    _, share, _ = trained(lambda ids: (-(ids == target).mean(1), {}), 40)
+    assert share < before, (before, share)
+    generator, _, metrics = trained(lambda ids: (np.zeros(len(ids)), {}), 3)
+    start, _ = tiny_pair()
+    assert metrics["kept"] == 0
+    pairs = zip(generator.parameters(), start.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_kept_rows_are_the_best_above_the_median():
+    from cadenza.training.adversarial import kept_rows
+
+    rewards = torch.tensor([0.1, 0.9, 0.5, 0.5, 0.7, 0.2, 0.5, 0.5])
+    assert kept_rows(rewards, 0.25).tolist() == [1, 4]
+    assert kept_rows(rewards, 0.5).tolist() == [1, 4]  # the 0.5s tie with the median
+    assert kept_rows(torch.ones(8), 0.5).tolist() == []
+
+
 @pytest.mark.parametrize(
     ("estimator", "reward"),
     [("reinforce", "music"), ("reinforce", "critic"), ("reinforce", "voice_leading"),
-     ("preference", "music")],
+     ("preference", "music"), ("rejection", "music")],
 )  # fmt: skip
 def test_sample_scoring_arm_trains_against_its_reward_and_logs_it(
     pretrained, tmp_path, tracking_uri, estimator, reward
@@ -451,7 +508,7 @@ def test_sample_scoring_arm_trains_against_its_reward_and_logs_it(
     assert metrics["steps"] == 6
     client = mlflow.MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cadenza").experiment_id])
-    loss = "pg_loss" if estimator == "reinforce" else "preference_loss"
+    loss = {"reinforce": "pg_loss", "preference": "preference_loss"}.get(estimator, "rejection_nll")
     for name in (loss, "reward_mean", "kl_to_start", "sample_log_prob", "adv_grad_norm"):
         history = client.get_metric_history(run.info.run_id, name)
         assert len(history) == 6 and all(np.isfinite(m.value) for m in history), name
@@ -481,6 +538,10 @@ def test_reinforce_settings_that_cannot_work_are_refused():
         parse_settings({"adversarial": {"estimator": "preference", "sample_batch": 1}})
     with pytest.raises(Exception, match="preference_pool 4: a round must hold"):
         parse_settings({"adversarial": {"estimator": "preference", "preference_pool": 4}})
+    with pytest.raises(Exception, match="keeps samples above the batch's median"):
+        parse_settings({"adversarial": {"estimator": "rejection", "sample_batch": 1}})
+    with pytest.raises(Exception, match="keep_fraction"):
+        parse_settings({"adversarial": {"estimator": "rejection", "keep_fraction": 0.75}})
     with pytest.raises(Exception, match="preference_beta"):
         parse_settings({"adversarial": {"estimator": "preference", "preference_beta": 0}})
     with pytest.raises(Exception, match="estimator"):

@@ -22,7 +22,9 @@ from the critic or from a `Reward` callable the stage passes in (any judge of fi
 samples), less kl_weight x the log-ratio to the frozen start model, against a leave-one-out
 baseline. `estimator: preference` reads the same samples and rewards as pairs: DPO
 (`preference_backward`) with the start model as its reference, the batch ranked by the
-reward (online rounds: a fresh batch and a refitted critic at every update).
+reward (online rounds: a fresh batch and a refitted critic at every update; offline rounds
+with `preference_pool`). `estimator: rejection` fits the best `keep_fraction` of each round by
+likelihood (rejection-sampling fine-tuning, `RejectionRounds`).
 
 Before adversarial updates the critic is warmed up on generated samples until its
 held-out accuracy on `critic_heldout` generated vs as many real validation chunks reaches
@@ -513,36 +515,94 @@ class PreferenceRounds:
         self.rounds = 0
         self.diagnostics: dict[str, float] = {}
 
+    def _units(self, rewards: torch.Tensor, config: AdversarialConfig) -> torch.Tensor:
+        """What an update takes from the round: (pairs, 2) rows, preferred first."""
+        return torch.stack(ranked_pairs(rewards), 1)
+
+    def _per_update(self, config: AdversarialConfig) -> int:
+        return config.sample_batch // 2
+
     def _new_round(self, reference, sampler, score, config) -> None:
         pool = self.pool or config.preference_pool or config.sample_batch
         prompt, ids, real = sampler.episodes(pool)
         with torch.no_grad():
             rewards, self.diagnostics = score(ids, real)
             rewards = rewards.to(ids.device).float()
-        chosen, rejected = ranked_pairs(rewards)
+        units = self._units(rewards, config)
         if pool > config.sample_batch:  # taken over several updates: in shuffled order
-            order = torch.randperm(len(chosen), generator=sampler.rng, device=sampler.rng.device)
-            chosen, rejected = chosen[order.to(chosen.device)], rejected[order.to(chosen.device)]
+            order = torch.randperm(len(units), generator=sampler.rng, device=sampler.rng.device)
+            units = units[order.to(units.device)]
         self.round = {
-            "prompt": prompt, "ids": ids, "rewards": rewards,
-            "chosen": chosen, "rejected": rejected,
-            "reference": _reference_sums(reference, prompt, ids, config.sample_batch),
+            "prompt": prompt, "ids": ids, "rewards": rewards, "units": units,
+            "reference": self._reference(reference, prompt, ids, config),
         }  # fmt: skip
         self.cursor = 0
         self.rounds += 1
 
-    def backward(self, generator, reference, sampler, score, config) -> dict[str, float]:
-        if self.round is None or self.cursor >= len(self.round["chosen"]):
-            self._new_round(reference, sampler, score, config)
-        r, take = self.round, slice(self.cursor, self.cursor + config.sample_batch // 2)
-        self.cursor += config.sample_batch // 2
-        metrics = _dpo_backward(
-            generator, r["prompt"], r["ids"], r["reference"], r["rewards"], r["chosen"][take],
-            r["rejected"][take], config,
+    def _reference(self, reference, prompt, ids, config) -> torch.Tensor | None:
+        return _reference_sums(reference, prompt, ids, config.sample_batch)
+
+    def _update(self, generator, reference, units, config) -> dict[str, float]:
+        r = self.round
+        return _dpo_backward(
+            generator, r["prompt"], r["ids"], r["reference"], r["rewards"], units[:, 0],
+            units[:, 1], config,
         )  # fmt: skip
+
+    def backward(self, generator, reference, sampler, score, config) -> dict[str, float]:
+        if self.round is None or self.cursor >= len(self.round["units"]):
+            self._new_round(reference, sampler, score, config)
+        take = slice(self.cursor, self.cursor + self._per_update(config))
+        self.cursor += self._per_update(config)
+        metrics = self._update(generator, reference, self.round["units"][take], config)
         return {
-            **metrics, "reward_mean": r["rewards"].mean().item(),
+            **metrics, "reward_mean": self.round["rewards"].mean().item(),
             "preference_round": float(self.rounds), **self.diagnostics,
+        }  # fmt: skip
+
+
+def kept_rows(rewards: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+    """Row indices of the best max(1, keep_fraction x rows) rewards, best first, less those
+    not above the median reward (a reward that ties every row keeps none)."""
+    order = torch.argsort(rewards, descending=True, stable=True)
+    top = order[: max(1, int(keep_fraction * len(order)))]
+    return top[rewards[top] > rewards.median()]
+
+
+class RejectionRounds(PreferenceRounds):
+    """Rounds of generate, rank, fine-tune: rejection-sampling fine-tuning (best-of-N
+    distillation; RAFT, ReST, expert iteration). A round draws `pool` samples as the
+    preference rounds do, keeps its best `keep_fraction` by reward (`kept_rows`), and the
+    generator fits them by likelihood, sample_batch of them per update in a shuffled order,
+    until they run out. No reference model enters the loss; the log-ratio to the start
+    model is logged."""
+
+    def _units(self, rewards: torch.Tensor, config: AdversarialConfig) -> torch.Tensor:
+        return kept_rows(rewards, config.keep_fraction)
+
+    def _per_update(self, config: AdversarialConfig) -> int:
+        return config.sample_batch
+
+    def _reference(self, reference, prompt, ids, config) -> None:
+        return None
+
+    def _update(self, generator, reference, rows, config) -> dict[str, float]:
+        r = self.round
+        if not len(rows):  # every reward tied: nothing better than the rest, a zero gradient
+            sum(p.sum() for p in generator.parameters()).mul(0.0).backward()
+            return {"rejection_nll": 0.0, "kept": 0.0, "reward_kept": 0.0, "kl_to_start": 0.0,
+                    "sample_log_prob": 0.0}  # fmt: skip
+        prompt, ids = r["prompt"][rows], r["ids"][rows]
+        log_probs = sequence_log_probs(generator, prompt, ids)
+        loss = -log_probs.mean()
+        (config.adv_weight * loss).backward()
+        with torch.no_grad():
+            start = sequence_log_probs(reference, prompt, ids)
+        return {
+            "rejection_nll": loss.item(), "kept": float(len(rows)),
+            "reward_kept": r["rewards"][rows].mean().item(),
+            "kl_to_start": (log_probs.detach() - start).mean().item(),
+            "sample_log_prob": log_probs.detach().mean().item(),
         }  # fmt: skip
 
 
@@ -561,6 +621,10 @@ def preference_backward(
     return PreferenceRounds(config.sample_batch).backward(
         generator, reference, sampler, score, config
     )
+
+
+ROUNDS = {"preference": PreferenceRounds, "rejection": RejectionRounds}
+"""The estimators that learn in rounds of generate, rank, update."""
 
 
 def critic_reward(critic: Critic, sampler: Sampler, config: AdversarialConfig):
@@ -720,7 +784,7 @@ def setup(
     return Run(
         config, generator, update, batches, checkpointer, valid_nll, saved_config, out_dir,
         device, critic, sampler, heldout, stream, reference=reference, score=score,
-        rounds=PreferenceRounds() if config.adversarial and config.estimator == "preference"
+        rounds=ROUNDS[config.estimator]() if config.adversarial and config.estimator in ROUNDS
         else None,
     )  # fmt: skip
 
@@ -774,7 +838,7 @@ def train_step(run: Run, step: int, log_metrics: Metrics | None) -> float:
                     return policy_gradient_backward(
                         run.generator, run.reference, run.sampler, run.score, config
                     )
-                if config.estimator == "preference":
+                if run.rounds is not None:
                     return run.rounds.backward(
                         run.generator, run.reference, run.sampler, run.score, config
                     )

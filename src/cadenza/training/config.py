@@ -257,29 +257,35 @@ class AdversarialConfig:
     compared with the real chunks at the same positions."""
     adv_weight: float = 0.1
     """lambda in NLL + lambda * adversarial; 0 = the likelihood-only control."""
-    estimator: Literal["gumbel", "reinforce", "preference"] = "gumbel"
+    estimator: Literal["gumbel", "reinforce", "preference", "rejection"] = "gumbel"
     """How the adversarial term reaches the generator. gumbel: the paper's straight-through
     Gumbel-Softmax through the SpanBERT critic. reinforce: a score-function (policy-gradient)
     estimator on finished samples scored by `reward`, with a leave-one-out baseline over the
     sample batch and a KL penalty to the start model; any judge can score. preference: DPO on
     the sample batch ranked by `reward` (the best sample paired with the worst, the second
     with the second-worst, ...), the start model as DPO's reference; a new batch, ranked by a
-    critic refitted on it, every update (online rounds of generate, rank, update)."""
+    critic refitted on it, every update (online rounds of generate, rank, update). rejection:
+    rejection-sampling fine-tuning (best-of-N distillation): the best keep_fraction of each
+    round's samples by `reward`, fitted by likelihood."""
     reward: Literal["critic", "music", "voice_leading"] = "critic"
-    """What scores a sample under reinforce or preference. critic: the SpanBERT critic's mean chunk
-    score (the critic keeps learning, as under gumbel); music: the log-odds of a logistic regression
-    on the sample's music statistics, refitted at every update on the newest samples against real
-    train windows; voice_leading: minus the sample's voice-leading rule rates (fixed; the
-    evaluation's voice-leading judge then no longer held out). The stage provides music and
-    voice_leading (evaluation/critics.py)."""
+    """What scores a sample under reinforce, preference or rejection. critic: the SpanBERT
+    critic's mean chunk score (the critic keeps learning, as under gumbel); music: the log-odds
+    of a logistic regression on the sample's music statistics, refitted at every update on the
+    newest samples against real train windows; voice_leading: minus the sample's voice-leading
+    rule rates (fixed; the evaluation's voice-leading judge then no longer held out). The stage
+    provides music and voice_leading (evaluation/critics.py)."""
     kl_weight: float = 0.1
     """reinforce: beta in reward - beta x the per-token log-ratio to the start model."""
     preference_beta: float = 0.1
     """preference: DPO's beta (the strength of the implicit KL to the start model) on the
     summed log-ratios of a pair's samples."""
     preference_pool: int = 0
-    """preference: 0 = online (the pairs of each update's own batch); N = offline rounds: N
-    samples drawn and ranked at once, their pairs taken sample_batch / 2 per update."""
+    """preference and rejection: 0 = online (each update ranks its own batch); N = offline
+    rounds: N samples drawn and ranked at once, their pairs taken sample_batch / 2 per update
+    (preference) or their kept samples sample_batch per update (rejection)."""
+    keep_fraction: float = 0.25
+    """rejection: the share of each round's samples, best by reward, the generator fits (only
+    those above the round's median reward)."""
     reward_buffer: int = 64
     """reward music: the newest generated samples the classifier is refitted on."""
     adv_every: int = 4
@@ -332,11 +338,12 @@ class AdversarialConfig:
             "tolerance": at_least(0),
         })  # fmt: skip
         choose(self, "on_degrade", ("rollback", "stop"))
-        choose(self, "estimator", ("gumbel", "reinforce", "preference"))
+        choose(self, "estimator", ("gumbel", "reinforce", "preference", "rejection"))
         choose(self, "reward", ("critic", "music", "voice_leading"))
         check_fields(self, {
             "kl_weight": at_least(0), "reward_buffer": at_least(4),
             "preference_beta": above(0), "preference_pool": at_least(0),
+            "keep_fraction": within(0, 0.5, open_low=True),
         })  # fmt: skip
         if self.estimator == "reinforce" and self.sample_batch < 2:
             raise ValueError(
@@ -352,6 +359,11 @@ class AdversarialConfig:
             raise ValueError(
                 f"sample_batch {self.sample_batch}: the preference estimator pairs samples "
                 "and needs at least 2 per update"
+            )
+        if self.estimator == "rejection" and self.sample_batch < 2:
+            raise ValueError(
+                f"sample_batch {self.sample_batch}: the rejection estimator keeps samples "
+                "above the batch's median reward and needs at least 2 per update"
             )
         if self.sample_len % self.chunk_len:
             raise ValueError(
@@ -375,11 +387,12 @@ class AdversarialConfig:
 
     @property
     def uses_critic(self) -> bool:
-        """The SpanBERT critic trains in this arm (not when reinforce or preference read
+        """The SpanBERT critic trains in this arm (not when a sample-scoring estimator reads
         another reward)."""
         return self.adversarial and (self.estimator == "gumbel" or self.reward == "critic")
 
     @property
     def scores_samples(self) -> bool:
-        """An estimator that needs only a score of finished samples (reinforce, preference)."""
+        """An estimator that needs only a score of finished samples (reinforce, preference,
+        rejection)."""
         return self.adversarial and self.estimator != "gumbel"
