@@ -16,12 +16,17 @@ TORCH_INDEX ?=
 
 setup: $(VENV)/.installed
 
+# Everything after torch is installed by uv (from PyPI, in parallel): the same versions as
+# pip resolves, in a quarter of the time (docs/PERFORMANCE.md, "Set-up").
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet "uv>=0.5,<1"
+	$(UV) -e '.[dev]'
 	# the synthesizer, without PyAudio (playback only; no Linux wheel): see pyproject.toml
-	$(BIN)/python -m pip install --quiet --no-deps "tinysoundfont>=0.3.7,<0.4"
+	$(UV) --no-deps "tinysoundfont>=0.3.7,<0.4"
 	touch $@
 
 run: setup
@@ -35,7 +40,7 @@ test: setup
 # the team stack end to end (infra/stack.py: PostgreSQL, object store, MLflow and Prefect
 # servers, a worker) with its faults; needs Debian's postgresql; minutes, one process
 $(VENV)/.stack-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,stack]'
+	$(UV) -e '.[dev,stack]'
 	touch $@
 
 test-stack: $(VENV)/.stack-installed

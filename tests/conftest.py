@@ -195,7 +195,7 @@ TINY_STAGES = {
         "eval_interval": 2, "checkpoint_interval": 2, "prime_tokens": 4, "adv_every": 1,
         "critic_warmup_steps": 2, "critic_eval_interval": 1, "critic_heldout": 8,
         "select_samples": 4, "select_sample_len": 32, "select_window_len": 16, "select_bins": 2,
-        "select_folds": 2,
+        "select_folds": 2, "preference_pool": 8,
     },
     "evaluate": {
         "num_samples": 12, "sample_len": 48, "window_len": 16, "num_bins": 2,

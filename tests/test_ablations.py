@@ -72,7 +72,11 @@ def test_queued_ablations_run_as_dvc_experiments_and_the_table_reads_each_ones_r
     queued += sh(repo, sys.executable, str(SCRIPT), "queue", "--seeds", "2", "abl-weight1")
     assert "-S adversarial.adv_weight=1.0" in queued
     assert "-S +adversarial.lr_adversarial=0.001" in queued
-    assert "-n abl-weight1-seed1 -S adversarial.adv_weight=1.0 -S +adversarial.seed=1" in queued
+    paper = "-S +adversarial.estimator=gumbel -S +adversarial.adv_every=4 -S "
+    paper += "+adversarial.sample_batch=8 -S +adversarial.lr_adversarial=0.0002"
+    assert f"-n abl-weight1-seed1 {paper} -S adversarial.adv_weight=1.0 -S +adversarial.seed=1" in (
+        queued
+    )
     sh(repo, "dvc", "exp", "run", "--run-all", "-q")
     table = sh(repo, sys.executable, str(SCRIPT), "table")
 
@@ -82,10 +86,10 @@ def test_queued_ablations_run_as_dvc_experiments_and_the_table_reads_each_ones_r
     # each row carries its own experiment's result, not the baseline's
     assert "| defaults | -0.050 [-0.100, +0.000], p = 0.50 (music) |" in rows["abl-default"]
     weight1 = rows["abl-weight1-seed0"]
-    assert "| adv_weight=1.0, seed=0 | -0.500 [-0.550, -0.450]" in weight1
+    assert "| paper, adv_weight=1.0, seed=0 | -0.500 [-0.550, -0.450]" in weight1
     assert "| -1.000 [-1.100, -0.900], p = 0.30 | 1.6000 / 0.6000 | mle |" in weight1
-    assert "| adv_weight=1.0, seed=1 | -0.490 [-0.540, -0.440]" in rows["abl-weight1-seed1"]
-    assert "| lr_adversarial=0.001 | +0.150 [+0.100, +0.200]" in rows["abl-lr-adv-1e-3"]
+    assert "| paper, adv_weight=1.0, seed=1 | -0.490" in rows["abl-weight1-seed1"]
+    assert "| paper, lr_adversarial=0.001 | +0.150 [+0.100, +0.200]" in rows["abl-lr-adv-1e-3"]
     # the recipe across its seeds: mean -0.495, sd 0.00707, t(0.975, 1 df) = 12.706
     across = rows["abl-weight1, across 2 seeds"]
     assert "| -0.495 [-0.559, -0.431], p = 0.01, seed sd 0.007 (music) |" in across, across

@@ -104,8 +104,8 @@ def test_evaluate_stage_writes_every_number_and_the_report(registered_project):
         pair = result["comparisons"][f"{name}_vs_unconditional"]
         assert pair["accuracy_a"] == result[name]["probes"][pair["probe"]]["accuracy"]
         assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
-    assert metrics["judges"] == {  # the default arm: the paper's estimator, probe selection
-        "estimator": "gumbel", "reward": None, "trained_against": ["spanbert_critic"],
+    assert metrics["judges"] == {  # the default arm: rejection sampling on the music critic
+        "estimator": "rejection", "reward": "music", "trained_against": ["music_critic"],
         "selected_by": ["learned", "music", "combined"], "held_out": ["voice_leading"],
     }  # fmt: skip
     spread = metrics["diversity"]  # what over-optimization would show, paired against each other
