@@ -17,8 +17,9 @@ TORCH_INDEX ?=
 setup: $(VENV)/.installed
 
 # Everything after torch is installed by uv (from PyPI, in parallel): the same versions as
-# pip resolves, in a quarter of the time (docs/PERFORMANCE.md, "Set-up").
-UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
+# pip resolves, in less time (docs/PERFORMANCE.md). --compile-bytecode as pip does: where
+# PYTHONDONTWRITEBYTECODE is set, a venv without .pyc files imports 2-3x slower, every process.
+UV := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
