@@ -380,6 +380,29 @@ def test_reinforce_learns_from_a_reward_it_cannot_differentiate():
     assert shares[2.0] < shares[0.0], shares
 
 
+def _trained_on_reward(config, reward, steps: int, backward, target: int):
+    """(generator, share of `target` in 64 fresh samples, the last update's metrics) after
+    `steps` updates of backward(generator, reference, sampler, score, config) in Adam, from a
+    tiny generator, with a reward that needs no gradient."""
+    from cadenza.training import adversarial as training
+
+    generator, _ = tiny_pair()
+    reference, _ = tiny_pair()
+    reference.eval().requires_grad_(False)
+    tokens = np.random.default_rng(0).integers(4, VOCAB, 4000)
+    real = training.RealChunks(tokens, np.array([0, 2000, 4000]), 16, 0)
+    rng = torch.Generator().manual_seed(0)
+    sampler = training.Sampler(generator, real, config, torch.device("cpu"), rng, bos=1)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    score, metrics = training.external_reward(reward), {}
+    for _ in range(steps):
+        optimizer.zero_grad()
+        metrics = backward(generator, reference, sampler, score, config)
+        optimizer.step()
+    _, ids, _ = sampler.episodes(64)
+    return generator, (ids == target).float().mean().item(), metrics
+
+
 def test_preference_learns_from_a_ranking_and_not_from_ties():
     """DPO on pairs ranked by a reward that counts one token (no gradient through it) raises
     that token's share; a reward that ties every pair leaves the weights as they were."""
@@ -391,26 +414,10 @@ def test_preference_learns_from_a_ranking_and_not_from_ties():
         sample_batch=16, sample_len=16, chunk_len=16, prime_tokens=0, estimator="preference",
         adv_weight=1.0, preference_beta=0.5, reward_buffer=4, critic_warmup_steps=0,
     )  # fmt: skip
-    tokens = np.random.default_rng(0).integers(4, VOCAB, 4000)
 
     def trained(reward, steps, rounds=None):
-        generator, _ = tiny_pair()
-        reference, _ = tiny_pair()
-        reference.eval().requires_grad_(False)
-        real = training.RealChunks(tokens, np.array([0, 2000, 4000]), 16, 0)
-        rng = torch.Generator().manual_seed(0)
-        sampler = training.Sampler(generator, real, config, torch.device("cpu"), rng, bos=1)
-        optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
-        score = training.external_reward(reward)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            if rounds is None:
-                metrics = training.preference_backward(generator, reference, sampler, score, config)
-            else:
-                metrics = rounds.backward(generator, reference, sampler, score, config)
-            optimizer.step()
-        _, ids, _ = sampler.episodes(64)
-        return generator, (ids == target).float().mean().item(), metrics
+        backward = training.preference_backward if rounds is None else rounds.backward
+        return _trained_on_reward(config, reward, steps, backward, target)
 
     _, share, metrics = trained(lambda ids: ((ids == target).mean(1), {}), 40)
     assert share > 0.3, share  # from about 1 / 40 at the start
@@ -444,24 +451,10 @@ def test_rejection_fits_the_best_samples_and_learns_nothing_from_ties():
         sample_batch=16, sample_len=16, chunk_len=16, prime_tokens=0, estimator="rejection",
         adv_weight=1.0, preference_pool=64, keep_fraction=0.25, critic_warmup_steps=0,
     )  # fmt: skip
-    tokens = np.random.default_rng(0).integers(4, VOCAB, 4000)
 
     def trained(reward, steps):
-        generator, _ = tiny_pair()
-        reference, _ = tiny_pair()
-        reference.eval().requires_grad_(False)
-        real = training.RealChunks(tokens, np.array([0, 2000, 4000]), 16, 0)
-        rng = torch.Generator().manual_seed(0)
-        sampler = training.Sampler(generator, real, config, torch.device("cpu"), rng, bos=1)
-        optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
-        rounds, score = training.RejectionRounds(), training.external_reward(reward)
-        metrics = {}
-        for _ in range(steps):
-            optimizer.zero_grad()
-            metrics = rounds.backward(generator, reference, sampler, score, config)
-            optimizer.step()
-        _, ids, _ = sampler.episodes(64)
-        return generator, (ids == target).float().mean().item(), metrics
+        backward = training.RejectionRounds().backward
+        return _trained_on_reward(config, reward, steps, backward, target)
 
     counted = lambda ids: ((ids == target).mean(1), {})  # noqa: E731
     _, before, _ = trained(counted, 0)
