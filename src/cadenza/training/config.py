@@ -287,7 +287,8 @@ class AdversarialConfig:
     """rejection: the share of each round's samples, best by reward, the generator fits (only
     those above the round's median reward)."""
     reward_buffer: int = 64
-    """reward music: the newest generated samples the classifier is refitted on."""
+    """reward music: the newest generated samples the classifier is refitted on (in rounds:
+    the newest of the round's pool, then it scores the whole pool; EXPERIMENTS.md)."""
     adv_every: int = 4
     """An adversarial update (generator and critic) every this many steps."""
     lr_adversarial: float = 2e-4
