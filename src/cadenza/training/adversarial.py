@@ -463,6 +463,12 @@ def ranked_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return chosen[keep], rejected[keep]
 
 
+def _zero_gradient(generator: TransformerXL) -> None:
+    """A backward pass that leaves every gradient zero: an update with nothing to learn from
+    (every reward tied) still takes the adversarial Adam's step as a no-op."""
+    sum(p.sum() for p in generator.parameters()).mul(0.0).backward()
+
+
 def _dpo_backward(
     generator: TransformerXL, prompt: torch.Tensor, ids: torch.Tensor,
     reference_sums: torch.Tensor, rewards: torch.Tensor, chosen: torch.Tensor,
@@ -471,7 +477,7 @@ def _dpo_backward(
     """adv_weight x the DPO loss of the pairs (chosen[i], rejected[i]) of rows of ids, each
     log-ratio the row's summed log-probability less its reference sum."""
     if not len(chosen):  # every pair tied: no preference, a zero gradient
-        sum(p.sum() for p in generator.parameters()).mul(0.0).backward()
+        _zero_gradient(generator)
         return {
             "preference_loss": 0.0, "preference_pairs": 0.0, "preference_accuracy": 0.5,
             "reward_gap": 0.0, "kl_to_start": 0.0, "sample_log_prob": 0.0,
@@ -589,7 +595,7 @@ class RejectionRounds(PreferenceRounds):
     def _update(self, generator, reference, rows, config) -> dict[str, float]:
         r = self.round
         if not len(rows):  # every reward tied: nothing better than the rest, a zero gradient
-            sum(p.sum() for p in generator.parameters()).mul(0.0).backward()
+            _zero_gradient(generator)
             return {"rejection_nll": 0.0, "kept": 0.0, "reward_kept": 0.0, "kl_to_start": 0.0,
                     "sample_log_prob": 0.0}  # fmt: skip
         prompt, ids = r["prompt"][rows], r["ids"][rows]
