@@ -223,11 +223,19 @@ def _replicate_batch(data: ProbeInput, draws: list[Draw], folds: int, seed: int)
     return _in_one_thread(lambda: [cross_validated(*_rows(data, d), folds, seed) for d in draws])
 
 
+# Below this many rows fitted (draws x real windows), replicates stay in this process: a
+# tiny test evaluation would spend more on the workers than on the fits. Above it two workers
+# take 0.49-0.53 of one process's time, down to 40 windows a side with 100 draws (the
+# per-position-bin probes, the voice-leading bins and the control tasks: 4,000-12,800 rows;
+# docs/PERFORMANCE.md).
+PARALLEL_MIN_ROWS = 2_000
+
+
 def _replicates(data: ProbeInput, draws: list[Draw], folds: int, seed: int, jobs: int) -> list:
     """Bootstrap replicates in order, in `jobs` worker processes (results do not depend on
     how they are split: each replicate is its own draw and fold seed)."""
     jobs = jobs or os.cpu_count() or 1
-    if jobs == 1 or len(draws) * len(data.real) < 20_000:  # small: not worth the processes
+    if jobs == 1 or len(draws) * len(data.real) < PARALLEL_MIN_ROWS:
         return _replicate_batch(data, draws, folds, seed)
 
     batches = [draws[i::jobs] for i in range(jobs)]
