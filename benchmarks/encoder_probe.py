@@ -41,7 +41,10 @@ def main() -> None:
     offsets = stored["offsets"]
     num_samples, num_bins = offsets.shape
     models = [k.removeprefix("samples_") for k in stored.files if k.startswith("samples_")]
-    window_len, sample_len = stored["real_tokens"].shape[-1], stored[f"samples_{models[0]}"].shape[1]
+    window_len, sample_len = (
+        stored["real_tokens"].shape[-1],
+        stored[f"samples_{models[0]}"].shape[1],
+    )
     plan = WindowPlan(window_len, sample_len, stored["bin_edges"], offsets)
     real = stored["real_tokens"].reshape(num_samples * num_bins, -1)
     real_groups = stored["real_documents"].reshape(-1)
@@ -74,8 +77,9 @@ def main() -> None:
                 d = probes.paired_difference(
                     scores[folder, model, probe], scores[first, model, probe]
                 )
+                interval = f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
                 print(f"{folder} - {first}  {model:8s} {probe:9s} {d['difference']:+.3f} "
-                      f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] p = {d['p_value']:.2f}")  # fmt: skip
+                      f"{interval} p = {d['p_value']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
