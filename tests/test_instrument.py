@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from joblib import Parallel
 from symusic import Note, Score, Tempo, TimeSignature, Track
 
 from cadenza.config import EvaluateSettings
@@ -240,6 +241,26 @@ def test_cached_fold_splits_are_sklearns():
         assert probes.fold_splits(y.copy(), groups.copy(), 5, seed) is cached  # the same key
     other = rng.permutation(groups)  # other groups: another split, not the cached one
     assert probes.fold_splits(y, other, 5, 0) is not probes.fold_splits(y, groups, 5, 0)
+
+
+def test_replicates_in_two_processes_equal_those_in_one(monkeypatch):
+    """The small probes (per-bin, tasks) run their replicates in worker processes above
+    PARALLEL_MIN_ROWS; each replicate is its own draw and fold seed, so the split between
+    processes must not change a digit."""
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(12), 3)  # 36 windows a side, 12 documents / samples
+    real, fake = rng.normal(size=(36, 6)), rng.normal(0.4, 1.0, size=(36, 6))
+    data = probes.ProbeInput(real, fake, groups, groups)
+    draws = probes.make_draws(groups, groups, 60, 0)  # 2,160 rows: above the threshold
+    assert len(draws) * len(real) >= probes.PARALLEL_MIN_ROWS
+    spread = []
+    monkeypatch.setattr(probes, "Parallel", lambda **kw: spread.append(kw) or Parallel(**kw))
+    two = probes.score(data, draws, folds=3, repeats=1, seed=0, jobs=2)
+    one = probes.score(data, draws, folds=3, repeats=1, seed=0, jobs=1)
+    assert spread == [{"n_jobs": 2}]  # the two-process path ran, once
+    np.testing.assert_array_equal(two.replicates, one.replicates)
+    np.testing.assert_array_equal(two.auc_replicates, one.auc_replicates)
+    assert two.accuracy == one.accuracy
 
 
 def test_paired_nll_ratio_finds_a_shift_and_none_without_one():
