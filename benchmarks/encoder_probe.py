@@ -18,17 +18,9 @@ from pathlib import Path
 import numpy as np
 
 
-def load_encoder(folder: Path):
-    from cadenza.models.discriminator import Discriminator, DiscriminatorConfig
-    from cadenza.training import checkpoint
-
-    encoder = Discriminator(DiscriminatorConfig(**checkpoint.read_config(folder)["model"]))
-    checkpoint.load_weights(encoder, folder)
-    return encoder.eval()
-
-
 def main() -> None:
     from cadenza.evaluation import discriminative, probes
+    from cadenza.evaluation.context import load_encoder
     from cadenza.evaluation.windows import WindowPlan, cut
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

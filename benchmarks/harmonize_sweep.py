@@ -26,7 +26,7 @@ import torch
 
 def main() -> None:
     from cadenza.evaluation import probes, window_stats
-    from cadenza.evaluation.tasks import bar_starts, windows_at_bars
+    from cadenza.evaluation.tasks import bar_starts, opening_and_middle, task_windows
     from cadenza.generate import clean_ids, harmonize_ids, load_generator
     from cadenza.sampling import Sampling
     from cadenza.tokens.control import control_grammar, voice_skeleton
@@ -48,15 +48,13 @@ def main() -> None:
                  for a, b in zip(offsets[:-1], offsets[1:], strict=True)]  # fmt: skip
     documents = [d for d in documents if len(bar_starts(grammar, d)) >= 4]
     groups = np.repeat(np.arange(len(documents)), 2)
-    bars = [[0, len(bar_starts(grammar, d)) // 2] for d in documents]
+    bars = opening_and_middle([bar_starts(grammar, d) for d in documents])
     skeletons = [voice_skeleton(grammar, d) for d in documents]
     draws = probes.make_draws(groups, groups, 100, 0)
 
     def music(rows):
-        windows = np.concatenate([
-            windows_at_bars(ids, bar_starts(grammar, ids), b, 256, vocab.pad)
-            for ids, b in zip(rows, bars, strict=True)
-        ])  # fmt: skip
+        starts = [bar_starts(grammar, ids) for ids in rows]
+        windows = task_windows(rows, starts, bars, 256, vocab.pad)
         return window_stats.features_of_windows(tokenizer, windows)
 
     real = music(documents)

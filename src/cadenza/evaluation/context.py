@@ -63,15 +63,19 @@ class Context:
         return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
 
 
+def load_encoder(folder: Path) -> Discriminator:
+    """The frozen SpanBERT encoder of a discriminator folder (config.json + weights)."""
+    encoder = Discriminator(DiscriminatorConfig(**checkpoint.read_config(folder)["model"]))
+    checkpoint.load_weights(encoder, folder)
+    return encoder
+
+
 def prepare_encoder(
     settings: EvaluateSettings, paths: Paths, device, plan: windows.WindowPlan | None = None
 ) -> Context:
     """The context without real windows: plan (made from settings unless given), the frozen
     encoder of models/discriminator, the tokenizer of the pipeline's generators."""
-    config = checkpoint.read_config(paths.discriminator_dir)["model"]
-    encoder = Discriminator(DiscriminatorConfig(**config))
-    checkpoint.load_weights(encoder, paths.discriminator_dir)
-    encoder.to(device)
+    encoder = load_encoder(paths.discriminator_dir).to(device)
     _, tokenizer = load_generator(paths.generator_mle_dir)
     if plan is None:
         plan = windows.make_plan(

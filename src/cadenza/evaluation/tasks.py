@@ -43,6 +43,17 @@ def windows_at_bars(ids: list[int], starts: list[int], bars: list[int], length: 
     return out
 
 
+def opening_and_middle(starts: list[list[int]]) -> list[list[int]]:
+    """The bars the task windows start at, per piece: bar 1 and the middle bar."""
+    return [[0, len(s) // 2] for s in starts]
+
+
+def task_windows(rows, starts, bars, length: int, pad: int) -> np.ndarray:
+    """Every row's windows at its bars (windows_at_bars), stacked."""
+    pieces = zip(rows, starts, bars, strict=True)
+    return np.concatenate([windows_at_bars(ids, st, b, length, pad) for ids, st, b in pieces])
+
+
 def top_voice_notes(tokenizer, ids: list[int]) -> Counter:
     """(onset, duration, pitch) of every note of voice 1 (Program_0) as decoded."""
     score = decode_ids(tokenizer, ids)
@@ -132,13 +143,10 @@ def measure(net, tokenizer, documents: list[list[int]], probe: Probe, settings):
     starts = {name: [bar_starts(grammar, ids) for ids in rows]
               for name, rows in (("real", documents), ("harmonized", harmonized),
                                  ("unconditional", free))}  # fmt: skip
-    bars = [[0, len(s) // 2] for s in starts["real"]]  # the opening and the middle bar
+    bars = opening_and_middle(starts["real"])
 
     def cut(name, rows):
-        return np.concatenate([
-            windows_at_bars(ids, st, b, length, vocab.pad)
-            for ids, st, b in zip(rows, starts[name], bars, strict=True)
-        ])  # fmt: skip
+        return task_windows(rows, starts[name], bars, length, vocab.pad)
 
     harmonize, harmonize_pairs = probe.compare(
         cut("real", documents),
