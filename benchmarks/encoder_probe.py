@@ -29,7 +29,13 @@ def main() -> None:
     parser.add_argument("encoders", type=Path, nargs="+", help="discriminator folders")
     args = parser.parse_args()
 
-    stored = np.load(args.root / "reports" / "evaluate" / "windows.npz")
+    windows_file = args.root / "reports" / "evaluate" / "windows.npz"
+    if not windows_file.is_file():
+        parser.error(f"{windows_file} is missing: run `cadenza evaluate` in {args.root} first")
+    for folder in args.encoders:
+        if not (folder / "config.json").is_file():
+            parser.error(f"{folder}: no config.json, not a discriminator folder")
+    stored = np.load(windows_file)
     offsets = stored["offsets"]
     num_samples, num_bins = offsets.shape
     models = [k.removeprefix("samples_") for k in stored.files if k.startswith("samples_")]

@@ -24,6 +24,17 @@ import numpy as np
 import torch
 
 
+def sampling_pair(text: str) -> str:
+    """'T,P' with T > 0 and P in (0, 1], else an argparse error naming the value."""
+    try:
+        temperature, pitch_top_p = map(float, text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give T,P, e.g. 1.0,0.9") from None
+    if temperature <= 0 or not 0 < pitch_top_p <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: T must be > 0 and P in (0, 1]")
+    return text
+
+
 def main() -> None:
     from cadenza.evaluation import probes, window_stats
     from cadenza.evaluation.tasks import bar_starts, opening_and_middle, task_windows
@@ -36,10 +47,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/generator-mle"))
     parser.add_argument("--split", default="valid")
-    parser.add_argument("--sampling", action="append", default=[], help="T,P")
+    parser.add_argument("--sampling", action="append", default=[], type=sampling_pair,
+                        help="T,P: temperature and pitch nucleus")  # fmt: skip
     parser.add_argument("--rerank", type=int, default=0, help="K candidates per soprano")
     args = parser.parse_args()
 
+    if not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json, not a generator folder")
+    if not Path("data/tokens").is_dir():
+        parser.error("no data/tokens here: run it in a pipeline root (after `cadenza tokenize`)")
     net, tokenizer = load_generator(args.model)
     net.eval()
     grammar, vocab = control_grammar(tokenizer, "harmonize_sweep")
