@@ -198,6 +198,19 @@ def test_gallery_writes_a_player_beside_each_piano_roll(tmp_path, chorale_dir):
     assert "<audio controls preload='metadata' src='samples/real/real_0.mp3'>" in page
 
 
+def test_gallery_renders_in_two_processes_what_one_renders(tmp_path, chorale_dir):
+    """Four pieces or more render in two worker processes: the same bytes as one by one."""
+    from cadenza import audio
+    from cadenza.evaluation import gallery
+
+    scores = {"real": [Score(str(p)) for p in sorted(chorale_dir.glob("*.mid"))[:4]]}
+    assert len(scores["real"]) == 4
+    made = gallery.write_gallery(scores, tmp_path / "samples", render_audio=True)
+    for item in made.items["real"]:
+        alone = audio.render(item.midi, tmp_path / item.audio.name, audio.AudioSpec())
+        assert item.audio.read_bytes() == alone.read_bytes()
+
+
 def test_piano_roll_draws_every_note_where_a_bar_per_note_would(tmp_path, chorale_dir):
     """The piano roll draws each track's notes as one collection: pixel for pixel what one
     broken_barh per note draws (the slow way), and a piece with other notes differs."""

@@ -94,6 +94,31 @@ def test_batched_generation_equals_one_row_at_a_time():
         assert torch.equal(batched[row : row + 1], alone)
 
 
+def test_stop_token_ends_decoding_once_every_row_has_drawn_it(monkeypatch):
+    """Each row is the same up to its first stop token as without one, and decoding stops
+    when the last row draws it (the rest filled with it)."""
+    model, stop = tiny(vocab_size=8), 3
+    prompts = torch.randint(0, 8, (16, 4))
+    steps = []
+    decode_step = model.decode_step
+    monkeypatch.setattr(model, "decode_step", lambda *a: steps.append(1) or decode_step(*a))
+    full = model.generate(prompts, 200, generator=torch.Generator().manual_seed(5))
+    full_steps = len(steps)
+    steps.clear()
+    early = model.generate(
+        prompts, 200, generator=torch.Generator().manual_seed(5), stop_token=stop
+    )
+    assert early.shape == full.shape
+    generated = early[:, 4:]
+    assert bool((generated == stop).any(dim=1).all())
+    for row_full, row_early in zip(full[:, 4:], generated, strict=True):
+        cut = int((row_full == stop).nonzero()[0])
+        assert torch.equal(row_early[: cut + 1], row_full[: cut + 1])
+    last = max(int((row == stop).nonzero()[0]) for row in full[:, 4:])
+    assert bool((generated[:, last + 1 :] == stop).all())
+    assert len(steps) == last < full_steps == 199
+
+
 def test_generates_4096_tokens_reusing_the_cache():
     model = tiny(d_model=16, n_heads=2, d_ff=32, n_layers=1)
     out = model.generate(

@@ -125,7 +125,7 @@ def sample_score(
         sampling.top_p, generator,
         grammar=build_grammar(tokenizer) if sampling.grammar else None,
         pitch_mask=pitch_mask(tokenizer) if sampling.pitch_top_p < 1.0 else None,
-        pitch_top_p=sampling.pitch_top_p,
+        pitch_top_p=sampling.pitch_top_p, stop_token=tokenizer["EOS_None"],
     )  # fmt: skip
     return placed_score(tokenizer, clean_ids(tokenizer, sequence[0, 1:].tolist()), seed, key_shift)
 
@@ -214,7 +214,7 @@ def controlled_ids(
         prompt, num_tokens, sampling.temperature, sampling.top_k, sampling.top_p, generator,
         grammar=controller,
         pitch_mask=pitch_mask(tokenizer) if sampling.pitch_top_p < 1.0 else None,
-        pitch_top_p=sampling.pitch_top_p,
+        pitch_top_p=sampling.pitch_top_p, stop_token=tokenizer["EOS_None"],
     )  # fmt: skip
     return [clean_ids(tokenizer, row[1:].tolist()) for row in sequence]
 

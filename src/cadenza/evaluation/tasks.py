@@ -115,8 +115,9 @@ def unconditional(net, tokenizer, count: int, num_tokens: int, sampling: Samplin
     bos = torch.full((count, 1), tokenizer["BOS_None"], dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
     out = net.generate(
-        bos, num_tokens, sampling.temperature, sampling.top_k, sampling.top_p, generator
-    )
+        bos, num_tokens, sampling.temperature, sampling.top_k, sampling.top_p, generator,
+        stop_token=tokenizer["EOS_None"],
+    )  # fmt: skip
     return [clean_ids(tokenizer, row[1:].tolist()) for row in out]
 
 

@@ -463,6 +463,7 @@ class TransformerXL(nn.Module):
         grammar=None,
         pitch_mask: torch.Tensor | None = None,
         pitch_top_p: float = 1.0,
+        stop_token: int | None = None,
     ) -> torch.Tensor:
         """Extend prompt (B, P>=1) by num_tokens sampled tokens; returns (B, P + num_tokens).
 
@@ -472,6 +473,9 @@ class TransformerXL(nn.Module):
         grammar (models.grammar.TokenGrammar): tokens it does not allow after the sequence so
         far are masked before temperature / top-k / top-p. pitch_mask (V,) and pitch_top_p:
         a nucleus within the pitch tokens only (models.sampling.filter_logits).
+        stop_token (EOS, for callers that cut each row at its first one): once every row has
+        drawn it, decoding stops and the rest is filled with it. What comes before each row's
+        first stop_token is the same as without it (the same draws, in the same order).
         """
         was_training = self.training
         self.eval()
@@ -483,6 +487,7 @@ class TransformerXL(nn.Module):
         state = self.start_decoding(cache, total)
         rules = grammar.start(prompt) if grammar is not None else None
         out = [prompt]
+        stopped = None if stop_token is None else torch.zeros_like(prompt[:, 0], dtype=torch.bool)
         for position in range(prompt.shape[1], total):
             if rules is not None:
                 logits = grammar.constrain(logits, rules)
@@ -492,6 +497,13 @@ class TransformerXL(nn.Module):
             if rules is not None:
                 grammar.advance(rules, next_token)
             out.append(next_token[:, None])
+            if stopped is not None:
+                stopped |= next_token == stop_token
+                if bool(stopped.all()):
+                    out.append(
+                        next_token.new_full((len(next_token), total - 1 - position), stop_token)
+                    )
+                    break
             if position < total - 1:  # the last token's logits would go unused
                 logits = self.decode_step(next_token, position, state)
         self.train(was_training)
