@@ -220,3 +220,42 @@ def test_document_masking_segments_match_and_documents_stand_alone():
     unmasked.load_state_dict(model.state_dict())
     crossed, _ = unmasked(x)
     assert (crossed[1, 13:] - full[1, 13:]).abs().max() > 1e-3  # the mask does something
+
+
+def test_bf16_attention_on_cpu_is_the_fused_kernel_in_plain_matmuls(monkeypatch):
+    """Under CPU bf16 autocast with no attention dropout the blocks attend by plain matmuls
+    (faster there), with documents masked: the logits of the fused kernel in fp32, to bf16
+    precision, segment by segment with memory."""
+    from cadenza.models import generator
+
+    model = tiny(bos_id=1, attn_dropout=0.0).eval()
+    tokens = torch.randint(2, 40, (3, 16))
+    tokens[:, 0], tokens[0, 9] = 1, 1  # documents start at BOS
+    calls = []
+    kernel = generator.F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        generator.F,
+        "scaled_dot_product_attention",
+        lambda *a, **k: calls.append(1) or kernel(*a, **k),
+    )
+
+    def segments():
+        first, mems = model(tokens[:, :8])
+        second, _ = model(tokens[:, 8:], mems)
+        return torch.cat([first, second], 1).float()
+
+    with torch.no_grad():
+        reference = segments()
+        assert calls
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = segments()
+    assert not calls
+    torch.testing.assert_close(plain, reference, atol=0.05, rtol=0.05)
+    assert (plain - reference).abs().max() > 0  # bf16 did run
+    # a different mask would not pass: the same tokens without documents differ
+    other = TransformerXL(GeneratorConfig(**{**model.config.to_dict(), "bos_id": -1}))
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        undocumented = torch.cat([other(tokens[:, :8])[0], other(tokens[:, 8:])[0]], 1).float()
+    assert (undocumented - reference).abs().max() > 0.1

@@ -41,6 +41,8 @@ class GeneratorConfig:
     mem_len: int = 256
     """Hidden states kept from earlier segments; also the attention window."""
     dropout: float = 0.1
+    attn_dropout: float | None = None
+    """Dropout on the attention probabilities; None = `dropout`."""
     rezero: bool = False
     """ReZero residuals (alpha = 0 at init, no LayerNorm in blocks) instead of pre-norm."""
     rope_base: float = 10_000.0
@@ -105,7 +107,7 @@ class Attention(nn.Module):
         self.query = nn.Linear(config.d_model, config.d_model, bias=False)
         self.key_value = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.dropout = config.dropout
+        self.dropout = config.dropout if config.attn_dropout is None else config.attn_dropout
         self.rope_base = config.rope_base
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, H, L, D)
@@ -146,9 +148,16 @@ class Attention(nn.Module):
             y = self._attend_with_memory(q, keys, values, memory, shared)
         else:
             mask = shared.mask  # (T, Tk) or with documents (B, 1, T, Tk)
-            y = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-            )
+            dropout = self.dropout if self.training else 0.0
+            if q.dtype == torch.bfloat16 and not dropout and q.device.type == "cpu":
+                # bf16 on a CPU: plain matmuls take 0.4x the time of the fused kernel, forward
+                # and backward (docs/PERFORMANCE.md); fp32 and GPUs keep the kernel.
+                scores = (q @ keys.transpose(-2, -1)) * self.head_dim**-0.5
+                y = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ values
+            else:
+                y = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=mask, dropout_p=dropout
+                )
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
     def decode(

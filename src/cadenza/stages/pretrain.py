@@ -48,7 +48,8 @@ def build_configs(settings: PretrainSettings, vocab_size: int, bos_id: int = -1)
     """(GeneratorConfig of the selected preset, the loop's TrainConfig)."""
 
     preset = settings.selected
-    names = ("d_model", "n_layers", "n_heads", "d_ff", "seg_len", "mem_len", "dropout", "rezero")
+    names = ("d_model", "n_layers", "n_heads", "d_ff", "seg_len", "mem_len", "dropout",
+             "attn_dropout", "rezero")  # fmt: skip
     model_config = GeneratorConfig(
         vocab_size=vocab_size, bos_id=bos_id, **{name: getattr(preset, name) for name in names}
     )
