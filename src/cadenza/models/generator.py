@@ -150,7 +150,7 @@ class Attention(nn.Module):
             mask = shared.mask  # (T, Tk) or with documents (B, 1, T, Tk)
             dropout = self.dropout if self.training else 0.0
             if q.dtype == torch.bfloat16 and not dropout and q.device.type == "cpu":
-                # bf16 on a CPU: plain matmuls take 0.4-0.5x the fused kernel's time, forward
+                # bf16 on a CPU: plain matmuls take 0.4x the time of the fused kernel, forward
                 # and backward (docs/PERFORMANCE.md); fp32 and GPUs keep the kernel.
                 scores = (q @ keys.transpose(-2, -1)) * self.head_dim**-0.5
                 y = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ values
