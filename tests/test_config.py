@@ -105,6 +105,11 @@ def test_loop_sections_name_each_bad_key_and_refuse_unknown_and_retired_ones():
         parse_settings({"pretrain_discriminator": {"span_p": 0}})
     with pytest.raises(ParamsError, match="pretrain.presets.tiny"):
         parse_settings({"pretrain": {"presets": {"tiny": {"lr": 2.0}}}})
+    with pytest.raises(
+        ParamsError,
+        match=r"pretrain.presets.cpu-long.attn_dropout = 1.5 is not allowed: must lie in \[0, 1\)",
+    ):
+        parse_settings({"pretrain": {"presets": {"cpu-long": {"attn_dropout": 1.5}}}})
 
 
 def test_a_preset_field_in_params_overrides_the_code_preset_and_reaches_the_loop():
